@@ -1,0 +1,44 @@
+# Two commands a newcomer needs:  `make run` (train → register → import → serve)  and  `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PORT   ?= 3000
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run train serve build test test-fast lint format bench clean
+
+install: $(STAMP)
+
+# Exact versions come from requirements.lock (a constraints file), ranges from pyproject.toml.
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $@
+
+run: train serve ## Main job: train, register, import the champion, then serve on $(PORT).
+
+train: install
+	$(BIN)/iris-train run
+
+serve: install
+	$(BIN)/bentoml serve service:IrisClassifier --host 0.0.0.0 --port $(PORT)
+
+build: install ## Build the Bento (after `make train`).
+	$(BIN)/bentoml build
+
+test: install ## The whole suite: lint, unit, integration, container.
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) mlflow.db mlruns data/processed data/.processed-* logs var

@@ -1,0 +1,157 @@
+"""``iris-train``: one command per pipeline stage, and ``run`` for all of them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+
+from training.settings import Settings, get_settings
+
+logger = logging.getLogger("training.cli")
+app = typer.Typer(help="Train, register and import the Iris classifier.", no_args_is_help=True)
+T = TypeVar("T")
+
+RawOption = Annotated[
+    Path | None,
+    typer.Option("--raw", help="Raw Iris CSV (default: IRIS_RAW_DATA or data/raw/Iris.csv)."),
+]
+
+
+def _setup() -> Settings:
+    from training.logs import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_dir, "training.log")
+    # We load models through training.model_io (skops + our trusted list); MLflow's own
+    # loader is never used for serving, so its pickle switch stays off.
+    os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    return settings
+
+
+def _guarded(stage: str, action: Callable[[], T]) -> T:
+    """Run a stage; on failure log the traceback to the file and exit 1 with one line."""
+    try:
+        return action()
+    except Exception as e:
+        logger.exception("%s failed: %s", stage, e)
+        typer.echo(f"error: {stage} failed: {e}".splitlines()[0], err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def preprocess(raw: RawOption = None) -> None:
+    """Validate the raw CSV and write the stratified train/test split atomically."""
+    from training.pipeline import preprocess as run_preprocess
+
+    settings = _setup()
+    split = _guarded("preprocess", lambda: run_preprocess(settings, raw))
+    typer.echo(f"train={len(split.train)} test={len(split.test)} -> {settings.processed_dir}")
+
+
+@app.command()
+def train() -> None:
+    """Train both candidates on the processed split, register the best, gate promotion."""
+    from training.data import load_processed
+    from training.pipeline import train_and_register
+
+    settings = _setup()
+    result = _guarded(
+        "train", lambda: train_and_register(load_processed(settings.processed_dir), settings)
+    )
+    typer.echo(json.dumps(result.to_dict(), indent=2))
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="Registry version to make champion.")],
+) -> None:
+    """Move the champion alias to VERSION (promotion or rollback)."""
+    from training import registry
+
+    settings = _setup()
+
+    def action():
+        registry.configure(settings)
+        return registry.promote(version, settings)
+
+    decision = _guarded("promote", action)
+    typer.echo(f"{settings.model_name}@champion -> v{decision.version}")
+
+
+@app.command("import")
+def import_(
+    version: Annotated[
+        str | None, typer.Option(help="Registry version to import (default: the champion).")
+    ] = None,
+) -> None:
+    """Import a registered version (default: champion) into the BentoML model store."""
+    from training import bento_store, registry
+
+    settings = _setup()
+
+    def action():
+        registry.configure(settings)
+        return bento_store.import_champion(settings, version)
+
+    imported = _guarded("import", action)
+    typer.echo(f"{imported.tag} ({'imported' if imported.created else 'already present'})")
+
+
+@app.command()
+def run(
+    raw: RawOption = None,
+    bento_import: Annotated[
+        bool,
+        typer.Option("--import/--no-import", help="Import the champion into the BentoML store."),
+    ] = True,
+    result_json: Annotated[
+        Path | None, typer.Option(help="Also write the result as JSON to this file (atomically).")
+    ] = None,
+) -> None:
+    """Run the whole pipeline: preprocess, train, register, gate, import."""
+    from training.pipeline import run as run_pipeline
+
+    settings = _setup()
+    result = _guarded("pipeline", lambda: run_pipeline(settings, raw, import_to_bento=bento_import))
+    text = json.dumps(result.to_dict(), indent=2)
+    if result_json is not None:
+        write_atomic(result_json, text)
+    typer.echo(text)
+
+
+@app.command()
+def champion() -> None:
+    """Print the current champion version (exit 1 if there is none)."""
+    from training import registry
+
+    settings = _setup()
+
+    def action():
+        registry.configure(settings)
+        return registry.champion_version(settings)
+
+    version = _guarded("champion", action)
+    if version is None:
+        typer.echo("no champion", err=True)
+        raise typer.Exit(1)
+    typer.echo(version)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a file via a temporary sibling and rename, so readers never see half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    app()

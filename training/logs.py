@@ -1,0 +1,64 @@
+"""Logging setup, called once by each entry point (CLI command, service worker)."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+from pathlib import Path
+
+FORMAT = "%(asctime)s %(levelname)-7s [%(process)d] %(name)s: %(message)s"
+OUR_LOGGERS = ("training", "serving", "service")
+
+
+def configure_logging(level: str, log_dir: Path, filename: str) -> Path:
+    """Send our loggers to the console and to ``log_dir/filename``.
+
+    Several processes (service workers, a retrain subprocess) may append to one file:
+    ``WatchedFileHandler`` opens it in append mode, writes each record with one flush, and
+    reopens it if logrotate moves it away. Safe to call more than once.
+
+    Returns:
+        The path of the log file.
+    """
+    log_dir.mkdir(parents=True, exist_ok=True)
+    path = log_dir / filename
+    file_handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
+    file_handler.setFormatter(logging.Formatter(FORMAT))
+    console = logging.StreamHandler()
+    console.setFormatter(_ConsoleFormatter(FORMAT, verbose=level == "DEBUG"))
+    for handler in (file_handler, console):
+        handler._iris = True  # type: ignore[attr-defined]  # marks handlers we own
+    for name in OUR_LOGGERS:
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if getattr(h, "_iris", False)]:
+            logger.removeHandler(old)
+            old.close()
+        logger.addHandler(file_handler)
+        logger.addHandler(console)
+        logger.setLevel(level)
+        logger.propagate = False
+    # MLflow and friends are chatty at INFO; keep their warnings.
+    logging.getLogger("mlflow").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    return path
+
+
+class _ConsoleFormatter(logging.Formatter):
+    """Tracebacks go to the log file always, to the console only at DEBUG."""
+
+    def __init__(self, fmt: str, *, verbose: bool):
+        super().__init__(fmt)
+        self.verbose = verbose
+
+    def formatException(self, ei) -> str:  # noqa: N802 - logging's API name
+        return super().formatException(ei) if self.verbose else ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self.verbose or not record.exc_info:
+            return super().format(record)
+        saved, record.exc_info, record.exc_text = record.exc_info, None, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_info = saved

@@ -1,0 +1,88 @@
+"""The whole pipeline as one function: validate → split → train → register → gate → import."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from training import bento_store, data, registry, train
+from training.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineResult:
+    """What one training invocation produced; serialised into retrain job records."""
+
+    parent_run_id: str = ""
+    best_run_id: str = ""
+    best_candidate: str = ""
+    version: str = ""
+    promoted: bool = False
+    reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    candidates: dict[str, dict[str, float]] = field(default_factory=dict)
+    bento_tag: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def preprocess(settings: Settings, raw_path: Path | None = None) -> data.Split:
+    """Validate the raw CSV and publish the train/test pair. Nothing is written on failure."""
+    source = raw_path or settings.raw_data
+    frame = data.load_raw(source)
+    result = data.split(frame, source=source, seed=settings.seed, test_size=settings.test_size)
+    data.write_split(result, settings.processed_dir, seed=settings.seed)
+    return result
+
+
+def train_and_register(split: data.Split, settings: Settings) -> PipelineResult:
+    """Train candidates, register the best, and gate its promotion."""
+    experiment_id = registry.configure(settings)
+    parent_run_id, candidates = train.train_candidates(split, settings)
+    best_id = registry.select_best(parent_run_id, experiment_id, settings)
+    best = next(c for c in candidates if c.run_id == best_id)
+    version = registry.register(best, settings)
+    decision = registry.gate(version, best.metrics, split.test, settings)
+    return PipelineResult(
+        parent_run_id=parent_run_id,
+        best_run_id=best.run_id,
+        best_candidate=best.name,
+        version=version,
+        promoted=decision.promoted,
+        reason=decision.reason,
+        metrics=best.metrics,
+        candidates={c.name: c.metrics for c in candidates},
+    )
+
+
+def run(
+    settings: Settings, raw_path: Path | None = None, *, import_to_bento: bool = True
+) -> PipelineResult:
+    """Run every stage; the champion (new or unchanged) ends up in the BentoML store."""
+    logger.info(
+        "Pipeline start: data=%s registry=%s", raw_path or settings.raw_data, _safe_uri(settings)
+    )
+    split = preprocess(settings, raw_path)
+    result = train_and_register(split, settings)
+    if import_to_bento:
+        result.bento_tag = bento_store.import_champion(settings).tag
+    logger.info(
+        "Pipeline done: version %s %s (%s)",
+        result.version,
+        "promoted to champion" if result.promoted else "kept as challenger",
+        result.reason,
+    )
+    return result
+
+
+def _safe_uri(settings: Settings) -> str:
+    """Tracking URI without credentials, for logs."""
+    uri = settings.tracking_uri
+    if "@" in uri and "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return uri

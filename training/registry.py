@@ -1,0 +1,194 @@
+"""Select the best run, register it, gate promotion with aliases, and promote explicitly."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from training.model_io import load_classifier
+from training.schema import FEATURES, TARGET
+from training.settings import Settings
+from training.train import PRIORITY_TAG, CandidateResult, evaluate
+
+logger = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+class RegistryError(RuntimeError):
+    """A registry operation could not be carried out; the message says why."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    version: str
+    promoted: bool
+    reason: str
+
+    @property
+    def alias(self) -> str:
+        return CHAMPION if self.promoted else CHALLENGER
+
+
+def configure(settings: Settings) -> str:
+    """Point MLflow at the configured store and return the experiment id (created if new)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    experiment = mlflow.get_experiment_by_name(settings.experiment_name)
+    if experiment is None:
+        # A remote server picks its own artifact location; a local store keeps artifacts in
+        # the project's mlruns/ rather than wherever the process happens to run.
+        remote = settings.tracking_uri.startswith(("http://", "https://"))
+        location = None if remote else settings.artifact_root
+        experiment_id = mlflow.create_experiment(
+            settings.experiment_name, artifact_location=location
+        )
+    else:
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def select_best(parent_run_id: str, experiment_id: str, settings: Settings) -> str:
+    """Best child run of ``parent_run_id`` by the selection metric, with MLflow's own query.
+
+    Ties go to the lowest ``candidate_priority`` tag (the Random Forest).
+    """
+    from mlflow import MlflowClient
+
+    direction = "DESC" if settings.higher_is_better else "ASC"
+    runs = MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+        order_by=[f"metrics.{settings.selection_metric} {direction}", f"tags.{PRIORITY_TAG} ASC"],
+        max_results=10,
+    )
+    if not runs:
+        raise RegistryError(f"no candidate runs under parent run {parent_run_id}")
+    best = runs[0]
+    logger.info(
+        "Selected run %s (%s) by %s=%.4f",
+        best.info.run_id,
+        best.info.run_name,
+        settings.selection_metric,
+        best.data.metrics[settings.selection_metric],
+    )
+    return best.info.run_id
+
+
+def register(best: CandidateResult, settings: Settings) -> str:
+    """Register the candidate's model as a new version of ``settings.model_name``."""
+    import mlflow
+
+    tags = {"run_id": best.run_id, "candidate": best.name}
+    tags.update({f"metric.{k}": f"{v:.6f}" for k, v in best.metrics.items()})
+    version = mlflow.register_model(best.model_uri, settings.model_name, tags=tags)
+    logger.info(
+        "Registered %s version %s from run %s", settings.model_name, version.version, best.run_id
+    )
+    return str(version.version)
+
+
+def champion_version(settings: Settings) -> str | None:
+    """The version the ``champion`` alias points at, or None when there is none."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(MlflowClient().get_model_version_by_alias(settings.model_name, CHAMPION).version)
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def score_version(version: str, test: pd.DataFrame, settings: Settings) -> dict[str, float]:
+    """Evaluate a registered version on a given test set (loaded with our safe loader)."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{settings.model_name}/{version}", dst_path=tmp
+        )
+        model = load_classifier(Path(path))
+    labels = test[TARGET].map({name: i for i, name in enumerate(model.class_names)})
+    return evaluate(model.estimator, test[list(FEATURES)], labels.to_numpy())
+
+
+def gate(
+    version: str, metrics: dict[str, float], test: pd.DataFrame, settings: Settings
+) -> Decision:
+    """Make ``version`` champion if it is at least as good as the current champion.
+
+    Both are scored on the same test set. Otherwise the version becomes ``challenger``.
+    The decision and its reason are written as tags on the version and logged.
+    """
+    metric = settings.selection_metric
+    current = champion_version(settings)
+    candidate_value = metrics[metric]
+    if current is None:
+        decision = Decision(version, True, "no champion yet")
+    else:
+        champion_value = score_version(current, test, settings)[metric]
+        better = (
+            (candidate_value >= champion_value)
+            if settings.higher_is_better
+            else (candidate_value <= champion_value)
+        )
+        verdict = "at least as good as" if better else "worse than"
+        reason = (
+            f"{metric}={candidate_value:.4f} is {verdict} champion v{current}"
+            f" ({champion_value:.4f}) on the same test set"
+        )
+        decision = Decision(version, better, reason)
+    _apply(decision, settings, previous=current)
+    return decision
+
+
+def _apply(decision: Decision, settings: Settings, previous: str | None) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    name = settings.model_name
+    client.set_model_version_tag(name, decision.version, "promotion.decision", decision.alias)
+    client.set_model_version_tag(name, decision.version, "promotion.reason", decision.reason)
+    client.set_model_version_tag(
+        name, decision.version, "promotion.previous_champion", previous or ""
+    )
+    client.set_registered_model_alias(name, decision.alias, decision.version)
+    logger.info("Version %s -> %s: %s", decision.version, decision.alias, decision.reason)
+
+
+def promote(version: str, settings: Settings) -> Decision:
+    """Move ``champion`` to ``version`` explicitly (promotion or rollback).
+
+    Raises:
+        RegistryError: the version does not exist.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        client.get_model_version(settings.model_name, version)
+    except MlflowException:
+        raise RegistryError(f"{settings.model_name} has no version {version!r}") from None
+    previous = champion_version(settings)
+    decision = Decision(version, True, f"manual promotion (previous champion: v{previous})")
+    _apply(decision, settings, previous=previous)
+    try:
+        if (
+            str(client.get_model_version_by_alias(settings.model_name, CHALLENGER).version)
+            == version
+        ):
+            client.delete_registered_model_alias(settings.model_name, CHALLENGER)
+    except MlflowException:
+        pass
+    return decision

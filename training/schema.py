@@ -1,0 +1,27 @@
+"""The data contract shared by training and serving: column names, species, bounds."""
+
+from __future__ import annotations
+
+RAW_TO_FEATURE = {
+    "SepalLengthCm": "sepal_length",
+    "SepalWidthCm": "sepal_width",
+    "PetalLengthCm": "petal_length",
+    "PetalWidthCm": "petal_width",
+}
+"""Raw CSV measurement columns and their snake_case feature names, in model input order."""
+
+FEATURES: tuple[str, ...] = tuple(RAW_TO_FEATURE.values())
+RAW_ID = "Id"
+RAW_TARGET = "Species"
+TARGET = "species"
+RAW_COLUMNS: tuple[str, ...] = (RAW_ID, *RAW_TO_FEATURE, RAW_TARGET)
+
+SPECIES: tuple[str, ...] = ("Iris-setosa", "Iris-versicolor", "Iris-virginica")
+
+MAX_CM = 50.0
+"""Upper bound for any measurement. Real irises stay under 10 cm; beyond 50 cm is a typo
+(mm instead of cm, a stray digit) rather than a flower, so it is rejected, not predicted."""
+
+MIN_ROWS_PER_CLASS = 5
+"""Smallest class size that still puts at least one row of each species in a 20 % test split
+and leaves four to train on."""

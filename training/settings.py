@@ -1,0 +1,88 @@
+"""One settings object for the whole product, read from ``IRIS_*`` environment variables.
+
+Every path and endpoint is computed here, from the package location, so nothing else in the
+code base guesses where the project lives. Importing this module has no side effects.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+"""The checkout (or, inside a Bento, the ``src`` folder) that holds ``training/``."""
+
+SelectionMetric = Literal["test_accuracy", "test_f1_macro", "test_log_loss"]
+
+
+class Settings(BaseSettings):
+    """Configuration for training, the registry, the model store and the service.
+
+    Unset paths are derived from ``home`` so that one variable (``IRIS_HOME``) moves all
+    mutable state (MLflow store, processed data, logs, job records) somewhere writable.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="IRIS_", extra="ignore")
+
+    home: Path = Field(PROJECT_DIR, description="Root folder for all mutable state.")
+    raw_data: Path = Field(
+        PROJECT_DIR / "data" / "raw" / "Iris.csv", description="Raw Iris CSV to train on."
+    )
+    processed_dir: Path | None = Field(None, description="Where train/test CSVs are written.")
+    log_dir: Path | None = Field(None, description="Folder for .log files.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    tracking_uri: str | None = Field(None, description="MLflow tracking/registry URI.")
+    artifact_root: str | None = Field(None, description="Artifact location for new experiments.")
+    experiment_name: str = "iris-classifier"
+    model_name: str = Field("iris-classifier", description="Registered model name.")
+    bento_model_name: str = Field("iris-classifier", description="BentoML model store name.")
+    selection_metric: SelectionMetric = "test_accuracy"
+    seed: int = Field(1, description="Seed for the split and both models.")
+    test_size: float = Field(0.2, gt=0.0, lt=1.0)
+
+    # Service
+    admin_token: SecretStr | None = Field(None, description="Bearer token for /retrain.")
+    reload_interval_s: float = Field(10.0, gt=0, description="Champion alias poll interval.")
+    max_batch_size: int = Field(10_000, ge=1, description="Most records in one batch request.")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Request body cap.")
+    jobs_db: Path | None = Field(None, description="SQLite file holding retrain job records.")
+    retrain_timeout_s: float = Field(900.0, gt=0, description="Kill a retrain after this long.")
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> Settings:
+        home = self.home
+        if self.processed_dir is None:
+            self.processed_dir = home / "data" / "processed"
+        if self.log_dir is None:
+            self.log_dir = home / "logs"
+        if self.jobs_db is None:
+            self.jobs_db = home / "var" / "jobs.sqlite"
+        if self.tracking_uri is None:
+            self.tracking_uri = f"sqlite:///{home / 'mlflow.db'}"
+        if self.artifact_root is None:
+            self.artifact_root = (home / "mlruns").as_uri()
+        return self
+
+    @property
+    def train_csv(self) -> Path:
+        return self.processed_dir / "train.csv"
+
+    @property
+    def test_csv(self) -> Path:
+        return self.processed_dir / "test.csv"
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Whether a larger value of ``selection_metric`` means a better model."""
+        return not self.selection_metric.endswith("log_loss")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Return the process-wide settings (tests call ``get_settings.cache_clear()``)."""
+    return Settings()
