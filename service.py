@@ -1,0 +1,86 @@
+"""BentoML service: predict (single and batch) and background retrain for the Iris model.
+
+Thin on purpose: request/response models live in serving.schemas, the per-worker runtime
+(model, hot reload, metrics, jobs) in serving.core. Run it with
+``bentoml serve service:IrisClassifier``.
+"""
+
+from __future__ import annotations
+
+import bentoml
+import numpy as np
+from bentoml.models import BentoModel
+
+from serving.core import IrisRuntime
+from serving.errors import GuardMiddleware, json_error, json_response
+from serving.http_extra import jobs_app
+from serving.schemas import (
+    BatchRequest,
+    BatchResponse,
+    IrisFeatures,
+    PredictResponse,
+    RetrainResponse,
+)
+from training.logs import configure_logging
+from training.settings import get_settings
+
+
+@bentoml.service(
+    name="iris_classifier",
+    workers="cpu_count",
+    traffic={"timeout": 30, "max_concurrency": 512},
+    http={"port": 3000},
+)
+@bentoml.asgi_app(jobs_app, path="/jobs")
+class IrisClassifier:
+    """Classifies iris flowers into species from four measurements in centimetres."""
+
+    bento_model = BentoModel("iris-classifier:latest")
+
+    def __init__(self) -> None:
+        settings = get_settings()
+        configure_logging(settings.log_level, settings.log_dir, "service.log")
+        self.runtime = IrisRuntime.start(self.bento_model, settings)
+
+    @bentoml.on_shutdown
+    def _stop(self) -> None:
+        self.runtime.stop()
+
+    @bentoml.api(input_spec=IrisFeatures, output_spec=PredictResponse, route="/predict")
+    async def predict(
+        self, sepal_length: float, sepal_width: float, petal_length: float, petal_width: float
+    ) -> dict:
+        """Classify one flower: species, class probabilities, and the model that answered."""
+        row = np.array([[sepal_length, sepal_width, petal_length, petal_width]], dtype=np.float32)
+        return json_response(await self.runtime.predict_rows(row, single=True))
+
+    @bentoml.api(input_spec=BatchRequest, output_spec=BatchResponse, route="/predict_batch")
+    async def predict_batch(self, records=None, instances=None) -> dict:
+        """Classify many flowers in one request; one prediction per flower, in order."""
+        rows = (
+            np.array(instances, dtype=np.float32)
+            if instances is not None
+            else np.array(
+                [[r.sepal_length, r.sepal_width, r.petal_length, r.petal_width] for r in records],
+                dtype=np.float32,
+            )
+        )
+        limit = self.runtime.settings.max_batch_size
+        if len(rows) > limit:
+            return json_error(
+                413, f"batch has {len(rows)} flowers; the limit is {limit} (IRIS_MAX_BATCH_SIZE)"
+            )
+        return json_response(await self.runtime.predict_rows(rows, single=False))
+
+    @bentoml.api(output_spec=RetrainResponse, route="/retrain")
+    async def retrain(self, ctx: bentoml.Context) -> dict:
+        """Start retraining in the background (202 + job id). Needs the admin bearer token."""
+        response = self.runtime.authorize(ctx.request.headers.get("authorization"))
+        if response is None:
+            response = await self.runtime.submit_retrain()
+        # BentoML copies the context's status onto responses of APIs that take ctx.
+        ctx.response.status_code = response.status_code
+        return response
+
+
+IrisClassifier.add_asgi_middleware(GuardMiddleware, max_body_bytes=get_settings().max_body_bytes)

@@ -1,0 +1,287 @@
+"""One error shape for every failure, a request body cap, and a bounded body read.
+
+BentoML answers validation errors, unknown routes and internal errors each in its own
+shape. :class:`GuardMiddleware` wraps the whole ASGI app (health and metrics included) and
+rewrites every 4xx/5xx into :class:`serving.schemas.ErrorResponse`. Open Inference
+Protocol routes (``/v2/...``) keep that protocol's own error form.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from training.schema import FEATURES
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "too_many_requests",
+    500: "internal_error",
+    503: "unavailable",
+    504: "timeout",
+}
+GENERIC = {
+    404: "no such route",
+    405: "method not allowed on this route",
+    429: "server is at its concurrency limit; retry shortly",
+    500: "an unexpected error occurred; it has been logged on the server",
+    503: "service is not ready",
+    504: "request took longer than the server's timeout",
+}
+PASSTHROUGH_PREFIXES = ("/v2/",)
+JSON_ALIASES = (b"", b"application/x-www-form-urlencoded", b"text/plain")
+"""Content types treated as JSON: what curl -d and naive clients send by default."""
+
+
+def error_body(
+    status: int, message: str, details: list[dict] | None = None, code: str = ""
+) -> dict:
+    """The documented error shape."""
+    return {
+        "error": {
+            "code": code or CODES.get(status, "error"),
+            "message": message,
+            "details": details or [],
+        }
+    }
+
+
+def json_response(payload: Any, status: int = 200):
+    """A JSON response serialised by pydantic-core (several times faster than json.dumps)."""
+    from pydantic_core import to_json
+    from starlette.responses import Response
+
+    return Response(to_json(payload), status_code=status, media_type="application/json")
+
+
+def json_error(status: int, message: str, details: list[dict] | None = None, code: str = ""):
+    return json_response(error_body(status, message, details, code), status)
+
+
+def describe_loc(loc: list | tuple) -> tuple[str | None, int | None, str]:
+    """Turn a pydantic error location into (field, row, readable path)."""
+    parts = [p for p in loc if p not in ("body", "root")]
+    row = next((p for p in parts if isinstance(p, int)), None)
+    field = None
+    if parts and parts[0] == "instances" and len(parts) >= 3 and isinstance(parts[2], int):
+        field = FEATURES[parts[2]] if 0 <= parts[2] < len(FEATURES) else None
+    elif parts and isinstance(parts[-1], str):
+        field = parts[-1]
+    elif parts and isinstance(parts[0], str):
+        field = parts[0]
+    path = ""
+    for p in parts:
+        path += f"[{p}]" if isinstance(p, int) else (f".{p}" if path else str(p))
+    return field, row, path
+
+
+def validation_details(errors: list[dict]) -> list[dict]:
+    details = []
+    for err in errors:
+        field, row, path = describe_loc(err.get("loc", ()))
+        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown field (not part of the request schema)"
+        elif err.get("type") == "missing":
+            msg = "field required"
+        elif err.get("type") == "json_invalid":
+            msg = "body is not valid JSON"
+            field = row = None
+        details.append({"field": field, "row": row, "message": f"{path}: {msg}" if path else msg})
+    return details
+
+
+def rewrite(status: int, body: bytes) -> tuple[int, dict]:
+    """Map whatever BentoML or Starlette produced to our shape (and a 4xx for bad input)."""
+    try:
+        data = json.loads(body) if body else None
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), dict) and "code" in data["error"]:
+        return status, data  # already ours
+    if status == 400 and isinstance(data, dict) and isinstance(data.get("detail"), list):
+        details = validation_details(data["detail"])
+        if any(d["message"] == "body is not valid JSON" for d in details):
+            return 400, error_body(400, "body is not valid JSON", code="invalid_json")
+        summary = details[0]["message"] if details else "invalid request"
+        if len(details) > 1:
+            summary += f" (and {len(details) - 1} more)"
+        return 422, error_body(422, summary, details)
+    if isinstance(data, list) and data and isinstance(data[0], dict) and status < 500:
+        return status, error_body(status, str(data[0].get("error", "bad request")))
+    return status, error_body(status, GENERIC.get(status, "request failed"))
+
+
+class GuardMiddleware:
+    """Cap and time-limit request bodies; give every error response one shape."""
+
+    def __init__(self, app: Callable, max_body_bytes: int = 4 << 20, body_timeout_s: float = 10.0):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope.get("method") in ("POST", "PUT", "PATCH"):
+            media = _normalise_content_type(scope)
+            if media != b"application/json":
+                await self._reject(
+                    scope, send, 415, "send JSON with Content-Type: application/json"
+                )
+                return
+            declared = _content_length(scope)
+            if declared is not None and declared > self.max_body_bytes:
+                await self._reject(scope, send, 413, self._too_large())
+                return
+            try:
+                body = await asyncio.wait_for(self._read(receive), self.body_timeout_s)
+            except _TooLargeError:
+                await self._reject(scope, send, 413, self._too_large())
+                return
+            except TimeoutError:
+                await self._reject(
+                    scope, send, 408, f"request body not received within {self.body_timeout_s:g} s"
+                )
+                return
+            receive = _replay(body, receive)
+        if scope["path"].startswith(PASSTHROUGH_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        await self.app(scope, receive, _ErrorRewriter(send))
+
+    def _too_large(self) -> str:
+        return f"request body exceeds {self.max_body_bytes} bytes (IRIS_MAX_BODY_BYTES)"
+
+    async def _read(self, receive: Receive) -> bytes:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise _TooLargeError
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+    async def _reject(self, scope: Scope, send: Send, status: int, message: str) -> None:
+        logger.info("%s %s -> %d: %s", scope.get("method"), scope.get("path"), status, message)
+        if scope["path"].startswith(PASSTHROUGH_PREFIXES):
+            payload = {"error": message}
+        else:
+            payload = error_body(status, message)
+        await _send_json(send, status, payload, close=True)
+
+
+class _TooLargeError(Exception):
+    pass
+
+
+def _normalise_content_type(scope: Scope) -> bytes:
+    """The request's media type; JSON aliases are rewritten to application/json in place."""
+    headers = list(scope.get("headers", ()))
+    for i, (key, value) in enumerate(headers):
+        if key == b"content-type":
+            media = value.split(b";")[0].strip().lower()
+            if media in JSON_ALIASES:
+                headers[i] = (key, b"application/json")
+                scope["headers"] = headers
+                return b"application/json"
+            return media
+    scope["headers"] = [*headers, (b"content-type", b"application/json")]
+    return b"application/json"
+
+
+def _content_length(scope: Scope) -> int | None:
+    for key, value in scope.get("headers", ()):
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _send_json(send: Send, status: int, payload: dict, *, close: bool = False) -> None:
+    body = json.dumps(payload).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _ErrorRewriter:
+    """Passes 1xx-3xx through untouched; buffers and rewrites 4xx/5xx bodies."""
+
+    __slots__ = ("_body", "_send", "_start")
+
+    def __init__(self, send: Send):
+        self._send = send
+        self._start: Message | None = None
+        self._body: list[bytes] = []
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            if message["status"] < 400:
+                await self._send(message)
+            else:
+                self._start = message
+            return
+        if self._start is None or message["type"] != "http.response.body":
+            await self._send(message)
+            return
+        self._body.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        status, payload = rewrite(self._start["status"], b"".join(self._body))
+        extra = [
+            (k, v)
+            for k, v in self._start.get("headers", [])
+            if k.lower() in (b"www-authenticate", b"retry-after")
+        ]
+        body = json.dumps(payload).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *extra,
+        ]
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+        await self._send({"type": "http.response.body", "body": body})

@@ -1,0 +1,118 @@
+"""Request and response models of the HTTP API (they also generate the OpenAPI document)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from training.schema import MAX_CM
+
+Measurement = Annotated[
+    float,
+    Field(
+        strict=True,  # 5 and 5.1 are numbers; "5.1", true and null are not
+        gt=0,
+        le=MAX_CM,
+        allow_inf_nan=False,
+        description=f"Centimetres, > 0 and <= {MAX_CM:g}.",
+    ),
+]
+
+EXAMPLE = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+EXAMPLE_2 = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
+
+
+class IrisFeatures(BaseModel):
+    """One flower's four measurements, in centimetres."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE]})
+
+    sepal_length: Measurement
+    sepal_width: Measurement
+    petal_length: Measurement
+    petal_width: Measurement
+
+
+Row = Annotated[
+    list[Measurement],
+    Field(
+        min_length=4,
+        max_length=4,
+        description="sepal_length, sepal_width, petal_length, petal_width",
+    ),
+]
+
+
+class BatchRequest(BaseModel):
+    """Many flowers: either ``records`` (objects) or ``instances`` (rows of four numbers)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"records": [EXAMPLE, EXAMPLE_2]},
+                {"instances": [list(EXAMPLE.values()), list(EXAMPLE_2.values())]},
+            ]
+        },
+    )
+
+    records: list[IrisFeatures] | None = Field(None, description="One object per flower.")
+    instances: list[Row] | None = Field(None, description="One row of four numbers per flower.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> BatchRequest:
+        given = [name for name in ("records", "instances") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'records' or 'instances'")
+        if not (self.records or self.instances):
+            raise ValueError(f"'{given[0]}' is empty; send at least one flower")
+        return self
+
+
+class ModelInfo(BaseModel):
+    name: str = Field(description="Registered model name.", examples=["iris-classifier"])
+    version: str = Field(description="Registry version that answered.", examples=["3"])
+    alias: str = Field(description="Registry alias it was served under.", examples=["champion"])
+    runtime: str = Field(description="Inference runtime: onnx or sklearn.", examples=["onnx"])
+
+
+class Prediction(BaseModel):
+    species: str = Field(examples=["Iris-setosa"])
+    probabilities: dict[str, float] = Field(
+        description="Class probabilities; they sum to 1.",
+        examples=[{"Iris-setosa": 1.0, "Iris-versicolor": 0.0, "Iris-virginica": 0.0}],
+    )
+
+
+class PredictResponse(Prediction):
+    model: ModelInfo
+
+
+class BatchResponse(BaseModel):
+    model: ModelInfo
+    predictions: list[Prediction] = Field(description="One per input flower, in order.")
+
+
+class ErrorDetail(BaseModel):
+    field: str | None = Field(None, description="Offending field, e.g. petal_width.")
+    row: int | None = Field(None, description="0-based index in the batch, for batch requests.")
+    message: str
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Stable machine-readable code.", examples=["validation_error"])
+    message: str = Field(description="Human-readable summary naming the field (and row).")
+    details: list[ErrorDetail] = Field(default_factory=list)
+
+
+class ErrorResponse(BaseModel):
+    """Every error the service returns, whatever its cause, has this shape."""
+
+    error: ErrorBody
+
+
+class RetrainResponse(BaseModel):
+    job_id: str
+    state: str
+    status_url: str
