@@ -96,13 +96,16 @@ class SklearnPredictor:
 
     def __init__(self, estimator: object):
         self.estimator = estimator
-        self.columns = list(getattr(estimator, "feature_names_in_", FEATURES))
+        names = getattr(estimator, "feature_names_in_", None)
+        self.columns = None if names is None else list(names)
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        import pandas as pd
+        x = np.asarray(features, dtype=np.float64)
+        if self.columns is not None:
+            import pandas as pd
 
-        frame = pd.DataFrame(np.asarray(features, dtype=np.float64), columns=self.columns)
-        return self.estimator.predict_proba(frame)
+            x = pd.DataFrame(x, columns=self.columns)
+        return self.estimator.predict_proba(x)
 
 
 def probe_inputs(n: int = PARITY_PROBES, seed: int = 0) -> np.ndarray:

@@ -26,7 +26,7 @@ EXAMPLE_2 = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "peta
 class IrisFeatures(BaseModel):
     """One flower's four measurements, in centimetres."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": EXAMPLE})
 
     sepal_length: Measurement
     sepal_width: Measurement
@@ -49,12 +49,8 @@ class BatchRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {"records": [EXAMPLE, EXAMPLE_2]},
-                {"instances": [list(EXAMPLE.values()), list(EXAMPLE_2.values())]},
-            ]
-        },
+        # BentoML's OpenAPI model takes a single `example` (OpenAPI 3.0 style).
+        json_schema_extra={"example": {"records": [EXAMPLE, EXAMPLE_2]}},
     )
 
     records: list[IrisFeatures] | None = Field(None, description="One object per flower.")
@@ -71,17 +67,27 @@ class BatchRequest(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    name: str = Field(description="Registered model name.", examples=["iris-classifier"])
-    version: str = Field(description="Registry version that answered.", examples=["3"])
-    alias: str = Field(description="Registry alias it was served under.", examples=["champion"])
-    runtime: str = Field(description="Inference runtime: onnx or sklearn.", examples=["onnx"])
+    name: str = Field(
+        description="Registered model name.", json_schema_extra={"example": "iris-classifier"}
+    )
+    version: str = Field(
+        description="Registry version that answered.", json_schema_extra={"example": "3"}
+    )
+    alias: str = Field(
+        description="Registry alias it was served under.", json_schema_extra={"example": "champion"}
+    )
+    runtime: str = Field(
+        description="Inference runtime: onnx or sklearn.", json_schema_extra={"example": "onnx"}
+    )
 
 
 class Prediction(BaseModel):
-    species: str = Field(examples=["Iris-setosa"])
+    species: str = Field(json_schema_extra={"example": "Iris-setosa"})
     probabilities: dict[str, float] = Field(
         description="Class probabilities; they sum to 1.",
-        examples=[{"Iris-setosa": 1.0, "Iris-versicolor": 0.0, "Iris-virginica": 0.0}],
+        json_schema_extra={
+            "example": {"Iris-setosa": 1.0, "Iris-versicolor": 0.0, "Iris-virginica": 0.0}
+        },
     )
 
 
@@ -101,7 +107,10 @@ class ErrorDetail(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    code: str = Field(description="Stable machine-readable code.", examples=["validation_error"])
+    code: str = Field(
+        description="Stable machine-readable code.",
+        json_schema_extra={"example": "validation_error"},
+    )
     message: str = Field(description="Human-readable summary naming the field (and row).")
     details: list[ErrorDetail] = Field(default_factory=list)
 

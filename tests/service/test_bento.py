@@ -1,0 +1,74 @@
+"""`bentoml build` from the checkout, and the built Bento serving with no registry."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from tests.utils.servers import BIN, PROJECT_DIR, bento_server, free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def built_bento(trained_home) -> str:
+    proc = subprocess.run(
+        [str(BIN / "bentoml"), "build", "--output", "tag"],
+        cwd=PROJECT_DIR,
+        env=trained_home.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    match = re.search(r"iris_classifier:[a-z0-9]+", proc.stdout)
+    assert match, proc.stdout
+    return match.group(0)
+
+
+def test_bento_packs_code_data_and_pins_the_champion(trained_home, built_bento):
+    version = built_bento.split(":")[1]
+    root = trained_home.bentoml_home / "bentos" / "iris_classifier" / version
+    src = root / "src"
+    for path in ("service.py", "training/pipeline.py", "serving/core.py", "data/raw/Iris.csv"):
+        assert (src / path).is_file(), path
+    assert not (src / "tests").exists() and not (src / "notebooks").exists()
+    manifest = (root / "bento.yaml").read_text()
+    assert f"iris-classifier:v{trained_home.result['version']}-" in manifest
+    requirements = (root / "env" / "python" / "requirements.txt").read_text()
+    assert "mlflow==3.17.2" in requirements and "scikit-learn==" in requirements
+    everything = "\n".join(
+        p.read_text(errors="ignore")
+        for p in root.rglob("*")
+        if p.is_file() and p.stat().st_size < 1_000_000
+    )
+    assert "IRIS_ADMIN_TOKEN=" not in everything
+
+
+def test_built_bento_serves_with_the_registry_unreachable(trained_home, built_bento, tmp_path):
+    env = {
+        **trained_home.env,
+        "IRIS_TRACKING_URI": f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        "IRIS_RELOAD_INTERVAL_S": "0.5",
+        "IRIS_HOME": str(tmp_path / "state"),
+    }
+    with bento_server(env, tmp_path, target=built_bento) as server:
+        for _ in range(3):
+            response = httpx.post(
+                server.url + "/predict",
+                json={
+                    "sepal_length": 6.9,
+                    "sepal_width": 3.1,
+                    "petal_length": 5.8,
+                    "petal_width": 2.3,
+                },
+            )
+            assert response.status_code == 200, response.text
+            assert response.json()["species"] == "Iris-virginica"
+            assert response.json()["model"]["version"] == trained_home.result["version"]
+            time.sleep(0.5)
+        assert "Registry check failed; still serving v1" in server.log()

@@ -1,0 +1,137 @@
+"""Start real servers (``bentoml serve``, ``mlflow server``) for tests and always stop them.
+
+Each server runs in its own process group, bound to 127.0.0.1 on a free port; ``stop``
+terminates exactly that group (never anything the test did not start).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen
+    url: str
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 15) -> None:
+        """SIGTERM the server's process group, then SIGKILL whatever is left."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # workers and any retrain child
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(5)
+
+
+def start(name: str, argv: list[str], env: dict[str, str], log_path: Path, url: str) -> Server:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            argv,
+            cwd=PROJECT_DIR,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own process group: stop() kills only what we started
+        )
+    return Server(name, process, url, log_path, env)
+
+
+def wait_ready(server: Server, path: str, timeout: float = 90) -> None:
+    """Poll ``path`` until 200; fail with the server's log if it dies or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(
+                f"{server.name} exited with {server.process.returncode}:\n{server.log()[-4000:]}"
+            )
+        try:
+            if httpx.get(server.url + path, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    server.stop()
+    raise TimeoutError(f"{server.name} not ready after {timeout:g} s:\n{server.log()[-4000:]}")
+
+
+@contextlib.contextmanager
+def bento_server(
+    env: dict[str, str], log_dir: Path, *, target: str = "service:IrisClassifier", workers: int = 1
+) -> Iterator[Server]:
+    """``bentoml serve TARGET`` on a free port; yields once ``/readyz`` answers."""
+    port = free_port()
+    env = {**env, "BENTOML_CONFIG_OPTIONS": f"services.iris_classifier.workers={workers}"}
+    argv = [str(BIN / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+    server = start(
+        "bentoml serve", argv, env, log_dir / f"bentoml-{port}.log", f"http://127.0.0.1:{port}"
+    )
+    try:
+        wait_ready(server, "/readyz")
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def mlflow_server(root: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """A real ``mlflow server`` with a SQLite backend and served artifacts under ``root``."""
+    port = free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    argv = [
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--serve-artifacts",
+        "--workers",
+        "1",
+    ]
+    server = start(
+        "mlflow server",
+        argv,
+        {**os.environ, **(env or {})},
+        root / "mlflow-server.log",
+        f"http://127.0.0.1:{port}",
+    )
+    try:
+        wait_ready(server, "/health", timeout=120)
+        yield server
+    finally:
+        server.stop()
