@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PORT   ?= 3000
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run train serve build test test-fast lint format bench clean
+.PHONY: install run train serve build test lint format bench clean proto
 
 install: $(STAMP)
 
@@ -42,3 +42,7 @@ format: install
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns data/processed data/.processed-* logs var
+
+proto: install ## Regenerate the Open Inference Protocol stubs from the committed .proto.
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. \
+		serving/oip/proto/grpc_predict_v2.proto

@@ -14,6 +14,8 @@ from bentoml.models import BentoModel
 from serving.core import IrisRuntime
 from serving.errors import GuardMiddleware, json_error, json_response
 from serving.http_extra import jobs_app
+from serving.oip import grpc_server
+from serving.oip.rest import oip_app
 from serving.schemas import (
     BatchRequest,
     BatchResponse,
@@ -32,6 +34,7 @@ from training.settings import get_settings
     http={"port": 3000},
 )
 @bentoml.asgi_app(jobs_app, path="/jobs")
+@bentoml.asgi_app(oip_app, path="/v2")
 class IrisClassifier:
     """Classifies iris flowers into species from four measurements in centimetres."""
 
@@ -41,10 +44,19 @@ class IrisClassifier:
         settings = get_settings()
         configure_logging(settings.log_level, settings.log_dir, "service.log")
         self.runtime = IrisRuntime.start(self.bento_model, settings)
+        self.grpc = None
+
+    @bentoml.on_startup
+    async def _start_grpc(self) -> None:
+        settings = self.runtime.settings
+        if settings.grpc_port:
+            self.grpc = await grpc_server.start(settings.grpc_host, settings.grpc_port)
 
     @bentoml.on_shutdown
-    def _stop(self) -> None:
+    async def _stop(self) -> None:
         self.runtime.stop()
+        if self.grpc is not None:
+            await self.grpc.stop(grace=2)
 
     @bentoml.api(input_spec=IrisFeatures, output_spec=PredictResponse, route="/predict")
     async def predict(

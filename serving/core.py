@@ -81,20 +81,28 @@ class IrisRuntime:
 
     # -- predictions ---------------------------------------------------------------
 
-    async def predict_rows(self, rows: np.ndarray, *, single: bool) -> dict:
-        """Classify an (n, 4) array with the one model current at call time."""
+    async def classify_async(self, rows: np.ndarray) -> tuple[ServedModel, list[str], np.ndarray]:
+        """Classify an (n, 4) array with the one model current at call time.
+
+        Returns that model too, so callers report exactly the version that answered.
+        """
         model = self.holder.current
         if model.fast:  # ONNX: microseconds, cheaper than a thread hop
             names, proba = model.predict(rows)
         else:
             names, proba = await asyncio.to_thread(model.predict, rows)
-        classes = model.class_names
-        info = model.identity.public()
         self.metrics.record(names, model.identity.version)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "v%s predicted %s for %d row(s)", model.identity.version, names[:5], len(names)
             )
+        return model, names, proba
+
+    async def predict_rows(self, rows: np.ndarray, *, single: bool) -> dict:
+        """Our own JSON answer for one flower (``single``) or a batch."""
+        model, names, proba = await self.classify_async(rows)
+        classes = model.class_names
+        info = model.identity.public()
         if single:
             return {
                 "species": names[0],

@@ -165,10 +165,21 @@ class GuardMiddleware:
                 )
                 return
             receive = _replay(body, receive)
-        if scope["path"].startswith(PASSTHROUGH_PREFIXES):
-            await self.app(scope, receive, send)
-            return
-        await self.app(scope, receive, _ErrorRewriter(send))
+        if scope["path"] == "/v2":  # the protocol's server-metadata route, without a redirect
+            scope["path"] = "/v2/"
+            scope["raw_path"] = b"/v2/"
+        passthrough = scope["path"].startswith(PASSTHROUGH_PREFIXES)
+        watched = _Watch(send if passthrough else _ErrorRewriter(send))
+        try:
+            await self.app(scope, receive, watched)
+        except Exception:
+            # Normally BentoML turns API exceptions into responses; this catches the rest
+            # (mounted apps, middleware) so clients still get JSON and no traceback.
+            logger.exception("Unhandled error on %s %s", scope.get("method"), scope["path"])
+            if watched.started:
+                raise
+            payload = {"error": GENERIC[500]} if passthrough else error_body(500, GENERIC[500])
+            await _send_json(send, 500, payload)
 
     def _too_large(self) -> str:
         return f"request body exceeds {self.max_body_bytes} bytes (IRIS_MAX_BODY_BYTES)"
@@ -246,6 +257,21 @@ async def _send_json(send: Send, status: int, payload: dict, *, close: bool = Fa
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class _Watch:
+    """Remembers whether a response has started (so an error can still be sent)."""
+
+    __slots__ = ("_send", "started")
+
+    def __init__(self, send: Send):
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
 
 
 class _ErrorRewriter:

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     follow_registry: bool = Field(
         True, description="Poll the registry and hot-reload new champions."
     )
+    grpc_host: str = Field("0.0.0.0", description="Interface for the gRPC (Open Inference) server.")
+    grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC port; 0 disables gRPC.")
     jobs_db: Path | None = Field(None, description="SQLite file holding retrain job records.")
     retrain_timeout_s: float = Field(900.0, gt=0, description="Kill a retrain after this long.")
 

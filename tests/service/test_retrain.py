@@ -8,9 +8,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 
+from serving.oip.proto import grpc_predict_v2_pb2 as pb
+from serving.oip.proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from serving.schemas import ErrorResponse, RetrainResponse
 from tests.utils.servers import Server, bento_server
 from tests.utils.training import TrainedHome, iris_train, train_home
@@ -129,11 +132,30 @@ def test_retrain_runs_in_background_single_flight_and_all_workers_reload(server2
     assert seen == {"2"}
 
 
-def test_manual_rollback_is_followed_by_every_worker(server2, own_home):
+def grpc_versions(server: Server, connections: int = 12) -> set[str]:
+    """Versions reported over gRPC on fresh connections (SO_REUSEPORT spreads them)."""
+    request = pb.ModelInferRequest(model_name="iris-classifier")
+    request.inputs.add(
+        name="features", datatype="FP32", shape=[1, 4]
+    ).contents.fp32_contents.extend(GOOD.values())
+    seen = set()
+    for _ in range(connections):
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            seen.add(
+                pb_grpc.GRPCInferenceServiceStub(channel)
+                .ModelInfer(request, timeout=10)
+                .model_version
+            )
+    return seen
+
+
+def test_manual_rollback_is_followed_by_every_worker_over_http_and_grpc(server2, own_home):
     iris_train(own_home.env, "promote", "1")
     wait_all_workers(server2, "1")
+    assert grpc_versions(server2) == {"1"}
     iris_train(own_home.env, "promote", "2")
     wait_all_workers(server2, "2")
+    assert grpc_versions(server2) == {"2"}
 
 
 def test_failed_retrain_leaves_champion_and_served_model_untouched(server2, own_home, retrain_csv):

@@ -37,6 +37,11 @@ class Server:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def grpc_target(self) -> str:
+        """host:port of the server's gRPC (Open Inference Protocol) endpoint."""
+        return f"127.0.0.1:{self.env['IRIS_GRPC_PORT']}"
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -85,13 +90,38 @@ def wait_ready(server: Server, path: str, timeout: float = 90) -> None:
     raise TimeoutError(f"{server.name} not ready after {timeout:g} s:\n{server.log()[-4000:]}")
 
 
+def private_bentoml_home(shared: Path, private: Path) -> Path:
+    """A BENTOML_HOME that shares the model and Bento stores but nothing else.
+
+    `bentoml serve` wipes BENTOML_HOME/prometheus_multiproc_dir at start, so two servers
+    on one home would erase each other's metrics.
+    """
+    private.mkdir(parents=True, exist_ok=True)
+    for store in ("models", "bentos"):
+        (shared / store).mkdir(parents=True, exist_ok=True)
+        if not (private / store).exists():
+            (private / store).symlink_to(shared / store)
+    return private
+
+
 @contextlib.contextmanager
 def bento_server(
     env: dict[str, str], log_dir: Path, *, target: str = "service:IrisClassifier", workers: int = 1
 ) -> Iterator[Server]:
     """``bentoml serve TARGET`` on a free port; yields once ``/readyz`` answers."""
     port = free_port()
-    env = {**env, "BENTOML_CONFIG_OPTIONS": f"services.iris_classifier.workers={workers}"}
+    env = {
+        **env,
+        "BENTOML_HOME": str(
+            private_bentoml_home(Path(env["BENTOML_HOME"]), log_dir / f"home-{port}")
+        ),
+    }
+    env = {
+        "IRIS_GRPC_PORT": str(free_port()),  # a port of its own: workers share it via SO_REUSEPORT
+        **env,
+        "IRIS_GRPC_HOST": "127.0.0.1",
+        "BENTOML_CONFIG_OPTIONS": f"services.iris_classifier.workers={workers}",
+    }
     argv = [str(BIN / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", str(port)]
     server = start(
         "bentoml serve", argv, env, log_dir / f"bentoml-{port}.log", f"http://127.0.0.1:{port}"

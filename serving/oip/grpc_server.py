@@ -1,0 +1,138 @@
+"""``inference.GRPCInferenceService`` served from every BentoML worker.
+
+BentoML's new-style services have no gRPC path, so each worker starts a ``grpc.aio``
+server on its own event loop at startup. gRPC sets SO_REUSEPORT on Linux, so all workers
+bind the same port and the kernel spreads connections across them. Every RPC reads the
+same in-memory model as HTTP, so a hot reload reaches both protocols at the same moment.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+import numpy as np
+
+from serving.core import get_runtime
+from serving.oip import protocol as oip
+from serving.oip.proto import grpc_predict_v2_pb2 as pb
+from serving.oip.proto import grpc_predict_v2_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
+
+CODES = {"invalid": grpc.StatusCode.INVALID_ARGUMENT, "not_found": grpc.StatusCode.NOT_FOUND}
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    async def ServerLive(self, request, context):  # noqa: N802 - protocol method names
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):  # noqa: N802
+        return pb.ServerReadyResponse(ready=True)
+
+    async def ServerMetadata(self, request, context):  # noqa: N802
+        return pb.ServerMetadataResponse(**oip.server_metadata())
+
+    async def ModelReady(self, request, context):  # noqa: N802
+        model = await self._served(request.name, request.version, context)
+        return pb.ModelReadyResponse(ready=model is not None)
+
+    async def ModelMetadata(self, request, context):  # noqa: N802
+        model = await self._served(request.name, request.version, context)
+        identity = model.identity
+        meta = oip.model_metadata(identity.name, identity.version, identity.runtime)
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=[tensor(**t) for t in meta["inputs"]],
+            outputs=[tensor(**t) for t in meta["outputs"]],
+        )
+
+    async def ModelInfer(self, request, context):  # noqa: N802
+        await self._served(request.model_name, request.model_version, context)
+        try:
+            rows, raw = _decode(request)
+            wanted = oip.requested([o.name for o in request.outputs])
+        except oip.InferError as e:
+            await context.abort(CODES[e.kind], str(e))
+        model, species, proba = await get_runtime().classify_async(rows)
+        response = pb.ModelInferResponse(
+            model_name=model.identity.name, model_version=model.identity.version, id=request.id
+        )
+        for tensor in oip.outputs(species, proba, wanted):
+            out = response.outputs.add(
+                name=tensor.name, datatype=tensor.datatype, shape=tensor.shape
+            )
+            if raw:
+                response.raw_output_contents.append(_raw(tensor))
+            elif tensor.datatype == "BYTES":
+                out.contents.bytes_contents.extend(s.encode() for s in tensor.data)
+            else:
+                out.contents.fp32_contents.extend(tensor.data.tolist())
+        return response
+
+    async def _served(self, name: str, version: str, context):
+        model = get_runtime().holder.current
+        try:
+            oip.check_model(name, version, model.identity.name, model.identity.version)
+        except oip.InferError as e:
+            await context.abort(CODES[e.kind], str(e))
+        return model
+
+
+def _decode(request) -> tuple[np.ndarray, bool]:
+    """The single input tensor as (N, 4) rows, and whether it came as raw bytes."""
+    if len(request.inputs) != 1:
+        raise oip.InferError(f"expected exactly one input tensor, got {len(request.inputs)}")
+    tensor = request.inputs[0]
+    shape = list(tensor.shape)
+    dtype = oip.INPUT_DTYPES.get(tensor.datatype)
+    if dtype is None:
+        raise oip.InferError(
+            f"input datatype {tensor.datatype!r} is not supported; use FP32 or FP64"
+        )
+    if request.raw_input_contents:
+        if len(request.raw_input_contents) != 1:
+            raise oip.InferError("raw_input_contents must hold exactly one buffer")
+        buffer = request.raw_input_contents[0]
+        if len(buffer) % dtype.itemsize:
+            raise oip.InferError(
+                f"raw input of {len(buffer)} bytes is not a whole number of {tensor.datatype}"
+            )
+        values = np.frombuffer(buffer, dtype=dtype)
+        raw = True
+    else:
+        contents = (
+            tensor.contents.fp32_contents
+            if tensor.datatype == "FP32"
+            else tensor.contents.fp64_contents
+        )
+        values = np.asarray(contents, dtype=np.float64)
+        raw = False
+    return oip.rows_from(tensor.datatype, shape, values.astype(np.float64)), raw
+
+
+def _raw(tensor: oip.Tensor) -> bytes:
+    if tensor.datatype != "BYTES":
+        return np.ascontiguousarray(tensor.data, dtype="<f4").tobytes()
+    parts = []
+    for text in tensor.data:
+        encoded = text.encode()
+        parts.append(len(encoded).to_bytes(4, "little") + encoded)
+    return b"".join(parts)
+
+
+async def start(host: str, port: int) -> grpc.aio.Server:
+    """Start the gRPC server on the running loop (one per worker; SO_REUSEPORT shares the port)."""
+    server = grpc.aio.server(
+        options=[("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", 8 << 20)]
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(), server)
+    address = f"{host}:{port}"
+    if server.add_insecure_port(address) == 0:
+        raise RuntimeError(f"could not bind gRPC to {address}")
+    await server.start()
+    logger.info("gRPC Open Inference Protocol listening on %s", address)
+    return server

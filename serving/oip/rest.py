@@ -1,0 +1,139 @@
+"""Open Inference Protocol REST endpoints, mounted at ``/v2`` beside our own API."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from serving.core import get_runtime
+from serving.oip import protocol as oip
+
+STATUS = {"invalid": 400, "not_found": 404}
+
+
+def _error(exc: oip.InferError) -> JSONResponse:
+    return JSONResponse({"error": str(exc)}, status_code=STATUS[exc.kind])
+
+
+async def live(request: Request) -> Response:
+    return JSONResponse({"live": True})
+
+
+async def ready(request: Request) -> Response:
+    return JSONResponse({"ready": True})
+
+
+async def server_metadata(request: Request) -> Response:
+    return JSONResponse(oip.server_metadata())
+
+
+def _served(request: Request):
+    model = get_runtime().holder.current
+    identity = model.identity
+    oip.check_model(
+        request.path_params["model"],
+        request.path_params.get("version", ""),
+        identity.name,
+        identity.version,
+    )
+    return model
+
+
+async def model_metadata(request: Request) -> Response:
+    try:
+        model = _served(request)
+    except oip.InferError as e:
+        return _error(e)
+    identity = model.identity
+    return JSONResponse(oip.model_metadata(identity.name, identity.version, identity.runtime))
+
+
+async def model_ready(request: Request) -> Response:
+    try:
+        _served(request)
+    except oip.InferError as e:
+        return _error(e)
+    return JSONResponse({"name": request.path_params["model"], "ready": True})
+
+
+async def infer(request: Request) -> Response:
+    try:
+        _served(request)
+        body = _parse(await request.body())
+        rows = _decode(body)
+        wanted = oip.requested(
+            [o.get("name", "") for o in body.get("outputs") or [] if isinstance(o, dict)]
+        )
+    except oip.InferError as e:
+        return _error(e)
+    runtime = get_runtime()
+    model, species, proba = await runtime.classify_async(rows)
+    if (
+        request.path_params.get("version")
+        and request.path_params["version"] != model.identity.version
+    ):
+        return _error(
+            oip.InferError("the requested version was replaced while the request ran", "not_found")
+        )
+    payload = {
+        "model_name": model.identity.name,
+        "model_version": model.identity.version,
+        "outputs": [
+            {"name": t.name, "datatype": t.datatype, "shape": t.shape, "data": t.data.tolist()}
+            for t in oip.outputs(species, proba, wanted)
+        ],
+    }
+    if isinstance(body.get("id"), str):
+        payload["id"] = body["id"]
+    from pydantic_core import to_json
+
+    return Response(to_json(payload), media_type="application/json")
+
+
+def _parse(raw: bytes) -> dict:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise oip.InferError("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise oip.InferError("request body must be a JSON object")
+    return body
+
+
+def _decode(body: dict) -> np.ndarray:
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise oip.InferError("'inputs' must be a list with exactly one tensor")
+    tensor = inputs[0]
+    shape, datatype, data = tensor.get("shape"), tensor.get("datatype"), tensor.get("data")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) for d in shape
+    ):
+        raise oip.InferError("input 'shape' must be a list of integers")
+    if not isinstance(data, list):
+        raise oip.InferError("input 'data' must be a (flat or nested) list of numbers")
+    try:
+        values = np.array(data)
+    except ValueError:
+        raise oip.InferError("input 'data' is ragged; nested lists must match the shape") from None
+    if values.dtype.kind not in "fi":  # rejects strings, booleans, nulls, mixed types
+        raise oip.InferError(f"input 'data' must hold only numbers for datatype {datatype!r}")
+    return oip.rows_from(str(datatype), shape, values.astype(np.float64).ravel())
+
+
+_model = "/models/{model}"
+_versioned = "/models/{model}/versions/{version}"
+routes = [
+    Route("/", server_metadata),
+    Route("/health/live", live),
+    Route("/health/ready", ready),
+    *(Route(base, model_metadata) for base in (_model, _versioned)),
+    *(Route(base + "/ready", model_ready) for base in (_model, _versioned)),
+    *(Route(base + "/infer", infer, methods=["POST"]) for base in (_model, _versioned)),
+]
+oip_app = Starlette(routes=routes)
