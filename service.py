@@ -42,7 +42,10 @@ class IrisClassifier:
 
     def __init__(self) -> None:
         settings = get_settings()
-        configure_logging(settings.log_level, settings.log_dir, "service.log")
+        # BentoML's access log (one line per request) also goes to our file.
+        configure_logging(
+            settings.log_level, settings.log_dir, "service.log", file_only=("bentoml.access",)
+        )
         self.runtime = IrisRuntime.start(self.bento_model, settings)
         self.grpc = None
 
@@ -95,4 +98,8 @@ class IrisClassifier:
         return response
 
 
-IrisClassifier.add_asgi_middleware(GuardMiddleware, max_body_bytes=get_settings().max_body_bytes)
+IrisClassifier.add_asgi_middleware(
+    GuardMiddleware,
+    max_body_bytes=get_settings().max_body_bytes,
+    body_timeout_s=get_settings().body_timeout_s,
+)

@@ -11,12 +11,20 @@ FORMAT = "%(asctime)s %(levelname)-7s [%(process)d] %(name)s: %(message)s"
 OUR_LOGGERS = ("training", "serving", "service")
 
 
-def configure_logging(level: str, log_dir: Path, filename: str) -> Path:
+def configure_logging(
+    level: str, log_dir: Path, filename: str, file_only: tuple[str, ...] = ()
+) -> Path:
     """Send our loggers to the console and to ``log_dir/filename``.
 
     Several processes (service workers, a retrain subprocess) may append to one file:
     ``WatchedFileHandler`` opens it in append mode, writes each record with one flush, and
     reopens it if logrotate moves it away. Safe to call more than once.
+
+    Args:
+        level: Level for our loggers.
+        log_dir: Folder for the file (created).
+        filename: Log file name.
+        file_only: Other loggers (already printed by their owner) to copy into the file.
 
     Returns:
         The path of the log file.
@@ -38,6 +46,11 @@ def configure_logging(level: str, log_dir: Path, filename: str) -> Path:
         logger.addHandler(console)
         logger.setLevel(level)
         logger.propagate = False
+    for name in file_only:
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if getattr(h, "_iris", False)]:
+            logger.removeHandler(old)
+        logger.addHandler(file_handler)
     # MLflow and friends are chatty at INFO; keep their warnings.
     logging.getLogger("mlflow").setLevel(max(logging.WARNING, logging.getLevelName(level)))
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")

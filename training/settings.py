@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     reload_interval_s: float = Field(10.0, gt=0, description="Champion alias poll interval.")
     max_batch_size: int = Field(10_000, ge=1, description="Most records in one batch request.")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Request body cap.")
+    body_timeout_s: float = Field(10.0, gt=0, description="Longest wait for a request body.")
     retrain_data: Path | None = Field(
         None, description="CSV that /retrain trains on (default: raw_data)."
     )

@@ -23,6 +23,37 @@ PROJECT_DIR = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
+def descendants(pid: int) -> list[int]:
+    """All live descendant PIDs of ``pid`` (from /proc)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def worker_pids(server: Server) -> list[int]:
+    """PIDs of the BentoML worker processes of a `bentoml serve` we started."""
+    return sorted(
+        p for p in descendants(server.process.pid) if "_bentoml_impl.worker" in cmdline(p)
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -134,9 +165,14 @@ def bento_server(
 
 
 @contextlib.contextmanager
-def mlflow_server(root: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
-    """A real ``mlflow server`` with a SQLite backend and served artifacts under ``root``."""
-    port = free_port()
+def mlflow_server(
+    root: Path, env: dict[str, str] | None = None, *, port: int = 0, backend_uri: str = ""
+) -> Iterator[Server]:
+    """A real ``mlflow server`` (SQLite backend unless ``backend_uri``) with artifacts under ``root``.
+
+    Starting it again with the same ``root`` and ``port`` brings the same registry back.
+    """
+    port = port or free_port()
     root.mkdir(parents=True, exist_ok=True)
     argv = [
         str(BIN / "mlflow"),
@@ -146,7 +182,7 @@ def mlflow_server(root: Path, env: dict[str, str] | None = None) -> Iterator[Ser
         "--port",
         str(port),
         "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
+        backend_uri or f"sqlite:///{root / 'mlflow.db'}",
         "--artifacts-destination",
         str(root / "artifacts"),
         "--serve-artifacts",

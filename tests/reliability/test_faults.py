@@ -1,0 +1,169 @@
+"""Faults: a worker SIGKILLed, the registry down, a retrain killed, bad data, a tampered model."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.utils.load import GOOD, Load
+from tests.utils.servers import bento_server, free_port, mlflow_server, worker_pids
+from tests.utils.training import iris_train, train_home
+
+TOKEN = "fault-token-77"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+def server_env(home, **extra) -> dict[str, str]:
+    return {**home.env, "IRIS_ADMIN_TOKEN": TOKEN, "IRIS_RELOAD_INTERVAL_S": "1", **extra}
+
+
+def retrain(server) -> str:
+    response = httpx.post(server.url + "/retrain", headers=AUTH)
+    assert response.status_code == 202, response.text
+    return response.json()["job_id"]
+
+
+def wait_job(server, job_id: str, timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = httpx.get(f"{server.url}/jobs/{job_id}", headers=AUTH, timeout=10).json()
+        if job["state"] in ("succeeded", "failed"):
+            return job
+        time.sleep(0.5)
+    raise TimeoutError(job)
+
+
+def served(server) -> str:
+    return httpx.post(server.url + "/predict", json=GOOD).json()["model"]["version"]
+
+
+def test_worker_killed_under_load_recovers(tmp_path):
+    home = train_home(tmp_path / "home")
+    with bento_server(server_env(home), tmp_path, workers=2) as server:
+        before = worker_pids(server)
+        assert len(before) == 2
+        with Load(server.url, clients=16, max_seconds=60) as load:
+            time.sleep(3)
+            killed_at = time.monotonic()
+            os.kill(before[0], signal.SIGKILL)
+            deadline = time.monotonic() + 45
+            while time.monotonic() < deadline:
+                now = worker_pids(server)
+                if len(now) == 2 and before[0] not in now:
+                    break
+                time.sleep(0.2)
+            recovered_in = time.monotonic() - killed_at
+            time.sleep(5)  # keep loading the recovered server
+            result = load.stop()
+        assert len(worker_pids(server)) == 2, "the killed worker was not replaced"
+        assert recovered_in < 45
+        late = [t for t in result.failure_times if t > killed_at + recovered_in + 1]
+        print(f"worker SIGKILL: replaced in {recovered_in:.1f} s; {result.summary()}")
+        assert late == [], result.failed[-5:]  # after recovery, nothing fails
+        assert len(result.failed) <= 16, result.failed[:5]  # at most the in-flight requests
+        assert result.ok > 100
+
+
+def test_registry_down_then_back(tmp_path):
+    port = free_port()
+    root = tmp_path / "mlflow"
+    with mlflow_server(root, port=port) as registry:
+        home = train_home(tmp_path / "home", IRIS_TRACKING_URI=registry.url)
+    # The registry is down while the service starts: it serves the packed model.
+    env = server_env(home, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
+    with bento_server(env, tmp_path, workers=1) as server, Load(server.url, clients=8) as load:
+        assert served(server) == "1"
+        failed = wait_job(server, retrain(server))
+        assert failed["state"] == "failed"
+        assert "Connection refused" in failed["error"] or "connect" in failed["error"].lower(), (
+            failed
+        )
+        assert served(server) == "1"
+        with mlflow_server(root, port=port):
+            assert iris_train(home.env, "champion").stdout.strip() == "1"  # untouched
+            job = wait_job(server, retrain(server))
+            assert job["state"] == "succeeded", job
+            assert job["version"] == "2"
+            deadline = time.monotonic() + 15
+            while served(server) != "2" and time.monotonic() < deadline:
+                time.sleep(0.3)
+            assert served(server) == "2"
+        result = load.stop()
+    print(f"registry outage: {result.summary()}")
+    assert result.failed == []
+    assert set(result.versions) <= {"1", "2"}
+
+
+def test_retrain_killed_halfway_changes_nothing_and_next_succeeds(tmp_path):
+    home = train_home(tmp_path / "home")
+    with bento_server(server_env(home), tmp_path) as server:
+        job_id = retrain(server)
+        jobs_db = Path(home.home) / "var" / "jobs.sqlite"
+        deadline = time.monotonic() + 30
+        pid = None
+        while pid is None and time.monotonic() < deadline:
+            with sqlite3.connect(jobs_db) as conn:
+                pid = conn.execute("SELECT pid FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+            time.sleep(0.1)
+        time.sleep(3)  # into training: MLflow runs exist, nothing registered or promoted yet
+        os.kill(pid, signal.SIGKILL)
+        job = wait_job(server, job_id)
+        assert job["state"] == "failed"
+        assert "-9" in job["error"] or "interrupted" in job["error"]
+        assert iris_train(home.env, "champion").stdout.strip() == "1"
+        assert served(server) == "1"
+        job = wait_job(server, retrain(server))
+        assert job["state"] == "succeeded", job
+        assert iris_train(home.env, "champion").stdout.strip() == job["version"]
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "directory", "binary"])
+def test_unreadable_or_corrupt_data_fails_the_job_by_name(tmp_path, kind):
+    home = train_home(tmp_path / "home")
+    data = tmp_path / "incoming.csv"
+    if kind == "corrupt":
+        data.write_text(
+            "Id,SepalLengthCm,SepalWidthCm,PetalLengthCm,PetalWidthCm,Species\n1,5.1,3.5\n"
+        )
+    elif kind == "directory":
+        data.mkdir()
+    else:
+        data.write_bytes(os.urandom(4096))
+    with bento_server(server_env(home, IRIS_RETRAIN_DATA=str(data)), tmp_path) as server:
+        job = wait_job(server, retrain(server))
+        assert job["state"] == "failed"
+        assert "incoming.csv" in job["error"] and str(tmp_path) not in job["error"]
+        assert served(server) == "1"
+    assert iris_train(home.env, "champion").stdout.strip() == "1"
+
+
+def test_tampered_model_is_refused_and_previous_keeps_serving(tmp_path):
+    import mlflow
+
+    from tests.utils.tamper import tamper
+
+    home = train_home(tmp_path / "home")
+    with bento_server(server_env(home), tmp_path, workers=1) as server:
+        mlflow.set_tracking_uri(home.tracking_uri)
+        mlflow.set_registry_uri(home.tracking_uri)
+        source = Path(
+            mlflow.artifacts.download_artifacts(
+                "models:/iris-classifier/1", dst_path=str(tmp_path / "v1")
+            )
+        )
+        bad = tamper(source, tmp_path / "evil")
+        mlflow.set_experiment("attacker")
+        with mlflow.start_run() as run:
+            mlflow.log_artifacts(str(bad), "model")
+        version = mlflow.register_model(f"runs:/{run.info.run_id}/model", "iris-classifier").version
+        iris_train(home.env, "promote", str(version))
+        time.sleep(4)  # several reload intervals
+        assert served(server) == "1"
+        assert "untrusted types" in server.log()
+        assert not (tmp_path / "pwned").exists()
