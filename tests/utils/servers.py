@@ -168,7 +168,7 @@ def bento_server(
 def mlflow_server(
     root: Path, env: dict[str, str] | None = None, *, port: int = 0, backend_uri: str = ""
 ) -> Iterator[Server]:
-    """A real ``mlflow server`` (SQLite backend unless ``backend_uri``) with artifacts under ``root``.
+    """A real ``mlflow server`` (SQLite unless ``backend_uri``), artifacts under ``root``.
 
     Starting it again with the same ``root`` and ``port`` brings the same registry back.
     """
