@@ -9,11 +9,12 @@
 #
 # Idempotent: does nothing when the image is already in local storage with the same
 # recipe (or when it is a real python:3.11-slim, e.g. pulled from Docker Hub).
-# Cached: the finished root filesystem is kept as a tarball in $IRIS_CONTAINERS_DIR/cache,
+# Cached: the finished root filesystem is kept as a tarball in $CONTAINER_STATE_DIR/cache,
 # so rebuilding the image after a storage reset is an import of a few seconds.
 #
-# Environment: IRIS_UV_VERSION (uv wheel version), IRIS_DEBIAN_MIRROR, IRIS_BASE_FORCE=1
-# (rebuild even when present), PYTHON (an interpreter with pip, used to fetch the uv wheel).
+# Environment: CONTAINER_BASE_UV_VERSION (uv wheel version), CONTAINER_BASE_MIRROR (Debian
+# mirror), CONTAINER_BASE_FORCE=1 (rebuild even when present), PYTHON (an interpreter with
+# pip, used to fetch the uv wheel). Not IRIS_*: that prefix belongs to the app's settings.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -22,10 +23,10 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 image="docker.io/library/python:3.11-slim"
 suite="bookworm"
-uv_version="${IRIS_UV_VERSION:-0.13.9}"
-mirror="${IRIS_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+uv_version="${CONTAINER_BASE_UV_VERSION:-0.13.9}"
+mirror="${CONTAINER_BASE_MIRROR:-http://deb.debian.org/debian}"
 python="${PYTHON:-python3}"
-cache="$IRIS_CONTAINERS_DIR/cache"
+cache="$CONTAINER_STATE_DIR/cache"
 label="org.iris-classifier.base-recipe"
 
 log() { echo "base-image: $*" >&2; }
@@ -42,7 +43,11 @@ recipe_key="$(
     } | sha256sum | cut -c1-16
 )"
 
-if [ "${IRIS_BASE_FORCE:-0}" != 1 ] && podman image exists "$image"; then
+# One build at a time per storage (parallel test workers may all ask for the image).
+exec 9>"$CONTAINER_STATE_DIR/base-image.lock"
+flock 9
+
+if [ "${CONTAINER_BASE_FORCE:-0}" != 1 ] && podman image exists "$image"; then
     current="$(podman image inspect --format "{{ index .Labels \"$label\" }}" "$image")"
     if [ "$current" = "$recipe_key" ]; then
         log "$image is up to date (recipe $recipe_key)"
