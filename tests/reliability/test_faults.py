@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.utils.load import GOOD, Load
 from tests.utils.servers import bento_server, free_port, mlflow_server, worker_pids
@@ -123,23 +122,26 @@ def test_retrain_killed_halfway_changes_nothing_and_next_succeeds(tmp_path):
         assert iris_train(home.env, "champion").stdout.strip() == job["version"]
 
 
-@pytest.mark.parametrize("kind", ["corrupt", "directory", "binary"])
-def test_unreadable_or_corrupt_data_fails_the_job_by_name(tmp_path, kind):
+def test_unreadable_or_corrupt_data_fails_the_job_by_name(tmp_path):
     home = train_home(tmp_path / "home")
     data = tmp_path / "incoming.csv"
-    if kind == "corrupt":
-        data.write_text(
-            "Id,SepalLengthCm,SepalWidthCm,PetalLengthCm,PetalWidthCm,Species\n1,5.1,3.5\n"
-        )
-    elif kind == "directory":
-        data.mkdir()
-    else:
-        data.write_bytes(os.urandom(4096))
+    header = "Id,SepalLengthCm,SepalWidthCm,PetalLengthCm,PetalWidthCm,Species\n"
+    breakages = {
+        "ragged row": lambda: data.write_text(header + "1,5.1,3.5\n"),
+        "binary garbage": lambda: data.write_bytes(os.urandom(4096)),
+        "a directory": lambda: data.mkdir(),
+        "missing": lambda: data.rmdir(),
+    }
     with bento_server(server_env(home, IRIS_RETRAIN_DATA=str(data)), tmp_path) as server:
-        job = wait_job(server, retrain(server))
-        assert job["state"] == "failed"
-        assert "incoming.csv" in job["error"] and str(tmp_path) not in job["error"]
-        assert served(server) == "1"
+        for name, breakage in breakages.items():
+            breakage()
+            job = wait_job(server, retrain(server))
+            assert job["state"] == "failed", (name, job)
+            assert "incoming.csv" in job["error"], (name, job)
+            assert str(tmp_path) not in job["error"], (name, job)
+            assert served(server) == "1"
+            if data.is_file():
+                data.unlink()
     assert iris_train(home.env, "champion").stdout.strip() == "1"
 
 

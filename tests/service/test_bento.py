@@ -2,36 +2,15 @@
 
 from __future__ import annotations
 
-import re
-import subprocess
 import time
 
 import httpx
 import pytest
 
-from tests.utils.servers import BIN, PROJECT_DIR, bento_server, free_port
+from tests.utils.servers import bento_server, free_port
+from tests.utils.training import BUILD_SECRET as SECRET
 
 pytestmark = pytest.mark.integration
-
-
-SECRET = "tok-5d1e9c0b7a2f4e66"
-
-
-@pytest.fixture(scope="session")
-def built_bento(trained_home) -> str:
-    """Built with a token in the environment, as a careless operator might."""
-    proc = subprocess.run(
-        [str(BIN / "bentoml"), "build", "--output", "tag"],
-        cwd=PROJECT_DIR,
-        env={**trained_home.env, "IRIS_ADMIN_TOKEN": SECRET},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    match = re.search(r"iris_classifier:[a-z0-9]+", proc.stdout)
-    assert match, proc.stdout
-    return match.group(0)
 
 
 def test_bento_packs_code_data_and_pins_the_champion(trained_home, built_bento):

@@ -11,6 +11,9 @@ from pathlib import Path
 
 from tests.utils.servers import BIN, PROJECT_DIR
 
+BUILD_SECRET = "tok-5d1e9c0b7a2f4e66"
+"""A token present in the environment of `bentoml build`; it must not end up in the Bento."""
+
 
 @dataclass(frozen=True)
 class TrainedHome:

@@ -1,0 +1,99 @@
+"""The real service's OCI image: built by `bentoml containerize`, run, predicted, retrained.
+
+Runs the image exactly as deployed: no registry reachable (it serves the packed
+champion), configuration from `-e` variables only, a non-root user.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import httpx
+import pandas as pd
+import pytest
+
+from tests.utils import containers as ct
+from tests.utils.training import BUILD_SECRET
+from training.schema import FEATURES
+
+pytestmark = [pytest.mark.container, pytest.mark.integration, pytest.mark.timeout(2400)]
+
+TOKEN = "container-token-3c9e"
+
+
+@pytest.fixture(scope="module")
+def backend() -> ct.Backend:
+    return ct.require_backend()
+
+
+@pytest.fixture(scope="module")
+def image(backend, built_bento, trained_home):
+    tag = f"iris-classifier:test-{uuid.uuid4().hex[:8]}"
+    ref = ct.containerize(backend, built_bento, tag, bentoml_home=trained_home.bentoml_home)
+    yield ref
+    backend.command("rmi", "-f", ref, timeout=300, check=False)
+
+
+@pytest.fixture(scope="module")
+def container(backend, image):
+    env = {
+        "IRIS_ADMIN_TOKEN": TOKEN,
+        "IRIS_GRPC_PORT": str(ct.free_port()),
+        "IRIS_GRPC_HOST": "127.0.0.1",
+        "IRIS_RELOAD_INTERVAL_S": "1",
+    }
+    with ct.run_container(backend, image, env=env, ready_timeout=240) as running:
+        yield running
+
+
+def test_runs_as_non_root(container):
+    assert container.exec("id", "-u").stdout.strip() != "0"
+    assert container.exec("sh", "-c", "cat /proc/1/status | grep '^Uid:'").stdout.split()[1] != "0"
+
+
+def test_serves_packed_champion_on_the_test_set(container, trained_home):
+    test = pd.read_csv(trained_home.test_csv)
+    rows = test[list(FEATURES)].to_numpy().tolist()
+    with httpx.Client(base_url=container.base_url, timeout=30) as client:
+        batch = client.post("/predict_batch", json={"instances": rows})
+        assert batch.status_code == 200, batch.text
+        answers = [p["species"] for p in batch.json()["predictions"]]
+        assert batch.json()["model"]["version"] == trained_home.result["version"]
+        for row, answer in zip(rows[:10], answers, strict=False):
+            single = client.post("/predict", json=dict(zip(FEATURES, row, strict=True))).json()
+            assert single["species"] == answer
+    accuracy = sum(a == s for a, s in zip(answers, test["species"], strict=True)) / len(test)
+    assert accuracy == pytest.approx(trained_home.result["metrics"]["test_accuracy"])
+
+
+def test_authorized_retrain_inside_the_container(container):
+    assert httpx.post(container.base_url + "/retrain").status_code == 401
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    response = httpx.post(container.base_url + "/retrain", headers=auth)
+    assert response.status_code == 202, response.text
+    job_url = container.base_url + response.json()["status_url"]
+    deadline = time.monotonic() + 300
+    while (job := httpx.get(job_url, headers=auth).json())["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(1)
+    assert job["state"] == "succeeded", job
+    # The embedded registry inside the container now has a champion; the service follows it.
+    deadline = time.monotonic() + 30
+    while "from registry" not in container.logs():
+        assert time.monotonic() < deadline, container.logs()[-3000:]
+        time.sleep(1)
+    answer = httpx.post(
+        container.base_url + "/predict", json=dict(zip(FEATURES, [6.9, 3.1, 5.8, 2.3], strict=True))
+    )
+    assert answer.json()["species"] == "Iris-virginica"
+    assert TOKEN not in container.logs()
+
+
+def test_no_secret_in_the_image(backend, image):
+    inspect = backend.command("image", "inspect", image, timeout=60)
+    config = json.loads(inspect.stdout)[0]
+    assert BUILD_SECRET not in inspect.stdout
+    env = config.get("Config", {}).get("Env") or config.get("config", {}).get("Env") or []
+    assert not any(e.startswith("IRIS_ADMIN_TOKEN") for e in env)
