@@ -131,11 +131,23 @@ def rewrite(status: int, body: bytes) -> tuple[int, dict]:
     return status, error_body(status, GENERIC.get(status, "request failed"))
 
 
+def rewrite_oip(status: int, body: bytes) -> tuple[int, dict]:
+    """Open Inference Protocol routes keep the protocol's ``{"error": "..."}`` form."""
+    try:
+        data = json.loads(body) if body else None
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return status, data
+    return status, {"error": GENERIC.get(status, "request failed")}
+
+
 class GuardMiddleware:
     """Cap and time-limit request bodies; give every error response one shape."""
 
     def __init__(self, app: Callable, max_body_bytes: int = 4 << 20, body_timeout_s: float = 10.0):
         self.app = app
+        self._spec: bytes | None = None
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
 
@@ -168,8 +180,11 @@ class GuardMiddleware:
         if scope["path"] == "/v2":  # the protocol's server-metadata route, without a redirect
             scope["path"] = "/v2/"
             scope["raw_path"] = b"/v2/"
+        if scope["path"] == "/docs.json" and scope.get("method") == "GET":
+            await self._openapi(scope, receive, send)
+            return
         passthrough = scope["path"].startswith(PASSTHROUGH_PREFIXES)
-        watched = _Watch(send if passthrough else _ErrorRewriter(send))
+        watched = _Watch(_ErrorRewriter(send, oip=passthrough))
         try:
             await self.app(scope, receive, watched)
         except Exception:
@@ -180,6 +195,28 @@ class GuardMiddleware:
                 raise
             payload = {"error": GENERIC[500]} if passthrough else error_body(500, GENERIC[500])
             await _send_json(send, 500, payload)
+
+    async def _openapi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve BentoML's OpenAPI document completed by :func:`serving.openapi.enrich`."""
+        if self._spec is None:
+            from serving.openapi import enrich
+
+            chunks: list[bytes] = []
+            status = 0
+
+            async def capture(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                elif message["type"] == "http.response.body":
+                    chunks.append(message.get("body", b""))
+
+            await self.app(scope, receive, capture)
+            if status != 200:
+                await _send_json(send, 500, error_body(500, GENERIC[500]))
+                return
+            self._spec = json.dumps(enrich(json.loads(b"".join(chunks)))).encode()
+        await _send_bytes(send, 200, self._spec)
 
     def _too_large(self) -> str:
         return f"request body exceeds {self.max_body_bytes} bytes (IRIS_MAX_BODY_BYTES)"
@@ -251,7 +288,10 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 async def _send_json(send: Send, status: int, payload: dict, *, close: bool = False) -> None:
-    body = json.dumps(payload).encode()
+    await _send_bytes(send, status, json.dumps(payload).encode(), close=close)
+
+
+async def _send_bytes(send: Send, status: int, body: bytes, *, close: bool = False) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if close:
         headers.append((b"connection", b"close"))
@@ -277,10 +317,11 @@ class _Watch:
 class _ErrorRewriter:
     """Passes 1xx-3xx through untouched; buffers and rewrites 4xx/5xx bodies."""
 
-    __slots__ = ("_body", "_send", "_start")
+    __slots__ = ("_body", "_oip", "_send", "_start")
 
-    def __init__(self, send: Send):
+    def __init__(self, send: Send, *, oip: bool = False):
         self._send = send
+        self._oip = oip
         self._start: Message | None = None
         self._body: list[bytes] = []
 
@@ -297,7 +338,10 @@ class _ErrorRewriter:
         self._body.append(message.get("body", b""))
         if message.get("more_body", False):
             return
-        status, payload = rewrite(self._start["status"], b"".join(self._body))
+        if self._oip:
+            status, payload = rewrite_oip(self._start["status"], b"".join(self._body))
+        else:
+            status, payload = rewrite(self._start["status"], b"".join(self._body))
         extra = [
             (k, v)
             for k, v in self._start.get("headers", [])

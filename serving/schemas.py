@@ -49,20 +49,23 @@ class BatchRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        # BentoML's OpenAPI model takes a single `example` (OpenAPI 3.0 style).
-        json_schema_extra={"example": {"records": [EXAMPLE, EXAMPLE_2]}},
+        json_schema_extra={
+            # BentoML's OpenAPI model takes a single `example` (OpenAPI 3.0 style).
+            "example": {"records": [EXAMPLE, EXAMPLE_2]},
+            "oneOf": [{"required": ["records"]}, {"required": ["instances"]}],
+        },
     )
 
-    records: list[IrisFeatures] | None = Field(None, description="One object per flower.")
-    instances: list[Row] | None = Field(None, description="One row of four numbers per flower.")
+    # Defaults of None mark "not given"; an explicit null is rejected like any non-list.
+    records: list[IrisFeatures] = Field(None, min_length=1, description="One object per flower.")  # type: ignore[assignment]
+    instances: list[Row] = Field(
+        None, min_length=1, description="One row of four numbers per flower."
+    )  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def _exactly_one(self) -> BatchRequest:
-        given = [name for name in ("records", "instances") if getattr(self, name) is not None]
-        if len(given) != 1:
+        if (self.records is None) == (self.instances is None):
             raise ValueError("give exactly one of 'records' or 'instances'")
-        if not (self.records or self.instances):
-            raise ValueError(f"'{given[0]}' is empty; send at least one flower")
         return self
 
 

@@ -40,8 +40,10 @@ CASES = [
     ("non-json", "/predict", "sepal_length=5.1", 400, "not valid JSON", None),
     ("truncated-json", "/predict", with_()[:-5], 400, "not valid JSON", None),
     ("empty-body", "/predict", "", 422, "field required", "sepal_length"),
-    ("empty-batch", "/predict_batch", '{"records": []}', 422, "empty", None),
-    ("empty-instances", "/predict_batch", '{"instances": []}', 422, "empty", None),
+    ("empty-batch", "/predict_batch", '{"records": []}', 422, "at least 1 item", "records"),
+    ("empty-instances", "/predict_batch", '{"instances": []}', 422, "at least 1 item", "instances"),
+    ("null-records", "/predict_batch", '{"records": null}', 422, "valid array", "records"),
+    ("no-form", "/predict_batch", "{}", 422, "exactly one", None),
     (
         "both-forms",
         "/predict_batch",
