@@ -134,6 +134,7 @@ def test_store_follows_the_champion_only(story: Story) -> None:
         ("non-numeric", ", line 4, column 'SepalWidthCm': 'abc' is not a number"),
         ("too-few-rows-per-class", ", column 'Species': too few rows per class"),
     ],
+    ids=["non-numeric", "too-few-rows-per-class"],
 )
 def test_bad_data_through_cli_changes_nothing(story: Story, case_id: str, where: str) -> None:
     bad = bad_case(case_id).write(story.home / "inputs" / f"{case_id}.csv", read_table())
