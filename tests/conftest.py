@@ -1,28 +1,88 @@
-"""Shared fixtures: one trained registry per test session, real servers on 127.0.0.1."""
+"""Fixtures shared by every test layer.
+
+Isolation: at start-up this process's environment is scrubbed of ``IRIS_*``, ``MLFLOW_*``
+and ``BENTOML_*`` variables (:func:`tests.utils.cli.scrubbed`), so that no test can reach a
+developer's registry or model store, and ``BENTOML_HOME`` is pointed at a fresh temporary
+folder. BentoML fixes its home the first time it is used in a process, so this has to
+happen before any test module imports it. Each pytest-xdist worker is its own process and
+gets its own folder.
+
+``trained_home`` runs the real pipeline (``iris-train run`` in a subprocess) once per
+session and per worker into that same folder: ``IRIS_HOME=<tmp>``,
+``BENTOML_HOME=<tmp>/bentoml``. Tests that use it must treat it as read-only; a test that
+needs to change a registry builds its own home with :func:`tests.utils.homes.train_home`.
+"""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
+from tests.utils.cli import scrubbed
+from tests.utils.homes import TrainedHome, train_home
 from tests.utils.servers import BIN, PROJECT_DIR
-from tests.utils.training import BUILD_SECRET, TrainedHome, train_home
+from tests.utils.training import BUILD_SECRET
+
+_SESSION_ROOT = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    clean = scrubbed(os.environ)
+    for key in set(os.environ) - set(clean):
+        del os.environ[key]
+    os.environ.update(clean)
+    root = Path(tempfile.mkdtemp(prefix="iris-tests-"))
+    config.stash[_SESSION_ROOT] = root
+    os.environ["BENTOML_HOME"] = str(root / "bentoml")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    root = config.stash.get(_SESSION_ROOT, None)
+    if root is not None:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def trained_home(tmp_path_factory: pytest.TempPathFactory) -> TrainedHome:
-    """The whole pipeline run once (real MLflow SQLite registry, real BentoML store).
+def trained_home(pytestconfig: pytest.Config) -> TrainedHome:
+    """The shipped data trained, registered (v1 @champion) and imported, once per session.
 
-    Read-only for tests: anything that retrains or promotes must train its own home.
+    Read-only for tests. Its ``bentoml_home`` is this process's ``BENTOML_HOME``, so
+    ``bentoml.models.get(trained_home.bento_tag)`` works in process, and its ``env`` runs
+    subprocesses (CLI, ``bentoml serve``) against the same registry and store.
     """
-    return train_home(tmp_path_factory.mktemp("trained-home"))
+    root = pytestconfig.stash[_SESSION_ROOT]
+    bentoml_home = Path(os.environ["BENTOML_HOME"])
+    assert bentoml_home == root / "bentoml", "BENTOML_HOME was changed during the session"
+    return train_home(root, bentoml_home)
 
 
 @pytest.fixture(scope="session")
-def built_bento(trained_home) -> str:
-    """Built with a token in the environment, as a careless operator might."""
+def bento_model(trained_home: TrainedHome):
+    """The champion as a ``bentoml.Model`` from the session's store."""
+    import bentoml
+
+    return bentoml.models.get(trained_home.bento_tag)
+
+
+@pytest.fixture(scope="session")
+def champion(bento_model):
+    """The champion loaded the way serving loads it: skops and our trusted-type list."""
+    from training.bento_store import MLFLOW_SUBDIR
+    from training.model_io import load_classifier
+
+    return load_classifier(Path(bento_model.path_of(MLFLOW_SUBDIR)))
+
+
+@pytest.fixture(scope="session")
+def built_bento(trained_home: TrainedHome) -> str:
+    """`bentoml build` of the checkout over the session store, with a token in the
+    environment as a careless operator might have: it must not end up in the Bento."""
     proc = subprocess.run(
         [str(BIN / "bentoml"), "build", "--output", "tag"],
         cwd=PROJECT_DIR,

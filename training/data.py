@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
 import os
 import shutil
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,11 +54,6 @@ class Split:
     digest: str
 
 
-def _line(index: int) -> int:
-    """CSV line number of a data row (line 1 is the header)."""
-    return int(index) + 2
-
-
 def load_raw(path: Path) -> pd.DataFrame:
     """Read and validate the raw CSV.
 
@@ -69,15 +66,7 @@ def load_raw(path: Path) -> pd.DataFrame:
     Raises:
         DataValidationError: on any breach of the contract, naming file, line and column.
     """
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except FileNotFoundError:
-        raise DataValidationError(path, "file not found") from None
-    except pd.errors.EmptyDataError:
-        raise DataValidationError(path, "file is empty (no header, no rows)") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, IsADirectoryError, PermissionError) as e:
-        raise DataValidationError(path, f"not a readable CSV file ({e})") from None
-    _check_columns(path, raw)
+    raw = _read_rows(path)
     if raw.empty:
         raise DataValidationError(path, "file has a header but no data rows")
     frame = pd.DataFrame(
@@ -85,33 +74,78 @@ def load_raw(path: Path) -> pd.DataFrame:
     )
     frame[TARGET] = _species(path, raw)
     _check_class_sizes(path, frame)
-    return frame
+    return frame.reset_index(drop=True)
 
 
-def _check_columns(path: Path, raw: pd.DataFrame) -> None:
-    columns = [str(c) for c in raw.columns]
-    duplicated = sorted(
-        {
-            c.split(".")[0]
-            for c in columns
-            if c not in RAW_COLUMNS and c.split(".")[0] in RAW_COLUMNS
-        }
-    )
-    missing = [c for c in RAW_COLUMNS if c not in columns]
-    extra = [c for c in columns if c not in RAW_COLUMNS]
+def _read_rows(path: Path) -> pd.DataFrame:
+    """The data rows as strings, indexed by the file line each row starts on.
+
+    Python's csv reader rather than pandas: pandas skips blank lines and quoted line breaks
+    when numbering rows, pads a short row with NaN (blaming the wrong column) and turns a
+    long first row into an index, so its row numbers could point at the wrong place.
+    """
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f, skipinitialspace=True, strict=True)
+            header = next((r for r in reader if not _blank(r)), [])
+            if not header:
+                raise DataValidationError(path, "file is empty (no header, no rows)")
+            _check_columns(path, header, reader.line_num)
+            rows, lines = [], []
+            start = reader.line_num + 1
+            for record in reader:
+                if not _blank(record):
+                    if len(record) != len(header):
+                        raise _ragged(path, header, record, start)
+                    rows.append(record)
+                    lines.append(start)
+                start = reader.line_num + 1
+    except FileNotFoundError:
+        raise DataValidationError(path, "file not found") from None
+    except csv.Error as e:
+        raise DataValidationError(
+            path, f"not a readable CSV file ({e})", line=reader.line_num
+        ) from None
+    except (UnicodeDecodeError, IsADirectoryError, PermissionError) as e:
+        raise DataValidationError(path, f"not a readable CSV file ({e})") from None
+    return pd.DataFrame(rows, columns=header, index=lines, dtype=str)
+
+
+def _ragged(path: Path, header: list[str], record: list[str], line: int) -> DataValidationError:
+    problem = f"row has {len(record)} fields but the header has {len(header)}"
+    if len(record) < len(header):
+        return DataValidationError(
+            path,
+            f"{problem}; the row ends before this column",
+            line=line,
+            column=header[len(record)],
+        )
+    return DataValidationError(path, f"{problem}; extra field(s) after {header[-1]!r}", line=line)
+
+
+def _blank(record: list[str]) -> bool:
+    """A blank or whitespace-only line: it carries no row."""
+    return len(record) <= 1 and not "".join(record).strip()
+
+
+def _check_columns(path: Path, header: list[str], line: int) -> None:
+    counts = Counter(header)
+    duplicated = sorted(c for c, n in counts.items() if n > 1)
+    missing = [c for c in RAW_COLUMNS if c not in counts]
+    extra = [c for c in header if c not in RAW_COLUMNS]
     if duplicated:
-        raise DataValidationError(path, f"duplicated column(s): {', '.join(duplicated)}", line=1)
+        raise DataValidationError(path, f"duplicated column(s): {', '.join(duplicated)}", line=line)
     if missing:
         raise DataValidationError(
             path,
             f"missing column(s): {', '.join(missing)}; expected {', '.join(RAW_COLUMNS)}",
-            line=1,
+            line=line,
         )
     if extra:
         raise DataValidationError(
             path,
             f"unexpected column(s): {', '.join(extra)}; expected {', '.join(RAW_COLUMNS)}",
-            line=1,
+            line=line,
         )
 
 
@@ -119,17 +153,17 @@ def _numeric(path: Path, raw: pd.DataFrame, column: str) -> pd.Series:
     text = raw[column].fillna("").str.strip()
     values = pd.to_numeric(text, errors="coerce")
     for index in text.index[text == ""]:
-        raise DataValidationError(path, "missing value", line=_line(index), column=column)
+        raise DataValidationError(path, "missing value", line=index, column=column)
     for index in values.index[values.isna()]:
         raise DataValidationError(
-            path, f"{text[index]!r} is not a number", line=_line(index), column=column
+            path, f"{text[index]!r} is not a number", line=index, column=column
         )
     for index, value in values.items():
         if not (0.0 < value <= MAX_CM):  # also catches inf
             raise DataValidationError(
                 path,
                 f"{text[index]} cm is outside the plausible range (0, {MAX_CM:g}]",
-                line=_line(index),
+                line=index,
                 column=column,
             )
     return values.astype("float64")
@@ -143,13 +177,13 @@ def _species(path: Path, raw: pd.DataFrame) -> pd.Series:
             raise DataValidationError(
                 path,
                 f"unknown species {shown}; expected one of {', '.join(SPECIES)}",
-                line=_line(index),
+                line=index,
                 column=RAW_TARGET,
             )
     if RAW_ID in raw and raw[RAW_ID].duplicated().any():
         index = raw.index[raw[RAW_ID].duplicated()][0]
         raise DataValidationError(
-            path, f"duplicate Id {raw[RAW_ID][index]!r}", line=_line(index), column=RAW_ID
+            path, f"duplicate Id {raw[RAW_ID][index]!r}", line=index, column=RAW_ID
         )
     return species
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 
 from tests.utils.load import GOOD, Load
-from tests.utils.servers import bento_server, free_port, mlflow_server, worker_pids
+from tests.utils.mlflow_server import mlflow_server
+from tests.utils.servers import bento_server, free_port, worker_pids
 from tests.utils.training import iris_train, train_home
 
 TOKEN = "fault-token-77"
@@ -73,7 +74,7 @@ def test_registry_down_then_back(tmp_path):
     port = free_port()
     root = tmp_path / "mlflow"
     with mlflow_server(root, port=port) as registry:
-        home = train_home(tmp_path / "home", IRIS_TRACKING_URI=registry.url)
+        home = train_home(tmp_path / "home", tracking_uri=registry.url)
     # The registry is down while the service starts: it serves the packed model.
     env = server_env(home, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
     with bento_server(env, tmp_path, workers=1) as server, Load(server.url, clients=8) as load:

@@ -4,8 +4,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.utils.homes import TrainedHome
 from tests.utils.servers import Server, bento_server
-from tests.utils.training import TrainedHome
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,9 @@ import pytest
 from serving.oip.proto import grpc_predict_v2_pb2 as pb
 from serving.oip.proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from serving.schemas import ErrorResponse, RetrainResponse
+from tests.utils.homes import TrainedHome
 from tests.utils.servers import Server, bento_server
-from tests.utils.training import TrainedHome, iris_train, train_home
+from tests.utils.training import iris_train, train_home
 
 pytestmark = pytest.mark.integration
 

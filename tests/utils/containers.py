@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from tests.utils.processes import free_port
 
 logger = logging.getLogger(__name__)
 
@@ -222,13 +223,6 @@ def env_args(env: Mapping[str, str]) -> list[str]:
             raise ValueError(f"not an environment variable name: {key!r}")
         args += ["-e", f"{key}={value}"]
     return args
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_argv(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from tests.utils.processes import free_port
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -52,12 +53,6 @@ def worker_pids(server: Server) -> list[int]:
     return sorted(
         p for p in descendants(server.process.pid) if "_bentoml_impl.worker" in cmdline(p)
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -159,45 +154,6 @@ def bento_server(
     )
     try:
         wait_ready(server, "/readyz")
-        yield server
-    finally:
-        server.stop()
-
-
-@contextlib.contextmanager
-def mlflow_server(
-    root: Path, env: dict[str, str] | None = None, *, port: int = 0, backend_uri: str = ""
-) -> Iterator[Server]:
-    """A real ``mlflow server`` (SQLite unless ``backend_uri``), artifacts under ``root``.
-
-    Starting it again with the same ``root`` and ``port`` brings the same registry back.
-    """
-    port = port or free_port()
-    root.mkdir(parents=True, exist_ok=True)
-    argv = [
-        str(BIN / "mlflow"),
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--backend-store-uri",
-        backend_uri or f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(root / "artifacts"),
-        "--serve-artifacts",
-        "--workers",
-        "1",
-    ]
-    server = start(
-        "mlflow server",
-        argv,
-        {**os.environ, **(env or {})},
-        root / "mlflow-server.log",
-        f"http://127.0.0.1:{port}",
-    )
-    try:
-        wait_ready(server, "/health", timeout=120)
         yield server
     finally:
         server.stop()

@@ -1,0 +1,73 @@
+"""A state folder in which the whole pipeline has run, for fixtures to build and share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tests.utils.cli import isolated_env, run_pipeline
+from tests.utils.state import registry_client
+from training.settings import Settings
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+
+@dataclass(frozen=True)
+class TrainedHome:
+    """Everything one ``iris-train run`` left behind, and how to reach it.
+
+    Attributes:
+        home: ``IRIS_HOME``: mlflow.db and mlruns/ (local store), data/processed, logs/.
+        bentoml_home: ``BENTOML_HOME`` holding the imported champion.
+        tracking_uri: MLflow tracking and registry URI the run used.
+        env: Environment for subprocesses (``iris-train``, ``bentoml serve``, ...) that
+            must see this state and nothing else.
+        result: The run's JSON result (``PipelineResult.to_dict()``): ``version``,
+            ``promoted``, ``reason``, ``metrics``, ``candidates``, ``bento_tag``, run ids.
+    """
+
+    home: Path
+    bentoml_home: Path
+    tracking_uri: str
+    env: dict[str, str]
+    result: dict[str, Any]
+
+    @property
+    def settings(self) -> Settings:
+        """Settings as the CLI saw them (built directly: no env, no lru_cache)."""
+        return Settings(home=self.home, tracking_uri=self.tracking_uri)
+
+    @property
+    def version(self) -> str:
+        """Registry version created by the run (the champion after a first run)."""
+        return self.result["version"]
+
+    @property
+    def test_csv(self) -> Path:
+        """The processed test split the champion was scored on."""
+        return self.home / "data" / "processed" / "test.csv"
+
+    @property
+    def bento_tag(self) -> str:
+        """BentoML store tag of the champion, e.g. ``iris-classifier:v1-<run id>``."""
+        return self.result["bento_tag"]
+
+    def client(self) -> MlflowClient:
+        return registry_client(self.tracking_uri)
+
+
+def train_home(home: Path, bentoml_home: Path, *, tracking_uri: str | None = None) -> TrainedHome:
+    """Run ``iris-train run`` on the shipped data into ``home`` and describe the result.
+
+    Args:
+        home: Empty (or not yet existing) folder used as ``IRIS_HOME``.
+        bentoml_home: Folder used as ``BENTOML_HOME``.
+        tracking_uri: A remote MLflow server; default is SQLite at ``home/mlflow.db``.
+    """
+    overrides = {"IRIS_TRACKING_URI": tracking_uri} if tracking_uri else {}
+    env = isolated_env(home, bentoml_home, **overrides)
+    result = run_pipeline(env)
+    uri = tracking_uri or Settings(home=home).tracking_uri
+    return TrainedHome(home, bentoml_home, uri, env, result)
