@@ -28,6 +28,8 @@ from tests.utils.servers import BIN
 from training.settings import PROJECT_DIR
 
 PROBES = Path(__file__).with_name("probes")
+RATE = 100
+"""py-spy samples per second."""
 
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*):(?P<line>\d+)\)$")
 OUR_PARTS = ("service.py", "serving/", "training/")
@@ -67,7 +69,7 @@ def pyspy_path() -> str:
     return found
 
 
-def record(root_pid: int, out: Path, duration_s: int, rate: int = 100) -> Path:
+def record(root_pid: int, out: Path, duration_s: int, rate: int = RATE) -> Path:
     """Sample the server's whole process tree for ``duration_s`` seconds (raw stacks)."""
     argv = [pyspy_path(), "record", "--pid", str(root_pid), "--subprocesses", "--full-filenames"]
     argv += ["--duration", str(duration_s), "--rate", str(rate), "--format", "raw", "-o", str(out)]
@@ -186,6 +188,11 @@ def profile_ours(
         summary = analyse(raw)
         summary.update(seconds=seconds, concurrency=connections)
         summary["gc"] = gc_passes(gc_dir, workers, window)
+        gc_ms = sum(g["total_ms"] for g in summary["gc"].values())
+        # GC runs inside whatever frame allocated, so py-spy charges it there; this is the
+        # share of busy samples that the probe's GC time amounts to.
+        busy = summary["worker_samples"] or 1
+        summary["gc_share_of_busy_samples_pct"] = round(100 * gc_ms / 1000 * RATE / busy, 1)
         summary["load_during_profile_started"] = round(started, 3)
         if freeze:
             summary["gc_freeze_experiment"] = freeze_and_measure(

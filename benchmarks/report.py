@@ -214,6 +214,10 @@ def profile_markdown(prof: dict) -> list[str]:
     lines += [f"| `{k}` | {v:.1f} % |" for k, v in prof["inclusive_pct"].items()]
     lines += [
         "",
+        f"Garbage collection (probe) in the same window: about "
+        f"{prof.get('gc_share_of_busy_samples_pct', 0):.0f} % of the busy samples above, charged "
+        "by py-spy to whatever frame happened to allocate (a full pass shows up as one hot line).",
+        "",
         "| worker | GC passes > 1 ms | GC time | of wall time | full (gen2) passes, ms |",
         "| --- | --: | --: | --: | --- |",
     ]

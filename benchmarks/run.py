@@ -144,6 +144,8 @@ def run(work: Path, **opts) -> dict:
         except (RuntimeError, TimeoutError, AssertionError, httpx.HTTPError) as e:
             entry["error"] = str(e)[:2000]
             typer.echo(f"   FAILED: {str(e).splitlines()[0]}")
+    answers = {p["answer"]["species"] for p in result["peers"].values() if "answer" in p}
+    result["same_species_from_every_peer"] = len(answers) == 1
     if "profile" in result["peers"].get("ours", {}):
         result["profile"] = result["peers"]["ours"].pop("profile")
     return result
