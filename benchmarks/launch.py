@@ -253,6 +253,26 @@ def memory(server: Server) -> dict:
     }
 
 
+def connections_per_process(server: Server, port: int) -> dict[str, int]:
+    """Established client connections on ``port`` held by each process of the server's tree.
+
+    BentoML's workers share one listening socket, so which worker accepts a connection is up
+    to the kernel and timing; a kept-alive connection then stays with that worker.
+    """
+    root = psutil.Process(server.process.pid)
+    counts = {}
+    for proc in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            n = sum(
+                1
+                for c in proc.net_connections(kind="tcp")
+                if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port
+            )
+            if n:
+                counts[str(proc.pid)] = n
+    return counts
+
+
 def vm_rss_kib(pid: int) -> int:
     """``VmRSS`` from /proc/PID/status, in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

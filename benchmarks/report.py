@@ -142,8 +142,9 @@ def markdown(result: dict) -> str:
         f"{result['load_average']['end']} at end; wrk {s['duration_s']:g} s per step, "
         f"{s['wrk_threads']} wrk thread(s), on the same machine.",
         "",
-        "| peer | c | requests/s | p50 ms | p99 ms | errors | ours ÷ peer (rps) |",
-        "| --- | --: | --: | --: | --: | --: | --: |",
+        "| peer | c | requests/s | p50 ms | p99 ms | errors | ours ÷ peer (rps) "
+        "| connections per worker |",
+        "| --- | --: | --: | --: | --: | --: | --: | --- |",
     ]
     ours = result["peers"].get("ours", {}).get("load", {})
     for key in _present(result):
@@ -151,9 +152,10 @@ def markdown(result: dict) -> str:
         for c, step in peer.get("load", {}).items():
             mine = ours.get(c)
             ratio = f"{mine['rps'] / step['rps']:.2f}×" if mine and step["rps"] else "–"
+            spread = "+".join(str(n) for n in step.get("connections_per_process", {}).values())
             lines.append(
                 f"| {peer['title']} | {c} | {step['rps']:,.0f} | {step['p50_ms']:.1f} "
-                f"| {step['p99_ms']:.1f} | {step['errors']} | {ratio} |"
+                f"| {step['p99_ms']:.1f} | {step['errors']} | {ratio} | {spread or '–'} |"
             )
     lines += ["", "| target (same run) | measured | goal | verdict |", "| --- | --: | --: | --- |"]
     for t in result["targets"]:

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -165,17 +166,29 @@ def measure(peer: launch.Peer, work: Path, entry: dict, opts: dict, version: str
         )
         entry["load"] = {}
         for c in opts["concurrency"]:
-            step = load.run_wrk(
-                url,
-                body_file,
-                connections=c,
-                duration_s=opts["duration"],
-                threads=opts["wrk_threads"],
+            spread: dict[str, int] = {}
+            probe = threading.Timer(
+                opts["duration"] / 2,
+                lambda spread=spread: spread.update(
+                    launch.connections_per_process(live.server, peer.port)
+                ),
             )
-            entry["load"][str(c)] = step.to_dict()
+            probe.start()
+            try:
+                step = load.run_wrk(
+                    url,
+                    body_file,
+                    connections=c,
+                    duration_s=opts["duration"],
+                    threads=opts["wrk_threads"],
+                )
+            finally:
+                probe.cancel()
+                probe.join()
+            entry["load"][str(c)] = {**step.to_dict(), "connections_per_process": spread}
             typer.echo(
                 f"   c={c}: {step.rps:,.0f} req/s, p50 {step.p50_ms:.1f} ms, "
-                f"p99 {step.p99_ms:.1f} ms, errors {step.errors}"
+                f"p99 {step.p99_ms:.1f} ms, errors {step.errors}, connections by pid {spread}"
             )
         if peer.key == "ours":
             entry["batch"] = {
