@@ -66,6 +66,9 @@ def main(
     ] = False,
 ) -> None:
     """Benchmark our service against mlflow models serve, a seed-style server and a no-op."""
+    unknown = set(peers) - set(report.PEER_ORDER)
+    if unknown:
+        raise typer.BadParameter(f"unknown peer(s) {sorted(unknown)}", param_hint="--peers")
     signal.signal(signal.SIGTERM, _interrupt)  # so `finally` blocks stop the servers
     load.require_wrk()
     load_start = round(os.getloadavg()[0], 2)
