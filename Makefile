@@ -40,6 +40,12 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Options go through BENCH_ARGS, e.g. make bench BENCH_ARGS="--duration 3 --profile-seconds 0".
+bench: install ## Load our service and its peers with wrk; see benchmarks/README.md.
+	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+	$(BIN)/python -m pip install --quiet -r benchmarks/requirements.txt
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) mlflow.db mlruns data/processed data/.processed-* logs var
 

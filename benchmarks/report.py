@@ -1,0 +1,265 @@
+"""Targets, the results table (Markdown), the JSON record and the README section."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from training.settings import PROJECT_DIR
+
+README = Path(__file__).with_name("README.md")
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+PACKAGES = (
+    "bentoml",
+    "mlflow",
+    "fastapi",
+    "uvicorn",
+    "starlette",
+    "h11",
+    "pydantic",
+    "onnxruntime",
+    "scikit-learn",
+    "py-spy",
+)
+PEER_ORDER = ("ours", "noop", "seed", "mlflow")
+TITLES = {
+    "ours": "our service",
+    "noop": "no-op BentoML",
+    "seed": "seed-style FastAPI",
+    "mlflow": "mlflow models serve",
+}
+
+
+def machine() -> dict:
+    """What the numbers were measured on, including how busy it was."""
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem_kib = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal:")
+    )
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu,
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def versions(wrk: str) -> dict:
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    found["wrk"] = wrk
+    commit = subprocess.run(
+        ["git", "-C", str(PROJECT_DIR), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    found["project_commit"] = commit.stdout.strip() or None
+    return found
+
+
+def targets(result: dict) -> list[dict]:
+    """The issue's targets, each computed from this run only: PASS, MISS or n/a."""
+    c = result["settings"]["target_concurrency"]
+    peers = result["peers"]
+
+    def load(key: str) -> dict | None:
+        step = peers.get(key, {}).get("load", {}).get(str(c))
+        return step if step and step["requests"] else None
+
+    rows = []
+    ours = load("ours")
+    for key, goal in (("mlflow", 10.0), ("seed", 10.0), ("noop", 0.9)):
+        peer = load(key)
+        ratio = ours["rps"] / peer["rps"] if ours and peer else None
+        rows.append(_target(f"/predict rps at c={c}: ours / {TITLES[key]}", ratio, goal))
+    noop = load("noop")
+    ratio = ours["p99_ms"] / noop["p99_ms"] if ours and noop else None
+    rows.append(_target(f"p99 at c={c}: ours / no-op BentoML", ratio, 1.5, higher=False))
+    for shape, batch in peers.get("ours", {}).get("batch", {}).items():
+        rows.append(
+            _target(
+                f"10,000-row batch ({shape}), server-side median ms",
+                batch.get("server_median_ms"),
+                50.0,
+                higher=False,
+                strict=True,
+                unit=" ms",
+            )
+        )
+    return rows
+
+
+def _target(
+    name: str,
+    value: float | None,
+    goal: float,
+    *,
+    higher: bool = True,
+    strict: bool = False,
+    unit: str = "×",
+) -> dict:
+    if value is None:
+        verdict = "n/a"
+    elif higher:
+        verdict = "PASS" if value >= goal else "MISS"
+    else:
+        verdict = "PASS" if (value < goal if strict else value <= goal) else "MISS"
+    sign = (">" if strict else "≥") if higher else ("<" if strict else "≤")
+    return {
+        "target": name,
+        "measured": None if value is None else round(value, 2),
+        "goal": f"{sign} {goal:g}{unit}",
+        "verdict": verdict,
+        "unit": unit,
+    }
+
+
+def markdown(result: dict) -> str:
+    """The tables the README shows."""
+    m, s = result["machine"], result["settings"]
+    lines = [
+        f"**{result['kind']}** — {result['date']} — {m['nproc']} cores ({m['cpu_model']}), "
+        f"{m['memory_gib']} GiB; load average {result['load_average']['start']} at start, "
+        f"{result['load_average']['end']} at end; wrk {s['duration_s']:g} s per step, "
+        f"{s['wrk_threads']} wrk thread(s), on the same machine.",
+        "",
+        "| peer | c | requests/s | p50 ms | p99 ms | errors | ours ÷ peer (rps) "
+        "| connections per worker |",
+        "| --- | --: | --: | --: | --: | --: | --: | --- |",
+    ]
+    ours = result["peers"].get("ours", {}).get("load", {})
+    for key in _present(result):
+        peer = result["peers"][key]
+        for c, step in peer.get("load", {}).items():
+            mine = ours.get(c)
+            ratio = f"{mine['rps'] / step['rps']:.2f}×" if mine and step["rps"] else "–"
+            spread = "+".join(str(n) for n in step.get("connections_per_process", {}).values())
+            lines.append(
+                f"| {peer['title']} | {c} | {step['rps']:,.0f} | {step['p50_ms']:.1f} "
+                f"| {step['p99_ms']:.1f} | {step['errors']} | {ratio} | {spread or '–'} |"
+            )
+    lines += ["", "| target (same run) | measured | goal | verdict |", "| --- | --: | --: | --- |"]
+    for t in result["targets"]:
+        shown = "–" if t["measured"] is None else f"{t['measured']:g}{t['unit']}"
+        lines.append(f"| {t['target']} | {shown} | {t['goal']} | **{t['verdict']}** |")
+    lines += [
+        "",
+        "| peer | cold start s | workers | RSS per worker MiB | workers MiB | all processes MiB |",
+        "| --- | --: | --: | --- | --: | --: |",
+    ]
+    for key in _present(result):
+        peer = result["peers"][key]
+        mem = peer.get("memory", {})
+        per = ", ".join(f"{x:.0f}" for x in mem.get("worker_rss_mib", []))
+        lines.append(
+            f"| {peer['title']} | {peer.get('cold_start_s', float('nan')):.1f} "
+            f"| {mem.get('workers', '–')} | {per} | {mem.get('workers_sum_mib', 0):.0f} "
+            f"| {mem.get('total_mib', 0):.0f} |"
+        )
+    batch = result["peers"].get("ours", {}).get("batch", {})
+    if batch:
+        lines += [
+            "",
+            "| our /predict_batch, 10,000 rows | body | client median ms | server median ms |",
+            "| --- | --: | --: | --: |",
+        ]
+        for shape, b in batch.items():
+            lines.append(
+                f"| `{shape}` | {b['body_bytes'] / 1e6:.2f} MB | {b['client_median_ms']:.1f} "
+                f"| {b['server_median_ms'] if b['server_median_ms'] is not None else '–'} |"
+            )
+    lines += ["", "Peer settings:", ""]
+    for key in _present(result):
+        peer = result["peers"][key]
+        text = "; ".join(f"{k}: {v}" for k, v in peer["settings"].items())
+        lines.append(f"- {peer['title']}: {text}")
+        if "error" in peer:
+            lines.append(f"  - **failed**: {peer['error'].splitlines()[0]}")
+    if "profile" in result:
+        lines += ["", *profile_markdown(result["profile"])]
+    return "\n".join(lines)
+
+
+def profile_markdown(prof: dict) -> list[str]:
+    """Where our workers' CPU went under load, GC pauses, and the gc.freeze() experiment."""
+    lines = [
+        f"Profile of our `/predict` at c={prof['concurrency']} ({prof['seconds']} s of py-spy "
+        f"on every worker, {prof['worker_samples']} busy samples; a fresh instance with the "
+        "GC probe):",
+        "",
+        "| charged to | share of busy worker samples |",
+        "| --- | --: |",
+    ]
+    lines += [f"| {k} | {v:.1f} % |" for k, v in prof["by_owner_pct"].items()]
+    lines += ["", '| "our code" above, by function | share |', "| --- | --: |"]
+    lines += [f"| `{k}` | {v:.1f} % |" for k, v in prof["our_code_by_function_pct"].items()]
+    lines += ["", "| function, inclusive (with all it calls) | share |", "| --- | --: |"]
+    lines += [f"| `{k}` | {v:.1f} % |" for k, v in prof["inclusive_pct"].items()]
+    lines += [
+        "",
+        f"Garbage collection (probe) in the same window: about "
+        f"{prof.get('gc_share_of_busy_samples_pct', 0):.0f} % of the busy samples above, charged "
+        "by py-spy to whatever frame happened to allocate (a full pass shows up as one hot line).",
+        "",
+        "| worker | GC passes > 1 ms | GC time | of wall time | full (gen2) passes, ms |",
+        "| --- | --: | --: | --: | --- |",
+    ]
+    for pid, g in prof.get("gc", {}).items():
+        lines.append(
+            f"| {pid} | {g['passes_over_1ms']} | {g['total_ms']:.0f} ms "
+            f"| {g['pct_of_wall_time']} % | {', '.join(f'{x:.0f}' for x in g['gen2_ms'])} |"
+        )
+    exp = prof.get("gc_freeze_experiment")
+    if exp:
+        lines += [
+            "",
+            "Experiment, same instance after `gc.freeze()` in every worker (not the product):",
+            "",
+            "| c | requests/s | p50 ms | p99 ms | errors | gen2 passes, ms |",
+            "| --: | --: | --: | --: | --: | --- |",
+        ]
+        for c, step in exp.items():
+            if not c.isdigit():
+                continue
+            gen2 = ", ".join(f"{x:.0f}" for g in step["gc"].values() for x in g["gen2_ms"])
+            lines.append(
+                f"| {c} | {step['rps']:,.0f} | {step['p50_ms']:.1f} | {step['p99_ms']:.1f} "
+                f"| {step['errors']} | {gen2 or 'none'} |"
+            )
+    return lines
+
+
+def _present(result: dict) -> list[str]:
+    return [k for k in PEER_ORDER if k in result["peers"]]
+
+
+def write(result: dict, out_dir: Path, update_readme: bool) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "latest.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    if update_readme and README.exists():
+        text = README.read_text()
+        if START in text and END in text:
+            head, rest = text.split(START, 1)
+            tail = rest.split(END, 1)[1]
+            README.write_text(f"{head}{START}\n{markdown(result)}\n{END}{tail}")
+    return path

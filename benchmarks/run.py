@@ -1,0 +1,250 @@
+"""``python -m benchmarks.run``: train a fresh registry, serve its champion four ways, load each.
+
+One peer runs at a time, on 127.0.0.1, and is stopped (by process group and PID) before the
+next one starts, also on failure or Ctrl-C. Results go to ``benchmarks/results/latest.json``
+and the table in ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+
+from benchmarks import launch, load, profile, report
+from tests.utils.servers import BIN
+from tests.utils.training import train_home
+from training.schema import SPECIES
+from training.settings import PROJECT_DIR
+
+app = typer.Typer(help=__doc__, add_completion=False)
+RESULTS = Path(__file__).with_name("results")
+QUIET_LOAD = 0.5
+
+
+@app.command()
+def main(
+    duration: Annotated[float, typer.Option(help="Seconds of wrk load per step.")] = 10,
+    concurrency: Annotated[
+        list[int], typer.Option(help="wrk connections per step (repeat the option).")
+    ] = [1, 32],  # noqa: B006 (Typer reads the default; it is never mutated)
+    warmup: Annotated[float, typer.Option(help="Seconds of unmeasured load first.")] = 3,
+    wrk_threads: Annotated[int, typer.Option(help="wrk threads (the load shares the CPUs).")] = 1,
+    peers: Annotated[
+        list[str], typer.Option(help="Peers to run: ours, noop, seed, mlflow (repeat).")
+    ] = list(report.PEER_ORDER),  # noqa: B006
+    mlflow_workers: Annotated[
+        int, typer.Option(help="uvicorn workers for mlflow models serve (MLflow's default: 1).")
+    ] = 1,
+    batch_rows: Annotated[int, typer.Option(help="Rows in the batch request.")] = 10_000,
+    batch_repeats: Annotated[int, typer.Option(help="Timed batch requests (median).")] = 7,
+    profile_seconds: Annotated[
+        int, typer.Option(help="py-spy our /predict under load for this long; 0 skips it.")
+    ] = 10,
+    gc_freeze: Annotated[
+        bool,
+        typer.Option(
+            "--gc-freeze/--no-gc-freeze",
+            help="After profiling, gc.freeze() the profiled workers and load them again.",
+        ),
+    ] = True,
+    out: Annotated[Path, typer.Option(help="Folder for latest.json.")] = RESULTS,
+    readme: Annotated[
+        bool, typer.Option("--readme/--no-readme", help="Rewrite the table in the README.")
+    ] = True,
+    keep_work: Annotated[
+        bool, typer.Option(help="Keep the temp folder (registry, server logs, profile).")
+    ] = False,
+) -> None:
+    """Benchmark our service against mlflow models serve, a seed-style server and a no-op."""
+    unknown = set(peers) - set(report.PEER_ORDER)
+    if unknown:
+        raise typer.BadParameter(f"unknown peer(s) {sorted(unknown)}", param_hint="--peers")
+    signal.signal(signal.SIGTERM, _interrupt)  # so `finally` blocks stop the servers
+    load.require_wrk()
+    load_start = round(os.getloadavg()[0], 2)
+    if load_start > QUIET_LOAD:
+        typer.echo(f"warning: load average {load_start} > {QUIET_LOAD}: numbers will be noisy")
+    work = Path(tempfile.mkdtemp(prefix="iris-bench-"))
+    ok = False
+    try:
+        result = run(
+            work,
+            duration=duration,
+            concurrency=concurrency,
+            warmup=warmup,
+            wrk_threads=wrk_threads,
+            keys=peers,
+            mlflow_workers=mlflow_workers,
+            batch_rows=batch_rows,
+            batch_repeats=batch_repeats,
+            profile_seconds=profile_seconds,
+            gc_freeze=gc_freeze,
+        )
+        load_end = round(os.getloadavg()[0], 2)
+        result["load_average"] = {"start": load_start, "end": load_end}
+        result["kind"] = _kind(duration, load_start)
+        result["targets"] = report.targets(result)
+        path = report.write(result, out, readme)
+        typer.echo(report.markdown(result))
+        if "profile" in result:
+            typer.echo("\nprofile (share of busy worker samples):")
+            typer.echo(json.dumps(result["profile"]["by_owner_pct"], indent=2))
+        typer.echo(f"\nwrote {path}")
+        ok = True
+    finally:
+        if keep_work or not ok:
+            typer.echo(f"work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run(work: Path, **opts) -> dict:
+    typer.echo(f"training a fresh registry in {work}/home ...")
+    trained = train_home(work / "home", PYTHONPATH=str(PROJECT_DIR), PATH=_path())
+    champion = trained.result
+    if champion["best_candidate"] != "random_forest" or not champion["promoted"]:
+        raise AssertionError(f"expected a Random Forest champion, got {champion}")
+    row = load.iris_rows(1)[0]
+    peers = launch.build_peers(trained.env, work, row, opts["mlflow_workers"])
+    result: dict = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": report.machine(),
+        "versions": report.versions(load.wrk_version()),
+        "settings": {
+            "duration_s": opts["duration"],
+            "concurrency": opts["concurrency"],
+            "target_concurrency": max(opts["concurrency"]),
+            "warmup_s": opts["warmup"],
+            "wrk_threads": opts["wrk_threads"],
+            "wrk_timeout_s": 10,
+            "host": "127.0.0.1",
+            "request": json.dumps(launch.our_body(row)),
+        },
+        "champion": {
+            "version": champion["version"],
+            "candidate": champion["best_candidate"],
+            "run_id": champion["best_run_id"],
+            "bento_tag": champion["bento_tag"],
+        },
+        "peers": {},
+    }
+    for key in opts["keys"]:
+        peer = peers[key]
+        typer.echo(f"== {peer.title}")
+        entry = {"title": peer.title, "settings": peer.settings}
+        result["peers"][key] = entry
+        try:
+            measure(peer, work, entry, opts, champion["version"])
+        except (RuntimeError, TimeoutError, AssertionError, httpx.HTTPError) as e:
+            entry["error"] = str(e)[:2000]
+            typer.echo(f"   FAILED: {str(e).splitlines()[0]}")
+    answers = {p["answer"]["species"] for p in result["peers"].values() if "answer" in p}
+    result["same_species_from_every_peer"] = len(answers) == 1
+    if "profile" in result["peers"].get("ours", {}):
+        result["profile"] = result["peers"]["ours"].pop("profile")
+    return result
+
+
+def measure(peer: launch.Peer, work: Path, entry: dict, opts: dict, version: str) -> None:
+    body_file = work / f"body-{peer.key}.json"
+    body_file.write_text(json.dumps(peer.body))
+    url = peer.url + peer.predict_path
+    with launch.running(peer, work) as live:
+        entry["cold_start_s"] = round(live.cold_start_s, 2)
+        entry["settled_s"] = round(live.settled_s, 2)
+        typer.echo(f"   healthy after {live.cold_start_s:.1f} s, idle after {live.settled_s:.1f} s")
+        entry["answer"] = check_answer(peer, version)
+        load.run_wrk(
+            url, body_file, connections=max(opts["concurrency"]), duration_s=opts["warmup"]
+        )
+        entry["load"] = {}
+        for c in opts["concurrency"]:
+            spread: dict[str, int] = {}
+            probe = threading.Timer(
+                opts["duration"] / 2,
+                lambda spread=spread: spread.update(
+                    launch.connections_per_process(live.server, peer.port)
+                ),
+            )
+            probe.start()
+            try:
+                step = load.run_wrk(
+                    url,
+                    body_file,
+                    connections=c,
+                    duration_s=opts["duration"],
+                    threads=opts["wrk_threads"],
+                )
+            finally:
+                probe.cancel()
+                probe.join()
+            entry["load"][str(c)] = {**step.to_dict(), "connections_per_process": spread}
+            typer.echo(
+                f"   c={c}: {step.rps:,.0f} req/s, p50 {step.p50_ms:.1f} ms, "
+                f"p99 {step.p99_ms:.1f} ms, errors {step.errors}, connections by pid {spread}"
+            )
+        if peer.key == "ours":
+            entry["batch"] = {
+                shape: load.time_batches(
+                    live.server, body, opts["batch_rows"], opts["batch_repeats"]
+                )
+                for shape, body in load.batch_bodies(opts["batch_rows"]).items()
+            }
+            for shape, b in entry["batch"].items():
+                typer.echo(
+                    f"   batch {shape}: client {b['client_median_ms']} ms, "
+                    f"server {b['server_median_ms']} ms"
+                )
+        entry["memory"] = launch.memory(live.server)
+    if peer.key == "ours" and opts["profile_seconds"] > 0:
+        typer.echo("   profiling a fresh instance (py-spy + GC probe) ...")
+        entry["profile"] = profile.profile_ours(
+            peer,
+            work,
+            body_file,
+            seconds=opts["profile_seconds"],
+            connections=max(opts["concurrency"]),
+            freeze=opts["gc_freeze"],
+        )
+
+
+def check_answer(peer: launch.Peer, version: str) -> dict:
+    """One request before the load: a 200 with the champion's answer, else the peer is wrong."""
+    response = httpx.post(peer.url + peer.predict_path, json=peer.body, timeout=30)
+    response.raise_for_status()
+    data = response.json()
+    species = SPECIES[int(data["predictions"][0])] if peer.key == "mlflow" else data["species"]
+    if peer.key == "ours" and data["model"]["version"] != version:
+        raise AssertionError(f"our service answered with v{data['model']['version']}")
+    return {"species": species, "body_bytes": len(response.content)}
+
+
+def _kind(duration: float, load_start: float) -> str:
+    reasons = []
+    if duration < 10:
+        reasons.append(f"{duration:g} s steps")
+    if load_start > QUIET_LOAD:
+        reasons.append(f"machine busy (load {load_start})")
+    return f"SMOKE RUN, not final ({', '.join(reasons)})" if reasons else "Full run"
+
+
+def _path() -> str:
+    return f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"  # mlflow runs `uvicorn` by name
+
+
+def _interrupt(signum: int, _frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+if __name__ == "__main__":
+    app()
