@@ -30,7 +30,7 @@ build: install ## Build the Bento (after `make train`).
 test: install ## The whole suite: lint, unit, integration, container.
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 lint: install
 	$(BIN)/ruff format --check .

@@ -171,6 +171,8 @@ class GuardMiddleware:
             except _TooLargeError:
                 await self._reject(scope, send, 413, self._too_large())
                 return
+            except _DisconnectedError:
+                return  # the client is gone: nobody to answer, nothing to run
             except TimeoutError:
                 await self._reject(
                     scope, send, 408, f"request body not received within {self.body_timeout_s:g} s"
@@ -226,7 +228,7 @@ class GuardMiddleware:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                break
+                raise _DisconnectedError
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
@@ -246,6 +248,10 @@ class GuardMiddleware:
 
 
 class _TooLargeError(Exception):
+    pass
+
+
+class _DisconnectedError(Exception):
     pass
 
 

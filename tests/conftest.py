@@ -95,3 +95,23 @@ def built_bento(trained_home: TrainedHome) -> str:
     match = re.search(r"iris_classifier:[a-z0-9]+", proc.stdout)
     assert match, proc.stdout
     return match.group(0)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """End with what the reliability tests measured (recorded with record_property)."""
+    lines = [
+        value
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for name, value in getattr(report, "user_properties", ())
+        if name == "reliability"
+    ]
+    if lines:
+        terminalreporter.section("reliability summary")
+        for line in lines:
+            terminalreporter.write_line(f"- {line}")
+        failed = len(terminalreporter.stats.get("failed", []))
+        terminalreporter.write_line(
+            f"- nothing lost: {'yes' if not failed else f'NO, {failed} failed'}"
+        )

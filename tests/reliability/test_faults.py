@@ -43,7 +43,7 @@ def served(server) -> str:
     return httpx.post(server.url + "/predict", json=GOOD).json()["model"]["version"]
 
 
-def test_worker_killed_under_load_recovers(tmp_path):
+def test_worker_killed_under_load_recovers(tmp_path, record_property):
     home = train_home(tmp_path / "home")
     with bento_server(server_env(home), tmp_path, workers=2) as server:
         before = worker_pids(server)
@@ -64,13 +64,17 @@ def test_worker_killed_under_load_recovers(tmp_path):
         assert len(worker_pids(server)) == 2, "the killed worker was not replaced"
         assert recovered_in < 45
         late = [t for t in result.failure_times if t > killed_at + recovered_in + 1]
-        print(f"worker SIGKILL: replaced in {recovered_in:.1f} s; {result.summary()}")
+        record_property(
+            "reliability",
+            f"fault survived: worker SIGKILL, replaced in {recovered_in:.1f} s,"
+            f" {len(result.failed)} in-flight requests failed; {result.summary()}",
+        )
         assert late == [], result.failed[-5:]  # after recovery, nothing fails
         assert len(result.failed) <= 16, result.failed[:5]  # at most the in-flight requests
         assert result.ok > 100
 
 
-def test_registry_down_then_back(tmp_path):
+def test_registry_down_then_back(tmp_path, record_property):
     port = free_port()
     root = tmp_path / "mlflow"
     with mlflow_server(root, port=port) as registry:
@@ -95,12 +99,16 @@ def test_registry_down_then_back(tmp_path):
                 time.sleep(0.3)
             assert served(server) == "2"
         result = load.stop()
-    print(f"registry outage: {result.summary()}")
+    record_property(
+        "reliability",
+        "fault survived: registry down (retrain failed cleanly, champion kept),"
+        f" back (retrain ok); {result.summary()}",
+    )
     assert result.failed == []
     assert set(result.versions) <= {"1", "2"}
 
 
-def test_retrain_killed_halfway_changes_nothing_and_next_succeeds(tmp_path):
+def test_retrain_killed_halfway_changes_nothing_and_next_succeeds(tmp_path, record_property):
     home = train_home(tmp_path / "home")
     with bento_server(server_env(home), tmp_path) as server:
         job_id = retrain(server)
@@ -121,9 +129,12 @@ def test_retrain_killed_halfway_changes_nothing_and_next_succeeds(tmp_path):
         job = wait_job(server, retrain(server))
         assert job["state"] == "succeeded", job
         assert iris_train(home.env, "champion").stdout.strip() == job["version"]
+    record_property(
+        "reliability", "fault survived: retrain SIGKILLed mid-run -> failed, champion kept, next ok"
+    )
 
 
-def test_unreadable_or_corrupt_data_fails_the_job_by_name(tmp_path):
+def test_unreadable_or_corrupt_data_fails_the_job_by_name(tmp_path, record_property):
     home = train_home(tmp_path / "home")
     data = tmp_path / "incoming.csv"
     header = "Id,SepalLengthCm,SepalWidthCm,PetalLengthCm,PetalWidthCm,Species\n"
@@ -144,9 +155,13 @@ def test_unreadable_or_corrupt_data_fails_the_job_by_name(tmp_path):
             if data.is_file():
                 data.unlink()
     assert iris_train(home.env, "champion").stdout.strip() == "1"
+    record_property(
+        "reliability",
+        f"fault survived: bad retrain data ({', '.join(breakages)}) -> failed by name",
+    )
 
 
-def test_tampered_model_is_refused_and_previous_keeps_serving(tmp_path):
+def test_tampered_model_is_refused_and_previous_keeps_serving(tmp_path, record_property):
     import mlflow
 
     from tests.utils.tamper import tamper
@@ -170,3 +185,6 @@ def test_tampered_model_is_refused_and_previous_keeps_serving(tmp_path):
         assert served(server) == "1"
         assert "untrusted types" in server.log()
         assert not (tmp_path / "pwned").exists()
+    record_property(
+        "reliability", "fault survived: tampered model promoted -> refused, previous kept serving"
+    )

@@ -1,0 +1,75 @@
+"""Sustained load while the champion changes five times: nothing fails, nothing mixes."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+
+from tests.utils.load import Load
+from tests.utils.servers import bento_server
+from tests.utils.training import iris_train, train_home
+
+TOKEN = "load-token-1b2c"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+CLIENTS = 32
+MIN_SECONDS = 30
+
+
+def retrain_and_wait(server, timeout: float = 240) -> dict:
+    response = httpx.post(server.url + "/retrain", headers=AUTH, timeout=30)
+    assert response.status_code == 202, response.text
+    url = server.url + response.json()["status_url"]
+    deadline = time.monotonic() + timeout
+    while (job := httpx.get(url, headers=AUTH, timeout=30).json())["state"] in (
+        "queued",
+        "running",
+    ):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.5)
+    return job
+
+
+def served_by_every_worker(server) -> set[str]:
+    text = httpx.get(server.url + "/metrics", timeout=30).text
+    return set(
+        re.findall(
+            r'iris_served_model_version\{model_name="iris-classifier",pid="\d+"\} (\d+)', text
+        )
+    )
+
+
+def test_load_with_three_retrains_a_promotion_and_a_rollback(tmp_path, record_property):
+    home = train_home(tmp_path / "home")
+    env = {**home.env, "IRIS_ADMIN_TOKEN": TOKEN, "IRIS_RELOAD_INTERVAL_S": "1"}
+    with bento_server(env, tmp_path, workers=2) as server:
+        started = time.monotonic()
+        with Load(server.url, clients=CLIENTS, max_seconds=600) as load:
+            jobs = [retrain_and_wait(server) for _ in range(3)]  # v2, v3, v4
+            iris_train(home.env, "promote", "2")  # explicit promotion of an older version
+            time.sleep(3)
+            iris_train(home.env, "promote", "4")  # and the rollback to the newest
+            while time.monotonic() - started < MIN_SECONDS:
+                time.sleep(0.5)
+            deadline = time.monotonic() + 20
+            while served_by_every_worker(server) != {"4"} and time.monotonic() < deadline:
+                time.sleep(0.5)
+            final = served_by_every_worker(server)
+            time.sleep(2)
+            result = load.stop()
+        elapsed = time.monotonic() - started
+    summary = (
+        f"load held: {elapsed:.0f} s, {CLIENTS} clients, 3 retrains + promote + rollback:"
+        f" {result.summary()}"
+    )
+    record_property("reliability", summary)
+    assert [j["state"] for j in jobs] == ["succeeded"] * 3, jobs
+    assert [j["version"] for j in jobs] == ["2", "3", "4"]
+    assert result.failed == [], result.failed[:5]
+    assert elapsed >= MIN_SECONDS
+    assert result.ok > 1000
+    # Every answer named one version; only versions that were champion at some point.
+    assert set(result.versions) <= {"1", "2", "3", "4"}
+    assert {"1", "4"} <= set(result.versions)
+    assert final == {"4"}, final  # every worker ends on the final champion
