@@ -1,0 +1,101 @@
+"""Two replicas on one registry: a real mlflow server backed by a real PostgreSQL database."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+
+from tests.utils.mlflow_server import mlflow_server
+from tests.utils.postgres import postgres_server
+from tests.utils.servers import bento_server
+from tests.utils.training import train_home
+
+TOKEN = "fleet-token-5e"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+RELOAD_S = 1.0
+GOOD = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+
+
+def retrain(server) -> dict:
+    response = httpx.post(server.url + "/retrain", headers=AUTH, timeout=30)
+    assert response.status_code == 202, response.text
+    url = server.url + response.json()["status_url"]
+    deadline = time.monotonic() + 300
+    while (job := httpx.get(url, headers=AUTH, timeout=30).json())["state"] in (
+        "queued",
+        "running",
+    ):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.5)
+    return job
+
+
+def served(server) -> str:
+    return httpx.post(server.url + "/predict", json=GOOD, timeout=30).json()["model"]["version"]
+
+
+def wait_serving(server, version: str, timeout: float) -> float:
+    started = time.monotonic()
+    while served(server) != version:
+        assert time.monotonic() - started < timeout, f"{server.url} still serves {served(server)}"
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def test_two_replicas_follow_one_champion_and_lose_no_version(tmp_path, record_property):
+    from mlflow import MlflowClient
+
+    with (
+        postgres_server() as database,
+        mlflow_server(tmp_path / "mlflow", backend_uri=database) as registry,
+    ):
+        seed = train_home(tmp_path / "seed", tracking_uri=registry.url)  # v1 @champion
+        replicas_env = [
+            {
+                **seed.env,
+                "IRIS_HOME": str(tmp_path / name),
+                "IRIS_ADMIN_TOKEN": TOKEN,
+                "IRIS_RELOAD_INTERVAL_S": str(RELOAD_S),
+            }
+            for name in ("replica-a", "replica-b")
+        ]
+        with (
+            bento_server(replicas_env[0], tmp_path / "a") as a,
+            bento_server(replicas_env[1], tmp_path / "b") as b,
+        ):
+            assert served(a) == served(b) == "1"
+
+            job = retrain(a)
+            assert job["state"] == "succeeded" and job["version"] == "2", job
+            lag = wait_serving(b, "2", timeout=RELOAD_S * 5 + 10)  # the other replica follows
+
+            jobs: dict[str, dict] = {}
+            threads = [
+                threading.Thread(target=lambda s=s, k=k: jobs.__setitem__(k, retrain(s)))
+                for k, s in (("a", a), ("b", b))
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(400)
+            assert {j["state"] for j in jobs.values()} == {"succeeded"}, jobs
+            assert sorted(j["version"] for j in jobs.values()) == ["3", "4"]
+
+            client = MlflowClient(tracking_uri=registry.url, registry_uri=registry.url)
+            versions = sorted(
+                int(v.version) for v in client.search_model_versions("name='iris-classifier'")
+            )
+            assert versions == [1, 2, 3, 4]  # no version lost
+            champion = client.get_model_version_by_alias("iris-classifier", "champion").version
+            aliases = client.get_registered_model("iris-classifier").aliases
+            assert aliases.get("champion") == champion and champion in ("3", "4")  # one champion
+            wait_serving(a, champion, timeout=RELOAD_S * 5 + 10)
+            wait_serving(b, champion, timeout=RELOAD_S * 5 + 10)
+    record_property(
+        "reliability",
+        "fleet held: 2 replicas on mlflow server + PostgreSQL;"
+        f" replica B followed A's retrain in {lag:.1f} s;"
+        f" concurrent retrains -> versions {versions}, one champion (v{champion}) served by both",
+    )
