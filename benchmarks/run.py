@@ -24,7 +24,6 @@ from benchmarks import launch, load, profile, report
 from tests.utils.servers import BIN
 from tests.utils.training import train_home
 from training.schema import SPECIES
-from training.settings import PROJECT_DIR
 
 app = typer.Typer(help=__doc__, add_completion=False)
 RESULTS = Path(__file__).with_name("results")
@@ -110,7 +109,9 @@ def main(
 
 def run(work: Path, **opts) -> dict:
     typer.echo(f"training a fresh registry in {work}/home ...")
-    trained = train_home(work / "home", PYTHONPATH=str(PROJECT_DIR), PATH=_path())
+    trained = train_home(work / "home")
+    trained.env["PATH"] = _path()  # the venv's mlflow, uvicorn and bentoml first
+    trained.env["IRIS_TRACKING_URI"] = trained.tracking_uri
     champion = trained.result
     if champion["best_candidate"] != "random_forest" or not champion["promoted"]:
         raise AssertionError(f"expected a Random Forest champion, got {champion}")
