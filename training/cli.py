@@ -45,6 +45,18 @@ def _guarded(stage: str, action: Callable[[], T]) -> T:
         raise typer.Exit(1) from None
 
 
+def _on_registry(settings: Settings, fn: Callable[..., T], *args) -> Callable[[], T]:
+    """``fn(*args)`` once MLflow points at the configured registry (for :func:`_guarded`)."""
+
+    def action() -> T:
+        from training import registry
+
+        registry.configure(settings)
+        return fn(*args)
+
+    return action
+
+
 @app.command()
 def preprocess(raw: RawOption = None) -> None:
     """Validate the raw CSV and write the stratified train/test split atomically."""
@@ -76,12 +88,7 @@ def promote(
     from training import registry
 
     settings = _setup()
-
-    def action():
-        registry.configure(settings)
-        return registry.promote(version, settings)
-
-    decision = _guarded("promote", action)
+    decision = _guarded("promote", _on_registry(settings, registry.promote, version, settings))
     typer.echo(f"{settings.model_name}@champion -> v{decision.version}")
 
 
@@ -92,15 +99,12 @@ def import_(
     ] = None,
 ) -> None:
     """Import a registered version (default: champion) into the BentoML model store."""
-    from training import bento_store, registry
+    from training import bento_store
 
     settings = _setup()
-
-    def action():
-        registry.configure(settings)
-        return bento_store.import_champion(settings, version)
-
-    imported = _guarded("import", action)
+    imported = _guarded(
+        "import", _on_registry(settings, bento_store.import_champion, settings, version)
+    )
     typer.echo(f"{imported.tag} ({'imported' if imported.created else 'already present'})")
 
 
@@ -132,12 +136,7 @@ def champion() -> None:
     from training import registry
 
     settings = _setup()
-
-    def action():
-        registry.configure(settings)
-        return registry.champion_version(settings)
-
-    version = _guarded("champion", action)
+    version = _guarded("champion", _on_registry(settings, registry.champion_version, settings))
     if version is None:
         typer.echo("no champion", err=True)
         raise typer.Exit(1)

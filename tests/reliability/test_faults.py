@@ -8,15 +8,14 @@ import sqlite3
 import time
 from pathlib import Path
 
-import httpx
-
-from tests.utils.load import GOOD, Load
+from tests.utils import jobs
+from tests.utils.jobs import served_version, start_retrain
+from tests.utils.load import Load
 from tests.utils.mlflow_server import mlflow_server
 from tests.utils.servers import bento_server, free_port, worker_pids
 from tests.utils.training import iris_train, train_home
 
 TOKEN = "fault-token-77"
-AUTH = {"authorization": f"Bearer {TOKEN}"}
 
 
 def server_env(home, **extra) -> dict[str, str]:
@@ -24,23 +23,15 @@ def server_env(home, **extra) -> dict[str, str]:
 
 
 def retrain(server) -> str:
-    response = httpx.post(server.url + "/retrain", headers=AUTH)
-    assert response.status_code == 202, response.text
-    return response.json()["job_id"]
+    return start_retrain(server.url, TOKEN)
 
 
 def wait_job(server, job_id: str, timeout: float = 180) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = httpx.get(f"{server.url}/jobs/{job_id}", headers=AUTH, timeout=10).json()
-        if job["state"] in ("succeeded", "failed"):
-            return job
-        time.sleep(0.5)
-    raise TimeoutError(job)
+    return jobs.wait_job(server.url, TOKEN, job_id, timeout)
 
 
 def served(server) -> str:
-    return httpx.post(server.url + "/predict", json=GOOD).json()["model"]["version"]
+    return served_version(server.url)
 
 
 def test_worker_killed_under_load_recovers(tmp_path, record_property):

@@ -5,41 +5,22 @@ from __future__ import annotations
 import threading
 import time
 
-import httpx
-
+from tests.utils.jobs import retrain_and_wait, served_version
 from tests.utils.mlflow_server import mlflow_server
 from tests.utils.postgres import postgres_server
 from tests.utils.servers import bento_server
 from tests.utils.training import train_home
 
 TOKEN = "fleet-token-5e"
-AUTH = {"authorization": f"Bearer {TOKEN}"}
 RELOAD_S = 1.0
-GOOD = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
-
-
-def retrain(server) -> dict:
-    response = httpx.post(server.url + "/retrain", headers=AUTH, timeout=30)
-    assert response.status_code == 202, response.text
-    url = server.url + response.json()["status_url"]
-    deadline = time.monotonic() + 300
-    while (job := httpx.get(url, headers=AUTH, timeout=30).json())["state"] in (
-        "queued",
-        "running",
-    ):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.5)
-    return job
-
-
-def served(server) -> str:
-    return httpx.post(server.url + "/predict", json=GOOD, timeout=30).json()["model"]["version"]
 
 
 def wait_serving(server, version: str, timeout: float) -> float:
     started = time.monotonic()
-    while served(server) != version:
-        assert time.monotonic() - started < timeout, f"{server.url} still serves {served(server)}"
+    while served_version(server.url) != version:
+        assert time.monotonic() - started < timeout, (
+            f"{server.url} still serves {served_version(server.url)}"
+        )
         time.sleep(0.1)
     return time.monotonic() - started
 
@@ -65,15 +46,17 @@ def test_two_replicas_follow_one_champion_and_lose_no_version(tmp_path, record_p
             bento_server(replicas_env[0], tmp_path / "a") as a,
             bento_server(replicas_env[1], tmp_path / "b") as b,
         ):
-            assert served(a) == served(b) == "1"
+            assert served_version(a.url) == served_version(b.url) == "1"
 
-            job = retrain(a)
+            job = retrain_and_wait(a.url, TOKEN)
             assert job["state"] == "succeeded" and job["version"] == "2", job
             lag = wait_serving(b, "2", timeout=RELOAD_S * 5 + 10)  # the other replica follows
 
             jobs: dict[str, dict] = {}
             threads = [
-                threading.Thread(target=lambda s=s, k=k: jobs.__setitem__(k, retrain(s)))
+                threading.Thread(
+                    target=lambda s=s, k=k: jobs.__setitem__(k, retrain_and_wait(s.url, TOKEN))
+                )
                 for k, s in (("a", a), ("b", b))
             ]
             for t in threads:

@@ -7,28 +7,14 @@ import time
 
 import httpx
 
+from tests.utils.jobs import retrain_and_wait
 from tests.utils.load import Load
 from tests.utils.servers import bento_server
 from tests.utils.training import iris_train, train_home
 
 TOKEN = "load-token-1b2c"
-AUTH = {"authorization": f"Bearer {TOKEN}"}
 CLIENTS = 32
 MIN_SECONDS = 30
-
-
-def retrain_and_wait(server, timeout: float = 240) -> dict:
-    response = httpx.post(server.url + "/retrain", headers=AUTH, timeout=30)
-    assert response.status_code == 202, response.text
-    url = server.url + response.json()["status_url"]
-    deadline = time.monotonic() + timeout
-    while (job := httpx.get(url, headers=AUTH, timeout=30).json())["state"] in (
-        "queued",
-        "running",
-    ):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.5)
-    return job
 
 
 def served_by_every_worker(server) -> set[str]:
@@ -46,7 +32,7 @@ def test_load_with_three_retrains_a_promotion_and_a_rollback(tmp_path, record_pr
     with bento_server(env, tmp_path, workers=2) as server:
         started = time.monotonic()
         with Load(server.url, clients=CLIENTS, max_seconds=600) as load:
-            jobs = [retrain_and_wait(server) for _ in range(3)]  # v2, v3, v4
+            jobs = [retrain_and_wait(server.url, TOKEN) for _ in range(3)]  # v2, v3, v4
             iris_train(home.env, "promote", "2")  # explicit promotion of an older version
             time.sleep(3)
             iris_train(home.env, "promote", "4")  # and the rollback to the newest
