@@ -97,3 +97,50 @@ def test_no_secret_in_the_image(backend, image):
     assert BUILD_SECRET not in inspect.stdout
     env = config.get("Config", {}).get("Env") or config.get("config", {}).get("Env") or []
     assert not any(e.startswith("IRIS_ADMIN_TOKEN") for e in env)
+
+
+def test_retrain_inside_the_container_against_a_remote_registry(backend, image, tmp_path):
+    """With IRIS_TRACKING_URI set, the container follows and retrains into that server."""
+    from mlflow import MlflowClient
+
+    from tests.utils.mlflow_server import mlflow_server
+    from tests.utils.training import train_home
+
+    with mlflow_server(tmp_path / "mlflow") as registry:
+        train_home(tmp_path / "home", tracking_uri=registry.url)  # v1 on the remote server
+        env = {
+            "IRIS_ADMIN_TOKEN": TOKEN,
+            "IRIS_TRACKING_URI": registry.url,  # podman runs on the host network
+            "IRIS_GRPC_PORT": str(ct.free_port()),
+            "IRIS_GRPC_HOST": "127.0.0.1",
+            "IRIS_RELOAD_INTERVAL_S": "1",
+        }
+        with ct.run_container(backend, image, env=env, ready_timeout=240) as running:
+            auth = {"authorization": f"Bearer {TOKEN}"}
+            response = httpx.post(running.base_url + "/retrain", headers=auth)
+            assert response.status_code == 202, response.text
+            job_url = running.base_url + response.json()["status_url"]
+            deadline = time.monotonic() + 300
+            while (job := httpx.get(job_url, headers=auth).json())["state"] in (
+                "queued",
+                "running",
+            ):
+                assert time.monotonic() < deadline, job
+                time.sleep(1)
+            assert job["state"] == "succeeded", job
+            assert job["version"] == "2"
+            client = MlflowClient(tracking_uri=registry.url, registry_uri=registry.url)
+            assert client.get_model_version_by_alias("iris-classifier", "champion").version == "2"
+            deadline = time.monotonic() + 30
+            body = {
+                "sepal_length": 5.1,
+                "sepal_width": 3.5,
+                "petal_length": 1.4,
+                "petal_width": 0.2,
+            }
+            while (
+                httpx.post(running.base_url + "/predict", json=body).json()["model"]["version"]
+                != "2"
+            ):
+                assert time.monotonic() < deadline, running.logs()[-3000:]
+                time.sleep(0.5)
