@@ -28,7 +28,6 @@ from serving.schemas import (
 from training.logs import configure_logging
 from training.settings import get_settings
 
-
 # Every dependency is a wheel, so the image needs no compilers: a distro BentoML does not
 # know ("none") skips its default apt layer (build-essential, git: ~650 MB).
 IMAGE = bentoml.images.Image(base_image="python:3.11-slim", distro="none")
