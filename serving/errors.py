@@ -14,6 +14,9 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from pydantic_core import to_json
+from starlette.responses import Response
+
 from training.schema import FEATURES
 
 logger = logging.getLogger(__name__)
@@ -65,11 +68,8 @@ def error_body(
     }
 
 
-def json_response(payload: Any, status: int = 200):
+def json_response(payload: Any, status: int = 200) -> Response:
     """A JSON response serialised by pydantic-core (several times faster than json.dumps)."""
-    from pydantic_core import to_json
-    from starlette.responses import Response
-
     return Response(to_json(payload), status_code=status, media_type="application/json")
 
 
@@ -110,12 +110,16 @@ def validation_details(errors: list[dict]) -> list[dict]:
     return details
 
 
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body) if body else None
+    except ValueError:
+        return None
+
+
 def rewrite(status: int, body: bytes) -> tuple[int, dict]:
     """Map whatever BentoML or Starlette produced to our shape (and a 4xx for bad input)."""
-    try:
-        data = json.loads(body) if body else None
-    except ValueError:
-        data = None
+    data = _json_or_none(body)
     if isinstance(data, dict) and isinstance(data.get("error"), dict) and "code" in data["error"]:
         return status, data  # already ours
     if status == 400 and isinstance(data, dict) and isinstance(data.get("detail"), list):
@@ -133,10 +137,7 @@ def rewrite(status: int, body: bytes) -> tuple[int, dict]:
 
 def rewrite_oip(status: int, body: bytes) -> tuple[int, dict]:
     """Open Inference Protocol routes keep the protocol's ``{"error": "..."}`` form."""
-    try:
-        data = json.loads(body) if body else None
-    except ValueError:
-        data = None
+    data = _json_or_none(body)
     if isinstance(data, dict) and isinstance(data.get("error"), str):
         return status, data
     return status, {"error": GENERIC.get(status, "request failed")}
@@ -185,18 +186,16 @@ class GuardMiddleware:
         if scope["path"] == "/docs.json" and scope.get("method") == "GET":
             await self._openapi(scope, receive, send)
             return
-        passthrough = scope["path"].startswith(PASSTHROUGH_PREFIXES)
-        watched = _Watch(_ErrorRewriter(send, oip=passthrough))
+        rewriter = _ErrorRewriter(send, oip=scope["path"].startswith(PASSTHROUGH_PREFIXES))
         try:
-            await self.app(scope, receive, watched)
+            await self.app(scope, receive, rewriter)
         except Exception:
             # Normally BentoML turns API exceptions into responses; this catches the rest
             # (mounted apps, middleware) so clients still get JSON and no traceback.
             logger.exception("Unhandled error on %s %s", scope.get("method"), scope["path"])
-            if watched.started:
+            if rewriter.started:
                 raise
-            payload = {"error": GENERIC[500]} if passthrough else error_body(500, GENERIC[500])
-            await _send_json(send, 500, payload)
+            await _send_json(send, 500, _payload(scope, 500, GENERIC[500]))
 
     async def _openapi(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve BentoML's OpenAPI document completed by :func:`serving.openapi.enrich`."""
@@ -240,11 +239,14 @@ class GuardMiddleware:
 
     async def _reject(self, scope: Scope, send: Send, status: int, message: str) -> None:
         logger.info("%s %s -> %d: %s", scope.get("method"), scope.get("path"), status, message)
-        if scope["path"].startswith(PASSTHROUGH_PREFIXES):
-            payload = {"error": message}
-        else:
-            payload = error_body(status, message)
-        await _send_json(send, status, payload, close=True)
+        await _send_json(send, status, _payload(scope, status, message), close=True)
+
+
+def _payload(scope: Scope, status: int, message: str) -> dict:
+    """Our error shape, or the Open Inference Protocol's on its routes."""
+    if scope["path"].startswith(PASSTHROUGH_PREFIXES):
+        return {"error": message}
+    return error_body(status, message)
 
 
 class _TooLargeError(Exception):
@@ -305,34 +307,21 @@ async def _send_bytes(send: Send, status: int, body: bytes, *, close: bool = Fal
     await send({"type": "http.response.body", "body": body})
 
 
-class _Watch:
-    """Remembers whether a response has started (so an error can still be sent)."""
-
-    __slots__ = ("_send", "started")
-
-    def __init__(self, send: Send):
-        self._send = send
-        self.started = False
-
-    async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self.started = True
-        await self._send(message)
-
-
 class _ErrorRewriter:
     """Passes 1xx-3xx through untouched; buffers and rewrites 4xx/5xx bodies."""
 
-    __slots__ = ("_body", "_oip", "_send", "_start")
+    __slots__ = ("_body", "_oip", "_send", "_start", "started")
 
     def __init__(self, send: Send, *, oip: bool = False):
         self._send = send
         self._oip = oip
+        self.started = False  # the app began a response (so an error can no longer be sent)
         self._start: Message | None = None
         self._body: list[bytes] = []
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
+            self.started = True
             if message["status"] < 400:
                 await self._send(message)
             else:

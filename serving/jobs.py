@@ -90,15 +90,23 @@ def process_start_time(pid: int) -> str | None:
 class JobStore:
     def __init__(self, path: Path):
         self.path = path
+        self._initialised = False
 
     @contextmanager
     def _connect(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(sqlite3.connect(self.path, timeout=30, isolation_level=None)) as conn:
+        with closing(sqlite3.connect(self._ensure(), timeout=30, isolation_level=None)) as conn:
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(SCHEMA)
             yield conn
+
+    def _ensure(self) -> Path:
+        """Create the folder, table and WAL mode once per store (both persist in the file)."""
+        if not self._initialised:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with closing(sqlite3.connect(self.path, timeout=30, isolation_level=None)) as conn:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(SCHEMA)
+            self._initialised = True
+        return self.path
 
     def create(self, data_path: Path) -> Job:
         """Insert a queued job unless one is active (checked and inserted atomically).

@@ -7,18 +7,13 @@ terminates exactly that group (never anything the test did not start).
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
-from tests.utils.processes import free_port
+from tests.utils.processes import free_port, start_group, stop_group, wait_http_ok
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -72,48 +67,8 @@ class Server:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self, timeout: float = 15) -> None:
-        """SIGTERM the server's process group, then SIGKILL whatever is left."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)  # workers and any retrain child
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(5)
-
-
-def start(name: str, argv: list[str], env: dict[str, str], log_path: Path, url: str) -> Server:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            argv,
-            cwd=PROJECT_DIR,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # own process group: stop() kills only what we started
-        )
-    return Server(name, process, url, log_path, env)
-
-
-def wait_ready(server: Server, path: str, timeout: float = 90) -> None:
-    """Poll ``path`` until 200; fail with the server's log if it dies or times out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(
-                f"{server.name} exited with {server.process.returncode}:\n{server.log()[-4000:]}"
-            )
-        try:
-            if httpx.get(server.url + path, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    server.stop()
-    raise TimeoutError(f"{server.name} not ready after {timeout:g} s:\n{server.log()[-4000:]}")
+        """Stop the server's process group (workers and any retrain child included)."""
+        stop_group(self.process, grace_s=timeout)
 
 
 def private_bentoml_home(shared: Path, private: Path) -> Path:
@@ -137,23 +92,26 @@ def bento_server(
     """``bentoml serve TARGET`` on a free port; yields once ``/readyz`` answers."""
     port = free_port()
     env = {
+        "IRIS_GRPC_PORT": str(free_port()),  # a port of its own: workers share it via SO_REUSEPORT
         **env,
         "BENTOML_HOME": str(
             private_bentoml_home(Path(env["BENTOML_HOME"]), log_dir / f"home-{port}")
         ),
-    }
-    env = {
-        "IRIS_GRPC_PORT": str(free_port()),  # a port of its own: workers share it via SO_REUSEPORT
-        **env,
         "IRIS_GRPC_HOST": "127.0.0.1",
         "BENTOML_CONFIG_OPTIONS": f"services.iris_classifier.workers={workers}",
     }
     argv = [str(BIN / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", str(port)]
-    server = start(
-        "bentoml serve", argv, env, log_dir / f"bentoml-{port}.log", f"http://127.0.0.1:{port}"
-    )
+    log_path = log_dir / f"bentoml-{port}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    process = start_group(argv, log=log_path, cwd=PROJECT_DIR, env=env)
+    server = Server("bentoml serve", process, f"http://127.0.0.1:{port}", log_path, env)
     try:
-        wait_ready(server, "/readyz")
+        wait_http_ok(
+            server.url + "/readyz",
+            proc=process,
+            timeout_s=90,
+            describe=lambda: server.log()[-4000:],
+        )
         yield server
     finally:
         server.stop()
