@@ -184,3 +184,18 @@ def test_failed_retrain_leaves_champion_and_served_model_untouched(server2, own_
     assert iris_train(own_home.env, "champion").stdout.strip() == champion
     metrics = httpx.get(server2.url + "/metrics").text
     assert 'iris_retrain_jobs_total{outcome="failed",promoted="false"} 1.0' in metrics
+
+
+def test_every_worker_and_the_retrain_log_to_files(server2, own_home):
+    """logs/service.log gets every worker's lines and BentoML's access log; logs/training.log
+    gets the retrain subprocess, start to finish."""
+    service_log = (own_home.home / "logs" / "service.log").read_text()
+    reloaded_by = set(
+        re.findall(r"\[(\d+)\] serving\.runtime: Now serving iris-classifier v2", service_log)
+    )
+    assert len(reloaded_by) == 2, reloaded_by  # both worker processes wrote to the one file
+    assert re.search(r"path=/predict,.*status=200", service_log)
+    assert TOKEN not in service_log
+    training_log = (own_home.home / "logs" / "training.log").read_text()
+    assert "serving.retrain_job: Retrain job" in training_log and "succeeded" in training_log
+    assert "Traceback" in training_log  # the failed retrain above is logged with its traceback
