@@ -1,6 +1,6 @@
 """Start each peer on 127.0.0.1, time its cold start, read its memory, and always stop it.
 
-Every server runs in its own process group (``tests.utils.servers.start``). BentoML's
+Every server runs in its own process group (``tests.utils.processes.start_group``). BentoML's
 workers get process groups of their own, so stopping also kills, by PID, every process
 that was in the server's tree: nothing we started outlives the run, nothing else is touched.
 """
@@ -18,7 +18,8 @@ import httpx
 import psutil
 
 from benchmarks.report import TITLES
-from tests.utils.servers import BIN, Server, free_port, private_bentoml_home, start
+from tests.utils.processes import free_port, start_group
+from tests.utils.servers import BIN, PROJECT_DIR, Server, private_bentoml_home
 from training.schema import FEATURES
 
 OUR_TARGET = "service:IrisClassifier"
@@ -158,7 +159,9 @@ def running(peer: Peer, work: Path, timeout_s: float = 180) -> Iterator[Running]
     """Start ``peer``; yield once its health route answers 200; stop it whatever happens."""
     log_path = work / "logs" / f"{peer.key}.log"
     started = time.perf_counter()
-    server = start(peer.title, peer.argv, peer.env, log_path, peer.url)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    process = start_group(peer.argv, log=log_path, cwd=PROJECT_DIR, env=peer.env)
+    server = Server(peer.title, process, peer.url, log_path, peer.env)
     try:
         cold = wait_healthy(server, peer.health_path, started, timeout_s)
         settled = wait_settled(server, started, timeout_s)

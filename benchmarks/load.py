@@ -1,4 +1,4 @@
-"""Load generators: ``wrk`` for one-flower requests, a timed client for the 10,000-row batch."""
+"""Load generators: ``wrk`` for one-flower requests, a timed client for the large batch request."""
 
 from __future__ import annotations
 

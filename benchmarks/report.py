@@ -97,7 +97,7 @@ def targets(result: dict) -> list[dict]:
     for shape, batch in peers.get("ours", {}).get("batch", {}).items():
         rows.append(
             _target(
-                f"10,000-row batch ({shape}), server-side median ms",
+                f"{batch['rows']:,}-row batch ({shape}), server-side median ms",
                 batch.get("server_median_ms"),
                 50.0,
                 higher=False,
@@ -177,9 +177,10 @@ def markdown(result: dict) -> str:
         )
     batch = result["peers"].get("ours", {}).get("batch", {})
     if batch:
+        rows = next(iter(batch.values()))["rows"]
         lines += [
             "",
-            "| our /predict_batch, 10,000 rows | body | client median ms | server median ms |",
+            f"| our /predict_batch, {rows:,} rows | body | client median ms | server median ms |",
             "| --- | --: | --: | --: |",
         ]
         for shape, b in batch.items():

@@ -32,11 +32,12 @@ QUIET_LOAD = 0.5
 
 @app.command()
 def main(
-    duration: Annotated[float, typer.Option(help="Seconds of wrk load per step.")] = 10,
+    duration: Annotated[int, typer.Option(min=1, help="Seconds of wrk load per step.")] = 10,
     concurrency: Annotated[
         list[int], typer.Option(help="wrk connections per step (repeat the option).")
     ] = [1, 32],  # noqa: B006 (Typer reads the default; it is never mutated)
-    warmup: Annotated[float, typer.Option(help="Seconds of unmeasured load first.")] = 3,
+    # wrk counts time in whole seconds.
+    warmup: Annotated[int, typer.Option(min=1, help="Seconds of unmeasured load first.")] = 3,
     wrk_threads: Annotated[int, typer.Option(help="wrk threads (the load shares the CPUs).")] = 1,
     peers: Annotated[
         list[str], typer.Option(help="Peers to run: ours, noop, seed, mlflow (repeat).")

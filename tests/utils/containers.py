@@ -77,8 +77,8 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in _TRUE
 
 
-def unavailable(reason: str) -> None:
-    """Skip the current test, or fail it under CI, where a missing toolchain is a bug.
+def unavailable(reason: str, what: str = "container toolchain") -> None:
+    """Skip the current test, or fail it under CI, where a missing tool is a bug.
 
     Raises:
         pytest.skip.Exception: outside CI.
@@ -87,7 +87,7 @@ def unavailable(reason: str) -> None:
     import pytest
 
     if in_ci():
-        pytest.fail(f"container toolchain required under CI: {reason}", pytrace=False)
+        pytest.fail(f"{what} required under CI: {reason}", pytrace=False)
     pytest.skip(reason)
 
 

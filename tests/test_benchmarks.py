@@ -1,0 +1,56 @@
+"""The committed benchmark still runs end to end (short steps, two peers, no profile).
+
+Its numbers are not checked here (timings on a shared machine are noise); what is checked
+is that the script trains, serves, loads and reports, so that ``make bench`` cannot rot
+between the runs whose results are committed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.utils.containers import unavailable
+from training.settings import PROJECT_DIR
+
+README = PROJECT_DIR / "benchmarks" / "README.md"
+
+
+@pytest.mark.timeout(600)
+def test_benchmark_smoke_run_reports_every_measure(tmp_path: Path) -> None:
+    if shutil.which("wrk") is None:
+        unavailable("wrk is not installed (apt-get install wrk)", what="wrk")
+    readme_before = README.read_bytes()
+    argv = [sys.executable, "-m", "benchmarks.run", "--duration", "1", "--warmup", "1"]
+    argv += ["--concurrency", "1", "--concurrency", "4", "--peers", "ours", "--peers", "noop"]
+    argv += ["--batch-rows", "2000", "--batch-repeats", "2", "--profile-seconds", "0"]
+    argv += ["--out", str(tmp_path), "--no-readme"]
+    done = subprocess.run(
+        argv, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=540, check=False
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    result = json.loads((tmp_path / "latest.json").read_text())
+    assert result["kind"].startswith("SMOKE RUN")
+    assert set(result["peers"]) == {"ours", "noop"}
+    for key, peer in result["peers"].items():
+        assert "error" not in peer, f"{key}: {peer.get('error')}"
+        for c in ("1", "4"):
+            step = peer["load"][c]
+            assert step["requests"] > 0 and step["errors"] == 0, (key, c, step)
+            assert 0 < step["p50_ms"] <= step["p99_ms"], (key, c, step)
+        assert peer["memory"]["workers"] >= 1 and peer["cold_start_s"] > 0
+    ours = result["peers"]["ours"]
+    assert set(ours["batch"]) == {"records", "instances"}
+    for shape, batch in ours["batch"].items():
+        assert batch["rows"] == 2000 and batch["server_median_ms"] > 0, (shape, batch)
+    measured = {t["target"]: t for t in result["targets"]}
+    noop_ratio = next(t for name, t in measured.items() if "ours / no-op" in name and "rps" in name)
+    assert noop_ratio["measured"] > 0
+    assert any("2,000-row batch (records)" in name for name in measured)
+    assert README.read_bytes() == readme_before, "--no-readme must leave the README alone"
