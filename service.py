@@ -13,7 +13,7 @@ import bentoml
 import numpy as np
 from bentoml.models import BentoModel
 
-from serving.core import IrisRuntime
+from serving.core import IrisRuntime, feature_rows
 from serving.errors import GuardMiddleware, json_error, json_response
 from serving.http_extra import jobs_app
 from serving.oip import grpc_server
@@ -84,14 +84,7 @@ class IrisClassifier:
     @bentoml.api(input_spec=BatchRequest, output_spec=BatchResponse, route="/predict_batch")
     async def predict_batch(self, records=None, instances=None) -> dict:
         """Classify many flowers in one request; one prediction per flower, in order."""
-        rows = (
-            np.array(instances, dtype=np.float32)
-            if instances is not None
-            else np.array(
-                [[r.sepal_length, r.sepal_width, r.petal_length, r.petal_width] for r in records],
-                dtype=np.float32,
-            )
-        )
+        rows = feature_rows(records, instances)
         limit = self.runtime.settings.max_batch_size
         if len(rows) > limit:
             return json_error(

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from serving.jobs import ConflictError, Job, JobStore
 from serving.metrics import get_metrics
 from serving.reloader import ChampionWatcher
 from serving.runtime import ModelHolder, ModelIdentity, ServedModel, load_model_dir
+from training.schema import FEATURES
 from training.settings import PROJECT_DIR, Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,16 @@ def get_runtime() -> IrisRuntime:
     if _runtime is None:
         raise RuntimeError("the service has not started yet")
     return _runtime
+
+
+_measurements = itemgetter(*FEATURES)
+
+
+def feature_rows(records: list[dict] | None, instances: list[list[float]] | None) -> np.ndarray:
+    """The (n, 4) float32 array of a validated batch, in model column order."""
+    if instances is not None:
+        return np.array(instances, dtype=np.float32)
+    return np.array(list(map(_measurements, records or ())), dtype=np.float32).reshape(-1, 4)
 
 
 def identity_from_store(bento_model, settings: Settings) -> ModelIdentity:
@@ -109,11 +121,7 @@ class IrisRuntime:
                 "probabilities": dict(zip(classes, proba[0].tolist(), strict=True)),
                 "model": info,
             }
-        predictions = [
-            {"species": name, "probabilities": dict(zip(classes, row, strict=True))}
-            for name, row in zip(names, proba.tolist(), strict=True)
-        ]
-        return {"model": info, "predictions": predictions}
+        return {"model": info, "predictions": _predictions(classes, names, proba.tolist())}
 
     def _on_swap(self, previous: ServedModel, model: ServedModel) -> None:
         self.metrics.model_reloads.inc()
@@ -182,6 +190,24 @@ class IrisRuntime:
         )
         if promoted:
             self.watcher.poke()
+
+
+def _predictions(classes: tuple[str, ...], names: list[str], proba: list[list[float]]) -> list:
+    """One ``{"species", "probabilities"}`` object per row, built as cheaply as Python allows.
+
+    A dict display with three keys is twice as fast as ``dict(zip(...))``; at 10,000 rows
+    that is 4 ms of a batch request (benchmarks/README.md).
+    """
+    if len(classes) == 3:
+        a, b, c = classes
+        return [
+            {"species": name, "probabilities": {a: pa, b: pb, c: pc}}
+            for name, (pa, pb, pc) in zip(names, proba, strict=True)
+        ]
+    return [
+        {"species": name, "probabilities": dict(zip(classes, row, strict=True))}
+        for name, row in zip(names, proba, strict=True)
+    ]
 
 
 def _conflict(job: Job):

@@ -64,9 +64,9 @@ CASES = [
     (
         "oversized-batch",
         "/predict_batch",
-        json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]] * 501}),
+        json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]] * 4001}),
         413,
-        "limit is 500",
+        "limit is 4000",
         None,
     ),
     (

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from serving.runtime import BULK_ROWS, probe_inputs
 from serving.schemas import BatchResponse, PredictResponse
 from training.model_io import load_classifier
 from training.schema import FEATURES
@@ -50,6 +51,7 @@ def test_predict_matches_scikit_learn_for_every_test_row(
             assert body.model.name == "iris-classifier"
             assert body.model.version == trained_home.result["version"]
             assert body.model.alias == "champion"
+            assert body.model.runtime == "onnx"  # the fast path, not the fallback
             correct += body.species == row["species"]
     assert correct / len(test_set) == pytest.approx(trained_home.result["metrics"]["test_accuracy"])
 
@@ -70,6 +72,27 @@ def test_batch_answers_equal_single_answers_in_order(server, test_set):
             assert item.species == single["species"]
             assert item.probabilities == pytest.approx(single["probabilities"], abs=1e-6)
             assert sum(item.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_large_batch_on_every_core_gives_scikit_learns_labels(server, sklearn_model, test_set):
+    """A batch of BULK_ROWS or more runs on the multi-threaded session; answers must not move."""
+    probes = probe_inputs(3000, seed=7).round(1)  # measured to the millimetre, as in the data
+    rows = np.vstack([probes, test_set[list(FEATURES)].to_numpy()])
+    assert len(rows) >= BULK_ROWS
+    response = httpx.post(
+        f"{server.url}/predict_batch", json={"instances": rows.tolist()}, timeout=30
+    )
+    assert response.status_code == 200, response.text[:500]
+    batch = BatchResponse.model_validate(response.json())
+    assert batch.model.runtime == "onnx"
+    frame = pd.DataFrame(rows, columns=list(FEATURES))
+    expected = sklearn_model.estimator.predict_proba(frame)
+    labels = sklearn_model.estimator.predict(frame)
+    got = np.array(
+        [[p.probabilities[c] for c in sklearn_model.class_names] for p in batch.predictions]
+    )
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert [p.species for p in batch.predictions] == [sklearn_model.class_names[i] for i in labels]
 
 
 def test_canonical_flowers(server):

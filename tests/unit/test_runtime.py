@@ -9,7 +9,15 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from serving.runtime import ModelHolder, ModelIdentity, build, check_parity, probe_inputs
+from serving.runtime import (
+    BULK_ROWS,
+    ModelHolder,
+    ModelIdentity,
+    build,
+    check_parity,
+    probe_inputs,
+    served_labels,
+)
 from training.model_io import LoadedClassifier
 from training.schema import FEATURES, SPECIES
 
@@ -88,3 +96,43 @@ def test_holder_swaps_whole_models(iris):
     snapshot = holder.current
     assert holder.swap(second) is first
     assert snapshot.identity.version == "7" and holder.current.identity.version == "8"
+
+
+def test_bulk_calls_keep_scikit_learns_labels_on_ties(iris):
+    """Big calls run on several threads; forest ties (0.5/0.5) must still go to the first class."""
+    x, y = iris
+    forest = RandomForestClassifier(random_state=1).fit(x.to_numpy(), y)  # 100 trees
+    model = build(LoadedClassifier(forest, SPECIES, FEATURES), IDENTITY)
+    assert model.identity.runtime == "onnx"
+    probes = probe_inputs(3 * BULK_ROWS, seed=3)
+    expected = forest.predict_proba(probes)
+    top = np.sort(expected, axis=1)
+    assert (top[:, -1] == top[:, -2]).any(), "the probes should include exact ties"
+    names, proba = model.predict(probes)
+    assert names == [SPECIES[i] for i in forest.predict(probes)]
+    np.testing.assert_allclose(proba, expected, atol=1e-5)
+    one_by_one = [model.predict(row[None, :])[0][0] for row in probes[:300]]
+    assert one_by_one == names[:300]
+
+
+class _Float32Noise:
+    """Exact ties of the reference, broken by float32-sized noise in either direction."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def predict_proba(self, features):
+        proba = self.inner.predict_proba(features)
+        noise = np.where(np.arange(proba.shape[1]) % 2, 3e-8, -3e-8)
+        return proba + noise
+
+
+def test_float32_noise_on_a_tie_is_not_a_label_flip():
+    tie = np.array([[0.49999997, 0.50000003, 0.0], [0.2, 0.3, 0.5]])
+    assert served_labels(tie).tolist() == [0, 2]
+
+    class Ties:
+        def predict_proba(self, features):
+            return np.tile([0.5, 0.5, 0.0], (len(features), 1))
+
+    assert check_parity(Ties(), _Float32Noise(Ties()), probe_inputs(50)) is None
