@@ -93,10 +93,11 @@ def build_peers(
         {
             "workers": f"cpu_count ({cpus})",
             "threads": "1 (async API)",
-            "model_runtime": "onnxruntime, 1 thread",
+            "model_runtime": "onnxruntime (the export made at training), 1 thread; "
+            "every core for calls of 1,024 rows or more",
             "access_log": "on (default)",
             "grpc": f"127.0.0.1:{grpc_port}",
-            "follow_registry": "on (default, polls every 10 s)",
+            "follow_registry": "on (default, polls every 10 s, without MLflow in workers)",
         },
     )
     bento(
@@ -190,9 +191,10 @@ def wait_settled(
 ) -> float:
     """Seconds from process start until the whole process tree is idle (< 10 % of a core).
 
-    A server can answer its health check before it has finished starting: our workers go on
-    importing MLflow for the registry watcher, and only one worker needs to be up for
-    ``/readyz``. Load starts after this, so the numbers are the steady state.
+    A server can answer its health check before it has finished starting: only one of our
+    workers needs to be up for ``/readyz`` while the others are still loading, and MLflow's
+    scoring server goes on importing. Load starts after this, so the numbers are the
+    steady state.
     """
     deadline = started + timeout_s
     previous = _tree_cpu_s(server)

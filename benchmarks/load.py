@@ -84,6 +84,30 @@ def run_wrk(
     )
 
 
+def combine(steps: list[dict]) -> dict:
+    """Several wrk runs at one concurrency as one step: medians, summed counts, every run.
+
+    BentoML's workers share one listening socket and a worker accepts every connection
+    that is waiting when it wakes, so how 32 connections split between workers (16+16 or
+    1+31) changes from run to run and moves requests/s with it. The median of a few runs,
+    each with new connections, is steadier than any one of them.
+    """
+    if len(steps) == 1:
+        return steps[0]
+    median = {k: statistics.median(s[k] for s in steps) for k in ("rps", "p50_ms", "p90_ms")}
+    median |= {k: statistics.median(s[k] for s in steps) for k in ("p99_ms", "max_ms")}
+    return {
+        **steps[0],
+        **median,
+        "duration_s": round(sum(s["duration_s"] for s in steps), 2),
+        "requests": sum(s["requests"] for s in steps),
+        "errors": sum(s["errors"] for s in steps),
+        "error_detail": {},
+        "connections_per_process": [s["connections_per_process"] for s in steps],
+        "rounds": steps,
+    }
+
+
 def iris_rows(n: int) -> list[tuple[float, ...]]:
     """``n`` real flowers: the raw Iris measurements, cycled."""
     with open(RAW_CSV, newline="") as f:

@@ -133,6 +133,12 @@ def _target(
     }
 
 
+def _spread(per_process: dict | list) -> str:
+    """``1+31``: connections each process held; one such group per round, comma-separated."""
+    groups = per_process if isinstance(per_process, list) else [per_process]
+    return ", ".join("+".join(str(n) for n in g.values()) for g in groups if g)
+
+
 def markdown(result: dict) -> str:
     """The tables the README shows."""
     m, s = result["machine"], result["settings"]
@@ -140,7 +146,8 @@ def markdown(result: dict) -> str:
         f"**{result['kind']}** — {result['date']} — {m['nproc']} cores ({m['cpu_model']}), "
         f"{m['memory_gib']} GiB; load average {result['load_average']['start']} at start, "
         f"{result['load_average']['end']} at end; wrk {s['duration_s']:g} s per step, "
-        f"{s['wrk_threads']} wrk thread(s), on the same machine.",
+        f"{s['wrk_threads']} wrk thread(s), on the same machine; at c={s['target_concurrency']} "
+        f"the median of {s.get('rounds_at_target', 1)} runs.",
         "",
         "| peer | c | requests/s | p50 ms | p99 ms | errors | ours ÷ peer (rps) "
         "| connections per worker |",
@@ -152,7 +159,7 @@ def markdown(result: dict) -> str:
         for c, step in peer.get("load", {}).items():
             mine = ours.get(c)
             ratio = f"{mine['rps'] / step['rps']:.2f}×" if mine and step["rps"] else "–"
-            spread = "+".join(str(n) for n in step.get("connections_per_process", {}).values())
+            spread = _spread(step.get("connections_per_process", {}))
             lines.append(
                 f"| {peer['title']} | {c} | {step['rps']:,.0f} | {step['p50_ms']:.1f} "
                 f"| {step['p99_ms']:.1f} | {step['errors']} | {ratio} | {spread or '–'} |"

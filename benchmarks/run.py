@@ -45,6 +45,13 @@ def main(
     mlflow_workers: Annotated[
         int, typer.Option(help="uvicorn workers for mlflow models serve (MLflow's default: 1).")
     ] = 1,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="wrk runs at the highest concurrency (median; each opens new connections).",
+        ),
+    ] = 3,
     batch_rows: Annotated[int, typer.Option(help="Rows in the batch request.")] = 10_000,
     batch_repeats: Annotated[int, typer.Option(help="Timed batch requests (median).")] = 7,
     profile_seconds: Annotated[
@@ -83,6 +90,7 @@ def main(
             concurrency=concurrency,
             warmup=warmup,
             wrk_threads=wrk_threads,
+            rounds=rounds,
             keys=peers,
             mlflow_workers=mlflow_workers,
             batch_rows=batch_rows,
@@ -128,6 +136,7 @@ def run(work: Path, **opts) -> dict:
             "target_concurrency": max(opts["concurrency"]),
             "warmup_s": opts["warmup"],
             "wrk_threads": opts["wrk_threads"],
+            "rounds_at_target": opts["rounds"],
             "wrk_timeout_s": 10,
             "host": "127.0.0.1",
             "request": json.dumps(launch.our_body(row)),
@@ -171,29 +180,14 @@ def measure(peer: launch.Peer, work: Path, entry: dict, opts: dict, version: str
         )
         entry["load"] = {}
         for c in opts["concurrency"]:
-            spread: dict[str, int] = {}
-            probe = threading.Timer(
-                opts["duration"] / 2,
-                lambda spread=spread: spread.update(
-                    launch.connections_per_process(live.server, peer.port)
-                ),
-            )
-            probe.start()
-            try:
-                step = load.run_wrk(
-                    url,
-                    body_file,
-                    connections=c,
-                    duration_s=opts["duration"],
-                    threads=opts["wrk_threads"],
-                )
-            finally:
-                probe.cancel()
-                probe.join()
-            entry["load"][str(c)] = {**step.to_dict(), "connections_per_process": spread}
+            rounds = opts["rounds"] if c == max(opts["concurrency"]) else 1
+            steps = [_step(live, peer, url, body_file, c, opts) for _ in range(rounds)]
+            entry["load"][str(c)] = step = load.combine(steps)
             typer.echo(
-                f"   c={c}: {step.rps:,.0f} req/s, p50 {step.p50_ms:.1f} ms, "
-                f"p99 {step.p99_ms:.1f} ms, errors {step.errors}, connections by pid {spread}"
+                f"   c={c}: {step['rps']:,.0f} req/s, p50 {step['p50_ms']:.1f} ms, "
+                f"p99 {step['p99_ms']:.1f} ms, errors {step['errors']}"
+                + (f" (median of {rounds} rounds)" if rounds > 1 else "")
+                + f", connections by pid {step['connections_per_process']}"
             )
         if peer.key == "ours":
             entry["batch"] = {
@@ -218,6 +212,26 @@ def measure(peer: launch.Peer, work: Path, entry: dict, opts: dict, version: str
             connections=max(opts["concurrency"]),
             freeze=opts["gc_freeze"],
         )
+
+
+def _step(
+    live: launch.Running, peer: launch.Peer, url: str, body_file: Path, c: int, opts: dict
+) -> dict:
+    """One wrk run at ``c`` connections, with how the server's processes shared them."""
+    spread: dict[str, int] = {}
+    probe = threading.Timer(
+        opts["duration"] / 2,
+        lambda: spread.update(launch.connections_per_process(live.server, peer.port)),
+    )
+    probe.start()
+    try:
+        step = load.run_wrk(
+            url, body_file, connections=c, duration_s=opts["duration"], threads=opts["wrk_threads"]
+        )
+    finally:
+        probe.cancel()
+        probe.join()
+    return {**step.to_dict(), "connections_per_process": spread}
 
 
 def check_answer(peer: launch.Peer, version: str) -> dict:

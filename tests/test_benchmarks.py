@@ -28,6 +28,7 @@ def test_benchmark_smoke_run_reports_every_measure(tmp_path: Path) -> None:
     readme_before = README.read_bytes()
     argv = [sys.executable, "-m", "benchmarks.run", "--duration", "1", "--warmup", "1"]
     argv += ["--concurrency", "1", "--concurrency", "4", "--peers", "ours", "--peers", "noop"]
+    argv += ["--rounds", "2"]
     argv += ["--batch-rows", "2000", "--batch-repeats", "2", "--profile-seconds", "0"]
     argv += ["--out", str(tmp_path), "--no-readme"]
     done = subprocess.run(
@@ -44,6 +45,7 @@ def test_benchmark_smoke_run_reports_every_measure(tmp_path: Path) -> None:
             step = peer["load"][c]
             assert step["requests"] > 0 and step["errors"] == 0, (key, c, step)
             assert 0 < step["p50_ms"] <= step["p99_ms"], (key, c, step)
+        assert len(peer["load"]["4"]["rounds"]) == 2  # the target concurrency, run twice
         assert peer["memory"]["workers"] >= 1 and peer["cold_start_s"] > 0
     ours = result["peers"]["ours"]
     assert set(ours["batch"]) == {"records", "instances"}
