@@ -1,9 +1,11 @@
 """Follow the registry's ``champion`` alias and hot-swap the served model.
 
 Each worker runs one daemon thread. Every ``IRIS_RELOAD_INTERVAL_S`` it asks the registry
-which version is champion; when that differs from what it serves, it downloads the version,
-loads it safely, compiles and parity-checks it, and only then swaps it in. Any failure
-(registry down, tampered file, parity) is logged and the current model keeps serving.
+which version is champion (``serving.champion_lookup``: no MLflow in the worker); when that
+differs from what it serves, a subprocess (``serving.fetch_model``) downloads the version and
+checks it is safe to load, then the worker loads its ONNX export, replays its parity check,
+and only then swaps it in. Any failure (registry down, tampered file, parity) is logged and
+the current model keeps serving.
 """
 
 from __future__ import annotations
@@ -11,23 +13,48 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+from serving import champion_lookup
 from serving.runtime import ModelHolder, ModelIdentity, ServedModel, load_model_dir
-from training.settings import Settings
+from training.settings import PROJECT_DIR, Settings
 
 logger = logging.getLogger(__name__)
 
 
-def registry_configured(settings: Settings) -> bool:
-    """A SQLite registry file that does not exist is 'none configured' (and is not created)."""
-    uri = settings.tracking_uri
-    if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///")).is_file()
-    return True
+FETCH_TIMEOUT_S = 300.0
+RETRY_REFUSED_S = 300.0
+"""A version that could not be loaded (tampered, broken) is tried again after this long,
+not at every poll: each try starts a subprocess that imports MLflow."""
+
+
+class FetchError(RuntimeError):
+    """The fetch subprocess could not get a version ready; the message says why."""
+
+
+def fetch(name: str, version: str, dest: Path, timeout_s: float = FETCH_TIMEOUT_S) -> Path:
+    """Download ``name`` version ``version`` to ``dest`` in a subprocess, checked and exported.
+
+    Raises:
+        FetchError: the subprocess failed or timed out (its one-line reason is the message).
+    """
+    argv = [sys.executable, "-m", "serving.fetch_model", name, version, str(dest)]
+    try:
+        done = subprocess.run(
+            argv, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise FetchError(f"fetching v{version} took over {timeout_s:g} s") from None
+    if done.returncode != 0 or not dest.is_dir():
+        lines = (done.stderr or "").strip().splitlines()
+        raise FetchError(lines[-1] if lines else f"fetch exited with {done.returncode}")
+    return dest
 
 
 class ChampionWatcher:
@@ -44,6 +71,8 @@ class ChampionWatcher:
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._last_error: str | None = None
+        self._refused: tuple[str, str] | None = None  # (version, run_id) that failed to load
+        self._refused_at = 0.0
         self._thread = threading.Thread(target=self._loop, name="champion-watcher", daemon=True)
 
     def start(self) -> None:
@@ -65,9 +94,9 @@ class ChampionWatcher:
         while not self._stop.is_set():
             swapped = self.check_once()
             if first or swapped:
-                # The first check imports MLflow (a large heap) and a swap loads a model:
-                # both live as long as the worker. Freeze them out of future garbage
-                # collections, whose full passes otherwise make the p99 tail.
+                # What the first check imported and what a swap loaded live as long as
+                # the worker. Freeze them out of future garbage collections, whose full
+                # passes otherwise make the p99 tail.
                 gc.collect()
                 gc.freeze()
                 first = False
@@ -80,7 +109,7 @@ class ChampionWatcher:
             try:
                 return self._check()
             except Exception as e:
-                message = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                message = _one_line(e)
                 if message != self._last_error:  # log each distinct outage once, not every poll
                     logger.warning(
                         "Registry check failed; still serving v%s: %s",
@@ -92,31 +121,39 @@ class ChampionWatcher:
                 return False
 
     def _check(self) -> bool:
-        if not registry_configured(self.settings):
-            return False
-        import mlflow
-        from mlflow import MlflowClient
-
-        # This thread is the only MLflow user in a serving worker, so global URIs are safe.
-        mlflow.set_tracking_uri(self.settings.tracking_uri)
-        mlflow.set_registry_uri(self.settings.tracking_uri)
-        client = MlflowClient()
         name = self.settings.model_name
-        mv = client.get_model_version_by_alias(name, "champion")
+        found = champion_lookup.champion(self.settings.tracking_uri, name)
         if self._last_error is not None:
             logger.info("Registry reachable again")
             self._last_error = None
         current = self.holder.current.identity
-        if str(mv.version) == current.version and mv.run_id == current.run_id:
+        key = None if found is None else (found.version, found.run_id)
+        if key is None or key == (current.version, current.run_id):
             return False
-        identity = ModelIdentity(name, str(mv.version), "champion", mv.run_id, "registry")
-        logger.info("Champion moved to v%s (serving v%s); loading it", mv.version, current.version)
-        with tempfile.TemporaryDirectory(prefix="iris-reload-") as tmp:
-            path = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{name}/{mv.version}", dst_path=tmp
+        if key == self._refused and time.monotonic() - self._refused_at < RETRY_REFUSED_S:
+            return False
+        identity = ModelIdentity(name, found.version, "champion", found.run_id, "registry")
+        logger.info(
+            "Champion moved to v%s (serving v%s); loading it", found.version, current.version
+        )
+        try:
+            with tempfile.TemporaryDirectory(prefix="iris-reload-") as tmp:
+                model = load_model_dir(fetch(name, found.version, Path(tmp) / "model"), identity)
+        except Exception as e:  # noqa: BLE001 - any load failure: keep what we serve
+            self._refused, self._refused_at = key, time.monotonic()
+            logger.error(
+                "Could not load champion v%s; still serving v%s (next try in %.0f s): %s",
+                found.version,
+                current.version,
+                RETRY_REFUSED_S,
+                _one_line(e),
             )
-            model = load_model_dir(Path(path), identity)
+            return False
         previous = self.holder.swap(model)
         if self.on_swap:
             self.on_swap(previous, model)
         return True
+
+
+def _one_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

@@ -17,18 +17,17 @@ from typing import Protocol
 
 import numpy as np
 
-from training.model_io import LoadedClassifier, load_classifier
+from training import onnx_export
+from training.model_io import LoadedClassifier, load_classifier, read_class_names
+from training.onnx_export import DECIMALS, PARITY_PROBES, probe_inputs, served_labels
 from training.schema import FEATURES
 
 logger = logging.getLogger(__name__)
 
-PARITY_ATOL = 1e-5
-PARITY_PROBES = 2000
-DECIMALS = 6
-"""Probabilities are served rounded to 1e-6: ONNX computes in float32, whose noise digits
-(0.9700000286102295) would only lengthen every answer."""
 BULK_ROWS = 1024
 """From this many rows, a call runs on every core the process may use (see OnnxPredictor)."""
+
+__all__ = ["BULK_ROWS", "DECIMALS", "probe_inputs", "served_labels"]
 
 
 class Predictor(Protocol):
@@ -69,54 +68,30 @@ class ServedModel:
         return [names[i] for i in proba.argmax(axis=1)], proba  # == served_labels(raw)
 
 
-def served_labels(proba: np.ndarray) -> np.ndarray:
-    """The class index served for each row: the first of the largest rounded probabilities.
-
-    Rounding first makes ties ties: a forest's 0.5/0.5 comes out of ONNX's float32 sums as
-    0.49999997/0.50000003 in an order that depends on threads, and scikit-learn, like
-    ``argmax``, gives a tie to the first class. The species shown is then always the
-    largest probability shown.
-    """
-    return proba.round(DECIMALS).argmax(axis=1)
-
-
 class OnnxPredictor:
-    """A scikit-learn classifier compiled to ONNX and run by ONNX Runtime.
+    """A classifier's ONNX graph run by ONNX Runtime.
 
     Two sessions share the model. Small calls (every single-flower request) run on one
     thread: several workers already share the cores, and waking a thread pool costs more
     than a 15 µs call. Calls of ``BULK_ROWS`` rows or more run on every core the process
-    may use, which halves a 10,000-row batch on two cores.
+    may use (up to 4), which halves a 10,000-row batch on two cores.
     """
 
-    def __init__(self, estimator: object, n_features: int):
-        from skl2onnx import to_onnx
-
-        final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
-        sample = np.zeros((1, n_features), dtype=np.float32)
-        onx = to_onnx(estimator, sample, options={id(final): {"zipmap": False}}, target_opset=17)
-        serialized = onx.SerializeToString()
-        self._session = _session(serialized, threads=1)
+    def __init__(self, serialized: bytes):
+        self._session = onnx_export.session(serialized, threads=1)
         cores = len(os.sched_getaffinity(0))
-        self._bulk = _session(serialized, threads=min(cores, 4)) if cores > 1 else self._session
+        self._bulk = (
+            onnx_export.session(serialized, threads=min(cores, 4)) if cores > 1 else self._session
+        )
         self._input = self._session.get_inputs()[0].name
         self._outputs = [o.name for o in self._session.get_outputs() if o.name == "probabilities"]
         if not self._outputs:
-            raise ValueError("converted model has no 'probabilities' output")
+            raise ValueError("ONNX model has no 'probabilities' output")
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(features, dtype=np.float32)
         session = self._bulk if len(x) >= BULK_ROWS else self._session
-        return session.run(self._outputs, {self._input: x})[0].astype(np.float64)
-
-
-def _session(serialized: bytes, *, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
+        return onnx_export.normalized(session.run(self._outputs, {self._input: x})[0])
 
 
 class SklearnPredictor:
@@ -136,30 +111,18 @@ class SklearnPredictor:
         return self.estimator.predict_proba(x)
 
 
-def probe_inputs(n: int = PARITY_PROBES, seed: int = 0) -> np.ndarray:
-    """Deterministic points covering (and beyond) every measurement seen in real irises."""
-    rng = np.random.default_rng(seed)
-    return rng.uniform(0.1, 9.0, size=(n, len(FEATURES)))
-
-
 def check_parity(reference: Predictor, candidate: Predictor, probes: np.ndarray) -> str | None:
-    """None if both agree on every probe (same labels, probabilities within 1e-5)."""
-    expected, got = reference.predict_proba(probes), candidate.predict_proba(probes)
-    if expected.shape != got.shape:
-        return f"shape {got.shape} != {expected.shape}"
-    worst = float(np.abs(expected - got).max())
-    flips = int((served_labels(expected) != served_labels(got)).sum())
-    if worst > PARITY_ATOL or flips:
-        return f"max |Δp|={worst:.2e}, {flips} label(s) differ"
-    return None
+    """None if both agree on every probe (same served labels, probabilities within 1e-5)."""
+    return onnx_export.compare(reference.predict_proba(probes), candidate.predict_proba(probes))
 
 
 def build(
     classifier: LoadedClassifier, identity: ModelIdentity, *, use_onnx: bool = True
 ) -> ServedModel:
-    """Wrap a loaded classifier for serving, compiled to ONNX when that is exact.
+    """Wrap a loaded classifier for serving, compiled to ONNX here when that is exact.
 
-    Falls back to scikit-learn, with a warning, if conversion fails or ONNX and
+    For models without an ONNX export (logged before exports existed, or whose export
+    failed). Falls back to scikit-learn, with a warning, if conversion fails or ONNX and
     scikit-learn disagree on any probe point.
     """
     reference = SklearnPredictor(classifier.estimator)
@@ -170,7 +133,7 @@ def build(
         return sklearn_model
     started = time.perf_counter()
     try:
-        onnx = OnnxPredictor(classifier.estimator, len(FEATURES))
+        onnx = OnnxPredictor(onnx_export.convert(classifier.estimator, len(FEATURES)))
     except Exception:
         logger.warning(
             "ONNX conversion of v%s failed; serving scikit-learn", identity.version, exc_info=True
@@ -191,10 +154,49 @@ def build(
     return ServedModel(replace(identity, runtime="onnx"), classifier.class_names, onnx, True)
 
 
+def load_exported(model_dir: Path, identity: ModelIdentity) -> ServedModel | None:
+    """The model's ONNX export, once it reproduces scikit-learn's recorded answers.
+
+    None (with a warning naming why) when there is no export, it is damaged, or its
+    replayed parity check fails; the caller then loads scikit-learn.
+    """
+    try:
+        packed = onnx_export.read(model_dir)
+        if packed is None:
+            logger.info("v%s has no ONNX export; compiling it in this process", identity.version)
+            return None
+        predictor = OnnxPredictor(packed.serialized)
+        problem = onnx_export.compare(packed.expected, predictor.predict_proba(packed.inputs))
+        class_names = read_class_names(model_dir)
+    except Exception as e:  # noqa: BLE001 - any damage means "do not serve this file"
+        logger.warning(
+            "ONNX export of v%s unusable (%s); loading scikit-learn", identity.version, e
+        )
+        return None
+    if problem:
+        logger.warning(
+            "ONNX export of v%s fails its parity replay (%s); loading scikit-learn",
+            identity.version,
+            problem,
+        )
+        return None
+    logger.info(
+        "Loaded the ONNX export of v%s; parity replayed on %d rows",
+        identity.version,
+        len(packed.inputs),
+    )
+    return ServedModel(replace(identity, runtime="onnx"), class_names, predictor, True)
+
+
 def load_model_dir(
     model_dir: Path, identity: ModelIdentity, *, use_onnx: bool = True
 ) -> ServedModel:
-    """Safely load an MLflow model folder (skops + our trusted types) and build it."""
+    """Load an MLflow model folder for serving: its verified ONNX export if it has one,
+    else scikit-learn (skops with our trusted types), compiled to ONNX when exact."""
+    if use_onnx:
+        exported = load_exported(model_dir, identity)
+        if exported is not None:
+            return exported
     return build(load_classifier(model_dir), identity, use_onnx=use_onnx)
 
 

@@ -8,6 +8,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from training import onnx_export
 from training.model_io import load_classifier
 from training.registry import CHAMPION, RegistryError, champion_version
 from training.settings import Settings
@@ -83,6 +84,7 @@ def _create(tag, mv, settings: Settings) -> None:
             artifact_uri=f"models:/{settings.model_name}/{mv.version}", dst_path=str(src)
         )
         classifier = load_classifier(src)  # refuse to store anything we could not serve
+        onnx_export.ensure(src, classifier.estimator, len(classifier.feature_names))
         metadata = {
             "metrics": {k: v for k, v in run.data.metrics.items() if k.startswith("test_")},
             "class_names": list(classifier.class_names),

@@ -80,6 +80,14 @@ def load_classifier(model_dir: Path) -> LoadedClassifier:
     return LoadedClassifier(estimator, classes, features)
 
 
+def read_class_names(model_dir: Path) -> tuple[str, ...]:
+    """The class names recorded in the model's metadata, without loading the model."""
+    classes = tuple((_read_mlmodel(model_dir).get("metadata") or {}).get("class_names") or ())
+    if not classes:
+        raise ModelLoadError(f"{model_dir}/MLmodel: no class_names in metadata")
+    return classes
+
+
 def _read_mlmodel(model_dir: Path) -> dict:
     try:
         return yaml.safe_load((model_dir / "MLmodel").read_text()) or {}

@@ -6,9 +6,11 @@ import contextlib
 import logging
 import os
 import subprocess
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,6 +21,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import LabelEncoder, StandardScaler
 
+from training import onnx_export
 from training.data import Split
 from training.model_io import TRUSTED_TYPES
 from training.schema import FEATURES, SPECIES, TARGET
@@ -153,7 +156,32 @@ def _log_run(
             pip_requirements=pip_requirements(),
             metadata={"class_names": class_names, "feature_names": list(FEATURES)},
         )
+    _log_onnx_export(model, info.model_id, x_test)
     return info.model_uri
+
+
+def _log_onnx_export(model: ClassifierMixin, model_id: str, x_test: pd.DataFrame) -> None:
+    """Add ``onnx/`` (graph, parity record, report) to the logged model's own artifacts.
+
+    Every registry version then carries the ONNX model serving will use, checked here
+    against scikit-learn on the test set and the probes. If it cannot be exported the
+    model is still logged; serving falls back to scikit-learn for it.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    with tempfile.TemporaryDirectory(prefix="iris-onnx-") as tmp:
+        report = onnx_export.export(
+            model, Path(tmp), n_features=len(FEATURES), extra_inputs=x_test.to_numpy()
+        )
+        if report is None:
+            mlflow.set_tag("onnx_export", "failed")
+            return
+        MlflowClient().log_model_artifacts(
+            model_id, str(Path(tmp) / onnx_export.ONNX_DIR), onnx_export.ONNX_DIR
+        )
+        mlflow.set_tag("onnx_export", "ok")
+        mlflow.log_metric("onnx_parity_max_abs_diff", report["parity_max_abs_diff"])
 
 
 @contextlib.contextmanager

@@ -153,28 +153,21 @@ def test_unreadable_or_corrupt_data_fails_the_job_by_name(tmp_path, record_prope
 
 
 def test_tampered_model_is_refused_and_previous_keeps_serving(tmp_path, record_property):
-    import mlflow
-
-    from tests.utils.tamper import tamper
+    from tests.utils.tamper import register_tampered
 
     home = train_home(tmp_path / "home")
     with bento_server(server_env(home), tmp_path, workers=1) as server:
-        mlflow.set_tracking_uri(home.tracking_uri)
-        mlflow.set_registry_uri(home.tracking_uri)
-        source = Path(
-            mlflow.artifacts.download_artifacts(
-                "models:/iris-classifier/1", dst_path=str(tmp_path / "v1")
-            )
-        )
-        bad = tamper(source, tmp_path / "evil")
-        mlflow.set_experiment("attacker")
-        with mlflow.start_run() as run:
-            mlflow.log_artifacts(str(bad), "model")
-        version = mlflow.register_model(f"runs:/{run.info.run_id}/model", "iris-classifier").version
+        version = register_tampered(home.tracking_uri, "1", tmp_path, "iris-classifier")
         iris_train(home.env, "promote", str(version))
-        time.sleep(4)  # several reload intervals
-        assert served(server) == "1"
+        deadline = time.monotonic() + 90  # the fetch subprocess imports MLflow: seconds
+        while "untrusted types" not in server.log() and time.monotonic() < deadline:
+            assert served(server) == "1"
+            time.sleep(0.5)
         assert "untrusted types" in server.log()
+        time.sleep(3)  # three more reload intervals: still refused, still serving v1
+        assert served(server) == "1"
+        # and not fetched again at every poll (each try is a subprocess importing MLflow)
+        assert server.log().count(f"Could not load champion v{version}") == 1
         assert not (tmp_path / "pwned").exists()
     record_property(
         "reliability", "fault survived: tampered model promoted -> refused, previous kept serving"

@@ -84,3 +84,15 @@ def test_champion_from_the_server_is_in_the_store_and_scores_as_logged(remote: R
         float(np.mean(predicted == test[TARGET].to_numpy()))
         == trained.result["metrics"]["test_accuracy"]
     )
+
+
+def test_workers_find_the_champion_over_rest_as_mlflow_does(remote: Remote) -> None:
+    """serving.champion_lookup asks MLflow's REST API itself (no MLflow in workers)."""
+    from serving.champion_lookup import champion
+
+    client = remote.trained.client()
+    name = remote.trained.settings.model_name
+    mv = client.get_model_version_by_alias(name, CHAMPION)
+    found = champion(remote.server.url, name)
+    assert found is not None and (found.version, found.run_id) == (str(mv.version), mv.run_id)
+    assert champion(remote.server.url, "no-such-model") is None

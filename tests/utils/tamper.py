@@ -36,3 +36,34 @@ def truncate(model_dir: Path, out: Path) -> Path:
     data = (out / "model.skops").read_bytes()
     (out / "model.skops").write_bytes(data[: len(data) // 2])
     return out
+
+
+def register_tampered(tracking_uri: str, source_version: str, work: Path, name: str) -> str:
+    """Register a tampered copy of ``iris-classifier`` ``source_version`` as ``name``.
+
+    As an attacker with write access to the registry would: a new run logs the evil folder
+    and registers it. Its artifacts stay under ``work`` (never the project's ./mlruns).
+
+    Returns:
+        The new registry version.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    source = Path(
+        mlflow.artifacts.download_artifacts(
+            f"models:/iris-classifier/{source_version}", dst_path=str(work / "genuine")
+        )
+    )
+    bad = tamper(source, work / "evil")  # keeps the genuine onnx/ beside the evil skops
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("attacker")
+    experiment_id = (
+        experiment.experiment_id
+        if experiment
+        else client.create_experiment("attacker", artifact_location=(work / "art").as_uri())
+    )
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.log_artifacts(str(bad), "model")
+    return mlflow.register_model(f"runs:/{run.info.run_id}/model", name).version

@@ -1,0 +1,59 @@
+"""``python -m serving.fetch_model NAME VERSION DEST``: get a registry version ready to serve.
+
+A serving worker runs this when the champion moves, so that MLflow (and scikit-learn) are
+imported by a short-lived process instead of living in every worker. It downloads the
+version's model folder, loads it safely (skops with our trusted types: a tampered file
+stops here), makes sure it carries a verified ONNX export, and only then renames it to
+``DEST``. On failure it prints one line naming the problem and exits 1; ``DEST`` is then
+never created.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from training import onnx_export
+from training.logs import configure_logging
+from training.model_io import load_classifier
+from training.settings import get_settings
+
+logger = logging.getLogger("serving.fetch_model")
+
+
+def fetch(name: str, version: str, dest: Path) -> None:
+    import mlflow
+
+    settings = get_settings()
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    partial = dest.with_name(f".{dest.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{version}", dst_path=str(partial)
+        )
+        classifier = load_classifier(partial)
+        onnx_export.ensure(partial, classifier.estimator, len(classifier.feature_names))
+        partial.rename(dest)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def main(argv: list[str]) -> int:
+    name, version, dest = argv
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_dir, "service.log")
+    try:
+        fetch(name, version, Path(dest))
+    except Exception as e:  # reported to the worker as one line
+        logger.debug("fetch failed", exc_info=True)
+        sys.stderr.write(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
