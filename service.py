@@ -8,6 +8,7 @@ Thin on purpose: request/response models live in serving.schemas, the per-worker
 from __future__ import annotations
 
 import gc
+import os
 
 import bentoml
 import numpy as np
@@ -27,6 +28,11 @@ from serving.schemas import (
 )
 from training.logs import configure_logging
 from training.settings import get_settings
+
+# Read by libuv (uvloop) when a worker starts listening: accept one connection at a time so
+# that the workers sharing BentoML's listening socket split a burst of new connections,
+# instead of the first one awake taking them all (see benchmarks/README.md).
+os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")
 
 # Every dependency is a wheel, so the image needs no compilers: a distro BentoML does not
 # know ("none") skips its default apt layer (build-essential, git: ~650 MB).

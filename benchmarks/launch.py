@@ -93,6 +93,7 @@ def build_peers(
         {
             "workers": f"cpu_count ({cpus})",
             "threads": "1 (async API)",
+            "event_loop": "uvloop, UV_TCP_SINGLE_ACCEPT=1",
             "model_runtime": "onnxruntime (the export made at training), 1 thread; "
             "every core for calls of 1,024 rows or more",
             "access_log": "on (default)",
@@ -105,7 +106,12 @@ def build_peers(
         TITLES["noop"],
         NOOP_TARGET,
         {},
-        {"workers": f"cpu_count ({cpus})", "threads": "1 (async API)", "model": "none"},
+        {
+            "workers": f"cpu_count ({cpus})",
+            "threads": "1 (async API)",
+            "event_loop": "uvloop, UV_TCP_SINGLE_ACCEPT=1",
+            "model": "none",
+        },
     )
     port = free_port()
     peers["seed"] = Peer(

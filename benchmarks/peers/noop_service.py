@@ -2,22 +2,27 @@
 
 Same input model (``serving.schemas.IrisFeatures``), same API style (async), same
 ``workers``/``traffic`` settings as ``service.py``; it answers a constant dict the size of
-our ``/predict`` answer. No middleware, mounted apps or gRPC: what is left is BentoML.
+our ``/predict`` answer. No middleware, mounted apps or gRPC: what is left is BentoML, run
+by the same server settings (uvloop, one accept at a time).
 
 Run: ``bentoml serve benchmarks.peers.noop_service:NoopIris``.
 """
 
 from __future__ import annotations
 
+import os
+
 import bentoml
 
 from serving.schemas import IrisFeatures
 
-# The shape of our answer, with values of the same length (204 bytes of JSON, as ours).
+os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")  # as service.py
+
+# The shape of our answer, with values of the same length (as ours).
 RESPONSE = {
     "species": "Iris-setosa",
     "probabilities": {
-        "Iris-setosa": 0.9999993443489075,
+        "Iris-setosa": 1.0,
         "Iris-versicolor": 0.0,
         "Iris-virginica": 0.0,
     },

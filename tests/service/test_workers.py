@@ -1,0 +1,37 @@
+"""What each serving worker process runs on, read from the live processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.utils.servers import worker_pids
+
+pytestmark = pytest.mark.integration
+
+HEAVY = ("sklearn", "scipy", "skl2onnx", "mlflow", "pyarrow", "pandas")
+
+
+def _mapped(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_workers_run_on_uvloop_and_onnx_without_the_training_stack(server):
+    assert (
+        httpx.post(
+            f"{server.url}/predict",
+            json={"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2},
+        ).json()["model"]["runtime"]
+        == "onnx"
+    )
+    pids = worker_pids(server)
+    assert pids
+    for pid in pids:
+        maps = _mapped(pid)
+        assert "/uvloop/" in maps, f"worker {pid} is not on uvloop"
+        assert "/onnxruntime/" in maps
+        # native libraries of the training stack: none is loaded in a serving worker
+        loaded = sorted(name for name in HEAVY if f"/site-packages/{name}/" in maps)
+        assert loaded == [], f"worker {pid} loaded {loaded}"
