@@ -14,6 +14,7 @@ import bentoml
 import numpy as np
 from bentoml.models import BentoModel
 
+from serving.bentoml_fixes import cancel_request_timers
 from serving.core import IrisRuntime, feature_rows
 from serving.errors import GuardMiddleware, json_error, json_response
 from serving.http_extra import jobs_app
@@ -33,6 +34,7 @@ from training.settings import get_settings
 # that the workers sharing BentoML's listening socket split a burst of new connections,
 # instead of the first one awake taking them all (see benchmarks/README.md).
 os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")
+cancel_request_timers()  # BentoML keeps every request alive for traffic.timeout seconds
 
 # Every dependency is a wheel, so the image needs no compilers: a distro BentoML does not
 # know ("none") skips its default apt layer (build-essential, git: ~650 MB).

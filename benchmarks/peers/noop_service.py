@@ -3,7 +3,7 @@
 Same input model (``serving.schemas.IrisFeatures``), same API style (async), same
 ``workers``/``traffic`` settings as ``service.py``; it answers a constant dict the size of
 our ``/predict`` answer. No middleware, mounted apps or gRPC: what is left is BentoML, run
-by the same server settings (uvloop, one accept at a time).
+by the same server settings (uvloop, one accept at a time, BentoML's request-timer fix).
 
 Run: ``bentoml serve benchmarks.peers.noop_service:NoopIris``.
 """
@@ -14,9 +14,11 @@ import os
 
 import bentoml
 
+from serving.bentoml_fixes import cancel_request_timers
 from serving.schemas import IrisFeatures
 
 os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")  # as service.py
+cancel_request_timers()  # as service.py
 
 # The shape of our answer, with values of the same length (as ours).
 RESPONSE = {

@@ -1,0 +1,64 @@
+"""A fix for BentoML 1.4, applied when the service module is imported.
+
+``TimeoutMiddleware`` (bentoml/_internal/server/http/traffic.py) arms
+``loop.call_later(timeout, ...)`` for every request and never cancels it. The timer
+handle keeps the request's context alive (its OpenTelemetry span, futures, locks: about
+20 objects) until it fires, ``traffic.timeout`` seconds later. At 2,000 requests/s and a
+30 s timeout that is over a million live objects per worker: every full garbage
+collection walks them, which showed up as 100-300 ms stalls (p99, and 10,000-row batches
+taking 280 ms instead of 30 ms right after a load test).
+
+The replacement below is BentoML's own method plus ``timer.cancel()`` when the request
+ends. It is applied once, and only to the class it was written for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def cancel_request_timers() -> bool:
+    """Patch ``TimeoutMiddleware.__call__``; True if patched now or already."""
+    from bentoml._internal.server.http import traffic
+    from starlette.responses import JSONResponse
+
+    cls = traffic.TimeoutMiddleware
+    if getattr(cls.__call__, "_iris_fixed", False):
+        return True
+    if not hasattr(cls, "_set_timer_out"):  # upstream changed: do not guess
+        logger.warning("BentoML's TimeoutMiddleware changed; request-timer fix not applied")
+        return False
+
+    async def call(self, scope, receive, send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        timer = loop.call_later(self.timeout, self._set_timer_out, waiter)
+
+        async def _send(message) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+            await send(message)
+
+        fut = asyncio.ensure_future(self.app(scope, receive, _send), loop=loop)
+        try:
+            await waiter
+        except TimeoutError:
+            if fut.cancel():
+                response = JSONResponse(
+                    {"error": f"Not able to process the request in {self.timeout} seconds"},
+                    status_code=504,
+                )
+                await response(scope, receive, send)
+        else:
+            await fut
+        finally:
+            timer.cancel()  # the fix: release the request's objects now, not in `timeout` s
+
+    call._iris_fixed = True  # type: ignore[attr-defined]
+    cls.__call__ = call
+    return True
