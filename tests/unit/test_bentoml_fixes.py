@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import gc
 
+import httpx
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
-from starlette.testclient import TestClient
 
 from serving.bentoml_fixes import cancel_request_timers
 
@@ -39,10 +39,16 @@ def test_finished_requests_leave_no_armed_timer_and_timeouts_still_fire():
     app = TimeoutMiddleware(
         Starlette(routes=[Route("/fast", _fast), Route("/slow", _slow)]), timeout=0.3
     )
-    with TestClient(app) as client:
-        before = _armed_timers()
-        for _ in range(200):
-            assert client.get("/fast").text == "ok"
-        assert _armed_timers() - before == 0  # unpatched BentoML: 200, each for `timeout` s
-        slow = client.get("/slow")
-        assert slow.status_code == 504 and "0.3 seconds" in slow.text
+
+    async def scenario() -> tuple[int, httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            before = _armed_timers()
+            for _ in range(200):
+                assert (await client.get("/fast")).text == "ok"
+            armed = _armed_timers() - before  # unpatched BentoML: 200, each for `timeout` s
+            return armed, await client.get("/slow")
+
+    armed, slow = asyncio.run(scenario())
+    assert armed == 0
+    assert slow.status_code == 504 and "0.3 seconds" in slow.text
