@@ -17,6 +17,7 @@ short-lived subprocess.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import sqlite3
@@ -59,24 +60,58 @@ def champion(tracking_uri: str, model_name: str) -> Champion | None:
     return _with_mlflow(tracking_uri, model_name)
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Never follow a redirect: urllib would resend our Authorization header to any host."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        raise urllib.error.HTTPError(newurl, code, f"redirected to {newurl}", headers, fp)
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
+_MISSING = {"RESOURCE_DOES_NOT_EXIST"}  # no such model
+_NO_ALIAS = "INVALID_PARAMETER_VALUE"  # the model exists; the alias does not (HTTP 400)
+_NO_ALIAS_TEXT = f"alias {ALIAS} not found"  # MLflow's message for that case
+
+
 def _over_rest(base: str, model_name: str) -> Champion | None:
     query = urllib.parse.urlencode({"name": model_name, "alias": ALIAS})
     url = f"{base.rstrip('/')}/api/2.0/mlflow/registered-models/alias?{query}"
     request = urllib.request.Request(url, headers=_auth_headers())
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+        with _opener.open(request, timeout=TIMEOUT_S) as response:
             body = json.load(response)
     except urllib.error.HTTPError as e:
-        detail = e.read(2000).decode(errors="replace")
-        if e.code == 404 or "RESOURCE_DOES_NOT_EXIST" in detail:
-            return None
-        raise RegistryUnreachableError(f"registry answered HTTP {e.code}: {detail[:200]}") from None
+        return _absent_or_raise(e, base)
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise RegistryUnreachableError(f"registry unreachable at {base}: {e}") from None
     mv = body.get("model_version") or {}
     if "version" not in mv:
         raise RegistryUnreachableError(f"unexpected answer from {url}: {str(body)[:200]}")
     return Champion(str(mv["version"]), mv.get("run_id", ""))
+
+
+def _absent_or_raise(e: urllib.error.HTTPError, base: str) -> None:
+    """None for MLflow's own "no such model / no such alias" errors; raise for the rest.
+
+    Only an MLflow error body counts: a 404 page from a wrong URL or a proxy is an error,
+    not "nothing to serve".
+    """
+    text = e.read(4000).decode(errors="replace") if e.fp else ""
+    try:
+        error = json.loads(text)
+    except ValueError:
+        error = {}
+    code = error.get("error_code", "") if isinstance(error, dict) else ""
+    message = error.get("message", "") if isinstance(error, dict) else ""
+    if code in _MISSING or (code == _NO_ALIAS and _NO_ALIAS_TEXT in message):
+        return None
+    if e.code in (401, 403):
+        raise RegistryUnreachableError(
+            f"registry at {base} refused our credentials (HTTP {e.code}); check "
+            "MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD"
+        ) from None
+    detail = message or text[:200] or str(e.reason)
+    raise RegistryUnreachableError(f"registry at {base} answered HTTP {e.code}: {detail}") from None
 
 
 def _auth_headers() -> dict[str, str]:
@@ -103,23 +138,28 @@ WHERE a.name = ? AND a.alias = ? {workspace_filter}
 
 
 def _from_sqlite(path: Path, model_name: str) -> Champion | None:
+    path = path.resolve()  # sqlite:///mlflow.db is relative to the working directory
     if not path.is_file():
         return None  # no registry yet: nothing has been trained here
+    workspace = os.environ.get("MLFLOW_WORKSPACE", "default")
     try:
-        # Read-only, so a poll can never create or lock the file for writing.
-        with sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=TIMEOUT_S) as db:
+        # Read-only, so a poll can never create or write the file; closed right away, so
+        # it never holds a read lock between polls.
+        db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=TIMEOUT_S)
+        with contextlib.closing(db):
             columns = {row[1] for row in db.execute("PRAGMA table_info(registered_model_aliases)")}
             if not columns:
                 return None  # an empty database: MLflow has not created its tables yet
             scoped = "workspace" in columns  # MLflow 3.x: aliases live in a workspace
             sql = _SQLITE_QUERY.format(
                 workspace_join="AND v.workspace = a.workspace" if scoped else "",
-                workspace_filter="AND a.workspace = 'default'" if scoped else "",
+                workspace_filter="AND a.workspace = ?" if scoped else "",
             )
-            row = db.execute(sql, (model_name, ALIAS)).fetchone()
+            params = (model_name, ALIAS, workspace) if scoped else (model_name, ALIAS)
+            rows = db.execute(sql, params).fetchall()
     except sqlite3.Error as e:
         raise RegistryUnreachableError(f"could not read the registry {path}: {e}") from None
-    return None if row is None else Champion(str(row[0]), row[1] or "")
+    return Champion(str(rows[0][0]), rows[0][1] or "") if rows else None
 
 
 def _with_mlflow(tracking_uri: str, model_name: str) -> Champion | None:
@@ -130,7 +170,7 @@ def _with_mlflow(tracking_uri: str, model_name: str) -> Champion | None:
     try:
         mv = client.get_model_version_by_alias(model_name, ALIAS)
     except MlflowException as e:
-        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+        if e.error_code in _MISSING or (e.error_code == _NO_ALIAS and _NO_ALIAS_TEXT in str(e)):
             return None
         raise RegistryUnreachableError(str(e).splitlines()[0]) from None
     return Champion(str(mv.version), mv.run_id or "")

@@ -4,8 +4,9 @@ A serving worker runs this when the champion moves, so that MLflow (and scikit-l
 imported by a short-lived process instead of living in every worker. It downloads the
 version's model folder, loads it safely (skops with our trusted types: a tampered file
 stops here), makes sure it carries a verified ONNX export, and only then renames it to
-``DEST``. On failure it prints one line naming the problem and exits 1; ``DEST`` is then
-never created.
+``DEST``. On failure it prints one line naming the problem and exits 3 if the version
+itself was refused (unsafe or unloadable), 1 for anything that may pass (registry down);
+``DEST`` is then never created.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from pathlib import Path
 
 from training import onnx_export
 from training.logs import configure_logging
-from training.model_io import load_classifier
+from training.model_io import ModelLoadError, load_classifier
 from training.settings import get_settings
 
 logger = logging.getLogger("serving.fetch_model")
+REFUSED_EXIT = 3  # serving.reloader.REFUSED_EXIT
 
 
 def fetch(name: str, version: str, dest: Path) -> None:
@@ -51,7 +53,8 @@ def main(argv: list[str]) -> int:
     except Exception as e:  # reported to the worker as one line
         logger.debug("fetch failed", exc_info=True)
         sys.stderr.write(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n")
-        return 1
+        # The version itself is unsafe or unusable: the worker will not retry it soon.
+        return REFUSED_EXIT if isinstance(e, ModelLoadError) else 1
     return 0
 
 

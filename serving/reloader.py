@@ -30,12 +30,26 @@ logger = logging.getLogger(__name__)
 
 FETCH_TIMEOUT_S = 300.0
 RETRY_REFUSED_S = 300.0
-"""A version that could not be loaded (tampered, broken) is tried again after this long,
-not at every poll: each try starts a subprocess that imports MLflow."""
+"""A version that cannot be served (tampered, broken) is tried again after this long, not at
+every poll: each try starts a subprocess that imports MLflow."""
+RETRY_FAILED_S = 30.0
+"""After a failure that may pass (registry or network down mid-download, a timeout)."""
+REFUSED_EXIT = 3
+"""Exit status of ``serving.fetch_model`` when the version itself is unsafe or unusable."""
+
+_fetches: set[subprocess.Popen] = set()
+_fetches_lock = threading.Lock()
 
 
 class FetchError(RuntimeError):
-    """The fetch subprocess could not get a version ready; the message says why."""
+    """The fetch subprocess could not get a version ready; the message says why.
+
+    ``permanent`` is True when the version itself was refused (retrying will not help).
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False):
+        super().__init__(message)
+        self.permanent = permanent
 
 
 def fetch(name: str, version: str, dest: Path, timeout_s: float = FETCH_TIMEOUT_S) -> Path:
@@ -45,16 +59,33 @@ def fetch(name: str, version: str, dest: Path, timeout_s: float = FETCH_TIMEOUT_
         FetchError: the subprocess failed or timed out (its one-line reason is the message).
     """
     argv = [sys.executable, "-m", "serving.fetch_model", name, version, str(dest)]
+    proc = subprocess.Popen(
+        argv, cwd=PROJECT_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    with _fetches_lock:
+        _fetches.add(proc)
     try:
-        done = subprocess.run(
-            argv, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=timeout_s, check=False
-        )
+        _, stderr = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
         raise FetchError(f"fetching v{version} took over {timeout_s:g} s") from None
-    if done.returncode != 0 or not dest.is_dir():
-        lines = (done.stderr or "").strip().splitlines()
-        raise FetchError(lines[-1] if lines else f"fetch exited with {done.returncode}")
+    finally:
+        with _fetches_lock:
+            _fetches.discard(proc)
+    if proc.returncode != 0 or not dest.is_dir():
+        lines = (stderr or "").strip().splitlines()
+        message = lines[-1] if lines else f"fetch exited with {proc.returncode}"
+        raise FetchError(message, permanent=proc.returncode == REFUSED_EXIT)
     return dest
+
+
+def stop_fetches() -> None:
+    """Terminate fetch subprocesses still running (the worker is shutting down)."""
+    with _fetches_lock:
+        running = list(_fetches)
+    for proc in running:
+        proc.terminate()
 
 
 class ChampionWatcher:
@@ -71,8 +102,9 @@ class ChampionWatcher:
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._last_error: str | None = None
-        self._refused: tuple[str, str] | None = None  # (version, run_id) that failed to load
-        self._refused_at = 0.0
+        # The last version that failed to load, and when to try it again (monotonic time).
+        self._refused: tuple[str, str] | None = None
+        self._retry_at = 0.0
         self._thread = threading.Thread(target=self._loop, name="champion-watcher", daemon=True)
 
     def start(self) -> None:
@@ -84,6 +116,7 @@ class ChampionWatcher:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        stop_fetches()
 
     def poke(self) -> None:
         """Check now instead of at the next interval (after a local retrain)."""
@@ -130,7 +163,7 @@ class ChampionWatcher:
         key = None if found is None else (found.version, found.run_id)
         if key is None or key == (current.version, current.run_id):
             return False
-        if key == self._refused and time.monotonic() - self._refused_at < RETRY_REFUSED_S:
+        if key == self._refused and time.monotonic() < self._retry_at:
             return False
         identity = ModelIdentity(name, found.version, "champion", found.run_id, "registry")
         logger.info(
@@ -140,18 +173,24 @@ class ChampionWatcher:
             with tempfile.TemporaryDirectory(prefix="iris-reload-") as tmp:
                 model = load_model_dir(fetch(name, found.version, Path(tmp) / "model"), identity)
         except Exception as e:  # noqa: BLE001 - any load failure: keep what we serve
-            self._refused, self._refused_at = key, time.monotonic()
+            permanent = not isinstance(e, FetchError) or e.permanent
+            wait = RETRY_REFUSED_S if permanent else RETRY_FAILED_S
+            self._refused, self._retry_at = key, time.monotonic() + wait
             logger.error(
                 "Could not load champion v%s; still serving v%s (next try in %.0f s): %s",
                 found.version,
                 current.version,
-                RETRY_REFUSED_S,
+                wait,
                 _one_line(e),
             )
             return False
+        self._refused = None
         previous = self.holder.swap(model)
         if self.on_swap:
-            self.on_swap(previous, model)
+            try:
+                self.on_swap(previous, model)
+            except Exception:  # metrics only: the swap itself has happened
+                logger.exception("After swapping in v%s, the swap hook failed", found.version)
         return True
 
 

@@ -61,9 +61,11 @@ def compare(expected: np.ndarray, got: np.ndarray) -> str | None:
     """None if ``got`` matches ``expected`` (same served labels, |Δp| <= 1e-5), else why not."""
     if expected.shape != got.shape:
         return f"shape {got.shape} != {expected.shape}"
-    worst = float(np.abs(expected - got).max())
+    if not (np.isfinite(expected).all() and np.isfinite(got).all()):
+        return "non-finite probabilities (NaN or inf)"
+    worst = float(np.abs(expected - got).max()) if expected.size else 0.0
     flips = int((served_labels(expected) != served_labels(got)).sum())
-    if worst > PARITY_ATOL or flips:
+    if not worst <= PARITY_ATOL or flips:
         return f"max |Δp|={worst:.2e}, {flips} label(s) differ"
     return None
 
@@ -87,7 +89,9 @@ def normalized(proba: np.ndarray) -> np.ndarray:
     back, the served (rounded) answer reads 1.0, as scikit-learn's does.
     """
     proba = proba.astype(np.float64)
-    return proba / proba.sum(axis=1, keepdims=True)
+    total = proba.sum(axis=1, keepdims=True)
+    # A row of zeros (no model produces one) stays zeros instead of becoming NaN.
+    return np.divide(proba, total, out=np.zeros_like(proba), where=total > 0)
 
 
 def onnx_probabilities(session, x: np.ndarray) -> np.ndarray:
@@ -163,14 +167,41 @@ def export(
 
 
 def ensure(model_dir: Path, estimator: object, n_features: int) -> bool:
-    """Give a model folder a usable export if it lacks one (logged before exports existed,
-    or damaged). True if the folder has one afterwards."""
+    """Make sure a model folder carries an export that is true to ``estimator``.
+
+    The folder's own SHA-256 and parity record only prove it is self-consistent: whoever
+    can write the model could write all three files. So an existing export is kept only
+    if scikit-learn, loaded safely by the caller, gives the recorded answers and the graph
+    reproduces them; otherwise (missing, damaged, or not this model's) it is exported
+    afresh. True if the folder has a verified export afterwards.
+    """
     try:
-        if read(model_dir) is not None:
-            return True
+        packed = read(model_dir)
     except ValueError as e:
         logger.warning("Replacing a damaged ONNX export: %s", e)
+        packed = None
+    if packed is not None:
+        problem = verify(packed, estimator)
+        if problem is None:
+            return True
+        logger.warning("Replacing an ONNX export that does not match its model: %s", problem)
     return export(estimator, model_dir, n_features=n_features) is not None
+
+
+def verify(packed: Packed, estimator: object) -> str | None:
+    """None if the export matches ``estimator`` on its recorded inputs, else why not."""
+    if len(packed.inputs) < PARITY_PROBES:
+        return f"parity record has {len(packed.inputs)} rows, fewer than {PARITY_PROBES}"
+    sklearn = np.asarray(estimator.predict_proba(_frame_like(estimator, packed.inputs)))
+    problem = compare(sklearn, packed.expected)
+    if problem:
+        return f"recorded answers are not this model's ({problem})"
+    try:
+        got = onnx_probabilities(session(packed.serialized), packed.inputs)
+    except Exception as e:  # noqa: BLE001 - an unloadable graph is a mismatch
+        return f"graph does not run ({type(e).__name__}: {e})"
+    problem = compare(packed.expected, got)
+    return None if problem is None else f"graph does not reproduce them ({problem})"
 
 
 @dataclass(frozen=True)

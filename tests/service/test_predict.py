@@ -54,6 +54,9 @@ def test_predict_matches_scikit_learn_for_every_test_row(
             assert body.model.runtime == "onnx"  # the fast path, not the fallback
             correct += body.species == row["species"]
     assert correct / len(test_set) == pytest.approx(trained_home.result["metrics"]["test_accuracy"])
+    # served from the export made at training, not compiled in the worker
+    assert "Loaded the ONNX export of v1" in server.log()
+    assert "compiling it in this process" not in server.log()
 
 
 def test_batch_answers_equal_single_answers_in_order(server, test_set):

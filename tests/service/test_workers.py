@@ -11,7 +11,10 @@ from tests.utils.servers import worker_pids
 
 pytestmark = pytest.mark.integration
 
-HEAVY = ("sklearn", "scipy", "skl2onnx", "mlflow", "pyarrow", "pandas")
+# Packages with native libraries, so that /proc/PID/maps shows them once imported (pure
+# Python ones such as mlflow never appear there: tests/training/test_onnx_export.py checks
+# sys.modules of a worker-style process instead).
+HEAVY = ("sklearn", "scipy", "pyarrow", "pandas")
 
 
 def _mapped(pid: int) -> str:

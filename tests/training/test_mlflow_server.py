@@ -96,3 +96,5 @@ def test_workers_find_the_champion_over_rest_as_mlflow_does(remote: Remote) -> N
     found = champion(remote.server.url, name)
     assert found is not None and (found.version, found.run_id) == (str(mv.version), mv.run_id)
     assert champion(remote.server.url, "no-such-model") is None
+    client.create_registered_model("no-alias-yet")  # exists, has no @champion: HTTP 400
+    assert champion(remote.server.url, "no-alias-yet") is None

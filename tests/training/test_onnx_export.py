@@ -116,7 +116,7 @@ def test_fetch_refuses_a_tampered_version_and_leaves_nothing(trained_home, tmp_p
         timeout=120,
         check=False,
     )
-    assert done.returncode == 1
+    assert done.returncode == 3  # refused: the watcher will not retry it at every poll
     assert "untrusted types" in done.stderr.strip().splitlines()[-1]
     assert not dest.exists() and not list(tmp_path.glob(".dest*"))
     assert not (tmp_path / "pwned").exists()
@@ -146,3 +146,59 @@ def test_export_report_is_json_with_versions(champion_dir) -> None:
     report = json.loads((champion_dir / "onnx" / "export.json").read_text())
     assert set(report["versions"]) == {"skl2onnx", "onnxruntime", "scikit-learn", "onnx"}
     assert report["target_opset"] == onnx_export.TARGET_OPSET
+
+
+def test_an_export_that_is_not_this_models_is_replaced(champion_dir, tmp_path, caplog) -> None:
+    """Export, report and parity record are self-consistent but belong to another model."""
+    from sklearn.linear_model import LogisticRegression
+
+    genuine = load_classifier(champion_dir).estimator
+    copy = Path(shutil.copytree(champion_dir, tmp_path / "m"))
+    shutil.rmtree(copy / onnx_export.ONNX_DIR)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.1, 8, size=(90, 4))
+    impostor = LogisticRegression(max_iter=500).fit(x, np.arange(90) % 3)
+    assert onnx_export.export(impostor, copy, n_features=4) is not None
+    fake_sha = onnx_export.read(copy).report["model_sha256"]
+
+    assert onnx_export.ensure(copy, genuine, 4)
+    assert "does not match its model" in caplog.text
+    packed = onnx_export.read(copy)
+    assert packed.report["model_sha256"] != fake_sha
+    assert onnx_export.verify(packed, genuine) is None
+
+
+def test_relative_sqlite_uri_is_read_from_the_working_directory(trained_home, monkeypatch) -> None:
+    monkeypatch.chdir(trained_home.home)
+    found = champion("sqlite:///mlflow.db", "iris-classifier")
+    assert found is not None and found.version == trained_home.version
+
+
+def test_the_watcher_swaps_in_a_new_champion_without_mlflow_in_process(
+    trained_home, champion_dir
+) -> None:
+    """What a worker does when the champion moves: poll, fetch in a subprocess, load, swap."""
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from serving.reloader import ChampionWatcher\n"
+        "from serving.runtime import ModelHolder, ModelIdentity, load_model_dir\n"
+        "from training.settings import get_settings\n"
+        "old = ModelIdentity('iris-classifier', '0', 'champion', 'old-run', 'bento')\n"
+        f"holder = ModelHolder(load_model_dir(Path({str(champion_dir)!r}), old))\n"
+        "swapped = ChampionWatcher(get_settings(), holder).check_once()\n"
+        "heavy = sorted({'sklearn', 'skl2onnx', 'skops', 'mlflow', 'scipy', 'pandas'}"
+        " & {n.split('.')[0] for n in sys.modules})\n"
+        "m = holder.current.identity\n"
+        "print(swapped, m.version, m.source, m.runtime, heavy)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=PROJECT_DIR,
+        env=trained_home.env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    )
+    last = out.stdout.strip().splitlines()[-1]
+    assert last == f"True {trained_home.version} registry onnx []", out.stdout + out.stderr

@@ -1,0 +1,141 @@
+"""The workers' champion poll: MLflow's REST errors read right, and refused versions backed off."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from serving import reloader
+from serving.champion_lookup import Champion, RegistryUnreachableError, champion
+from serving.runtime import ModelHolder, ModelIdentity, ServedModel
+from training.onnx_export import compare, normalized
+from training.settings import Settings
+
+
+@contextlib.contextmanager
+def fake_registry(status: int, body: str, headers: dict | None = None) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 that answers every GET with ``status`` and ``body``."""
+    seen: list[dict] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(dict(self.headers))
+            self.send_response(status)
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _mlflow_error(code: str, message: str) -> str:
+    return json.dumps({"error_code": code, "message": message})
+
+
+def test_rest_answers_that_mean_nothing_to_serve():
+    missing = _mlflow_error("RESOURCE_DOES_NOT_EXIST", "Registered Model with name=x not found")
+    with fake_registry(404, missing) as url:
+        assert champion(url, "x") is None
+    no_alias = _mlflow_error(
+        "INVALID_PARAMETER_VALUE", "Registered model alias champion not found."
+    )
+    with fake_registry(400, no_alias) as url:
+        assert champion(url, "x") is None
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers", "match"),
+    [
+        (404, "<html>Not Found</html>", {}, "HTTP 404"),  # a wrong URL is not "no champion"
+        (400, _mlflow_error("INVALID_PARAMETER_VALUE", "bad name"), {}, "bad name"),
+        (403, "", {}, "refused our credentials"),
+        (302, "", {"Location": "http://elsewhere.invalid/"}, "HTTP 302"),  # never followed
+        (200, "{}", {}, "unexpected answer"),
+    ],
+    ids=["html-404", "other-400", "forbidden", "redirect", "no-version"],
+)
+def test_rest_answers_that_are_errors(status, body, headers, match):
+    with (
+        fake_registry(status, body, headers) as url,
+        pytest.raises(RegistryUnreachableError, match=match),
+    ):
+        champion(url, "iris-classifier")
+
+
+def test_parity_rejects_non_finite_and_zero_rows_stay_zero():
+    good = np.array([[0.2, 0.3, 0.5]])
+    assert compare(good, good) is None
+    assert "non-finite" in compare(good, np.full_like(good, np.nan))
+    assert "non-finite" in compare(np.full_like(good, np.nan), good)
+    assert normalized(np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 2.0]])).tolist() == [
+        [0.0, 0.0, 0.0],
+        [0.25, 0.25, 0.5],
+    ]
+
+
+class _Predictor:
+    def predict_proba(self, features):
+        return np.tile([1.0, 0.0, 0.0], (len(features), 1))
+
+
+def _served(version: str) -> ServedModel:
+    identity = ModelIdentity("iris-classifier", version, "champion", f"run{version}", "bento")
+    return ServedModel(identity, ("a", "b", "c"), _Predictor(), True)
+
+
+@pytest.fixture
+def watcher(monkeypatch, tmp_path):
+    """A watcher whose registry says v2 is champion and whose fetch fails as told."""
+    clock = {"now": 1000.0}
+    calls: list[str] = []
+    failure: dict = {"error": None}
+
+    def fake_fetch(name, version, dest, timeout_s=0):
+        calls.append(version)
+        raise failure["error"]
+
+    monkeypatch.setattr(reloader.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(reloader, "fetch", fake_fetch)
+    monkeypatch.setattr(
+        reloader.champion_lookup, "champion", lambda uri, name: Champion("2", "run2")
+    )
+    w = reloader.ChampionWatcher(Settings(home=tmp_path), ModelHolder(_served("1")))
+    return w, clock, calls, failure
+
+
+def test_a_refused_version_is_retried_after_minutes_not_every_poll(watcher, caplog):
+    w, clock, calls, failure = watcher
+    failure["error"] = reloader.FetchError("ModelLoadError: untrusted types", permanent=True)
+    assert w.check_once() is False and calls == ["2"]
+    clock["now"] += reloader.RETRY_REFUSED_S - 1
+    assert w.check_once() is False and calls == ["2"]  # still backing off
+    clock["now"] += 2
+    assert w.check_once() is False and calls == ["2", "2"]
+    assert w.holder.current.identity.version == "1"
+    assert caplog.text.count("Could not load champion v2") == 2
+
+
+def test_a_failure_that_may_pass_is_retried_sooner(watcher):
+    w, clock, calls, failure = watcher
+    failure["error"] = reloader.FetchError("fetching v2 took over 300 s")
+    assert w.check_once() is False and calls == ["2"]
+    clock["now"] += reloader.RETRY_FAILED_S + 1
+    assert w.check_once() is False and calls == ["2", "2"]
+    assert reloader.RETRY_FAILED_S < reloader.RETRY_REFUSED_S
