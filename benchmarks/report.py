@@ -134,10 +134,16 @@ def _target(
     }
 
 
-def _spread(per_process: dict | list) -> str:
-    """``1+31``: connections each process held; one such group per round, comma-separated."""
-    groups = per_process if isinstance(per_process, list) else [per_process]
-    return ", ".join("+".join(str(n) for n in g.values()) for g in groups if g)
+def _spread(step: dict) -> str:
+    """``16+16``: connections each worker held; with several rounds, each round's split and
+    requests/s (``16+16: 2,003; 32: 952``), since the split moves throughput."""
+    rounds = step.get("rounds")
+    if not rounds:
+        return "+".join(str(n) for n in step.get("connections_per_process", {}).values())
+    return "; ".join(
+        f"{'+'.join(str(n) for n in r['connections_per_process'].values()) or '?'}: {r['rps']:,.0f}"
+        for r in rounds
+    )
 
 
 def markdown(result: dict) -> str:
@@ -151,7 +157,7 @@ def markdown(result: dict) -> str:
         f"the median of {s.get('rounds_at_target', 1)} runs.",
         "",
         "| peer | c | requests/s | p50 ms | p99 ms | errors | ours ÷ peer (rps) "
-        "| connections per worker |",
+        "| connections per worker (per run: requests/s) |",
         "| --- | --: | --: | --: | --: | --: | --: | --- |",
     ]
     ours = result["peers"].get("ours", {}).get("load", {})
@@ -160,7 +166,7 @@ def markdown(result: dict) -> str:
         for c, step in peer.get("load", {}).items():
             mine = ours.get(c)
             ratio = f"{mine['rps'] / step['rps']:.2f}×" if mine and step["rps"] else "–"
-            spread = _spread(step.get("connections_per_process", {}))
+            spread = _spread(step)
             lines.append(
                 f"| {peer['title']} | {c} | {step['rps']:,.0f} | {step['p50_ms']:.1f} "
                 f"| {step['p99_ms']:.1f} | {step['errors']} | {ratio} | {spread or '–'} |"

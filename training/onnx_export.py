@@ -90,6 +90,8 @@ def normalized(proba: np.ndarray) -> np.ndarray:
     """
     proba = proba.astype(np.float64)
     total = proba.sum(axis=1, keepdims=True)
+    if total.all():  # the only case in practice, and the cheapest (this runs per request)
+        return proba / total
     # A row of zeros (no model produces one) stays zeros instead of becoming NaN.
     return np.divide(proba, total, out=np.zeros_like(proba), where=total > 0)
 
