@@ -23,6 +23,7 @@ from pathlib import Path
 
 from serving import champion_lookup
 from serving.runtime import ModelHolder, ModelIdentity, ServedModel, load_model_dir
+from training.schema import store_tag
 from training.settings import PROJECT_DIR, Settings
 
 logger = logging.getLogger(__name__)
@@ -170,8 +171,11 @@ class ChampionWatcher:
             "Champion moved to v%s (serving v%s); loading it", found.version, current.version
         )
         try:
-            with tempfile.TemporaryDirectory(prefix="iris-reload-") as tmp:
-                model = load_model_dir(fetch(name, found.version, Path(tmp) / "model"), identity)
+            model = self._from_local_store(found, identity)
+            if model is None:
+                with tempfile.TemporaryDirectory(prefix="iris-reload-") as tmp:
+                    path = fetch(name, found.version, Path(tmp) / "model")
+                    model = load_model_dir(path, identity)
         except Exception as e:  # noqa: BLE001 - any load failure: keep what we serve
             permanent = not isinstance(e, FetchError) or e.permanent
             wait = RETRY_REFUSED_S if permanent else RETRY_FAILED_S
@@ -192,6 +196,26 @@ class ChampionWatcher:
             except Exception:  # metrics only: the swap itself has happened
                 logger.exception("After swapping in v%s, the swap hook failed", found.version)
         return True
+
+    def _from_local_store(
+        self, found: champion_lookup.Champion, identity: ModelIdentity
+    ) -> ServedModel | None:
+        """The version from this server's BentoML store, if a retrain here imported it.
+
+        The import checked it (trusted types, export against the model), so no fetch
+        subprocess is needed: a local retrain is served seconds sooner.
+        """
+        import bentoml
+
+        tag = f"{self.settings.bento_model_name}:{store_tag(found.version, found.run_id)}"
+        try:
+            stored = bentoml.models.get(tag)
+        except bentoml.exceptions.NotFound:
+            return None
+        logger.info(
+            "v%s is in the local BentoML store (%s); loading it from there", found.version, tag
+        )
+        return load_model_dir(Path(stored.path_of("mlflow_model")), identity)
 
 
 def _one_line(e: BaseException) -> str:

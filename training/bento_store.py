@@ -11,6 +11,7 @@ from pathlib import Path
 from training import onnx_export
 from training.model_io import load_classifier
 from training.registry import CHAMPION, RegistryError, champion_version
+from training.schema import store_tag
 from training.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -24,11 +25,6 @@ class Imported:
     tag: str
     version: str
     created: bool
-
-
-def store_tag(version: str, run_id: str) -> str:
-    """Deterministic store version: the registry version plus its run, so re-imports match."""
-    return f"v{version}-{run_id[:12]}"
 
 
 def import_champion(settings: Settings, version: str | None = None) -> Imported:

@@ -1,4 +1,4 @@
-"""The data contract shared by training and serving: column names, species, bounds."""
+"""The contract shared by training and serving: column names, species, bounds, store tags."""
 
 from __future__ import annotations
 
@@ -25,3 +25,9 @@ MAX_CM = 50.0
 MIN_ROWS_PER_CLASS = 5
 """Smallest class size that still puts at least one row of each species in a 20 % test split
 and leaves four to train on."""
+
+
+def store_tag(version: str, run_id: str) -> str:
+    """BentoML store version of a registry version: the version plus its run, so re-imports
+    match and a worker can find a version its own retrain already imported."""
+    return f"v{version}-{run_id[:12]}"

@@ -125,6 +125,9 @@ def test_retrain_runs_in_background_single_flight_and_all_workers_reload(server2
 
     versions = wait_all_workers(server2, "2")
     assert len(versions) == 2
+    # The retrain imported v2 into this server's store: workers load it from there, with
+    # no fetch subprocess.
+    assert server2.log().count("v2 is in the local BentoML store") == 2
     # And the answers say so, whichever worker takes the request (new connection each time).
     seen = {
         httpx.post(server2.url + "/predict", json=GOOD).json()["model"]["version"]
