@@ -8,13 +8,12 @@ Thin on purpose: request/response models live in serving.schemas, the per-worker
 from __future__ import annotations
 
 import gc
-import os
 
 import bentoml
 import numpy as np
 from bentoml.models import BentoModel
 
-from serving.bentoml_fixes import cancel_request_timers
+from serving.bentoml_fixes import configure_server
 from serving.core import IrisRuntime, feature_rows
 from serving.errors import GuardMiddleware, json_error, json_response
 from serving.http_extra import jobs_app
@@ -30,11 +29,8 @@ from serving.schemas import (
 from training.logs import configure_logging
 from training.settings import get_settings
 
-# Read by libuv (uvloop) when a worker starts listening: accept one connection at a time so
-# that the workers sharing BentoML's listening socket split a burst of new connections,
-# instead of the first one awake taking them all (see benchmarks/README.md).
-os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")
-cancel_request_timers()  # BentoML keeps every request alive for traffic.timeout seconds
+# uvloop accepting one connection at a time; BentoML's per-request timers cancelled.
+configure_server()
 
 # Every dependency is a wheel, so the image needs no compilers: a distro BentoML does not
 # know ("none") skips its default apt layer (build-essential, git: ~650 MB).

@@ -1,4 +1,12 @@
-"""A fix for BentoML 1.4, applied when the service module is imported.
+"""How our BentoML 1.4 workers serve, applied when a service module is imported.
+
+:func:`configure_server` is called by ``service.py`` and by the benchmark's no-op peer
+(which must run under the same settings to stay a fair ceiling). It does two things.
+
+Read by libuv (uvloop) when a worker starts listening, ``UV_TCP_SINGLE_ACCEPT=1`` makes a
+worker accept one connection at a time, so that the workers sharing BentoML's listening
+socket split a burst of new connections instead of the first one awake taking them all
+(see benchmarks/README.md).
 
 ``TimeoutMiddleware`` (bentoml/_internal/server/http/traffic.py) arms
 ``loop.call_later(timeout, ...)`` for every request and never cancels it. The timer
@@ -16,8 +24,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 logger = logging.getLogger(__name__)
+
+
+def configure_server() -> None:
+    """One-accept-at-a-time for uvloop, and BentoML's request timers cancelled."""
+    os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")
+    cancel_request_timers()
 
 
 def cancel_request_timers() -> bool:

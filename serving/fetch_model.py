@@ -22,7 +22,8 @@ from training.model_io import ModelLoadError, load_classifier
 from training.settings import get_settings
 
 logger = logging.getLogger("serving.fetch_model")
-REFUSED_EXIT = 3  # serving.reloader.REFUSED_EXIT
+REFUSED_EXIT = 3
+"""Exit status when the version itself is unsafe or unusable (the worker backs off longer)."""
 
 
 def fetch(name: str, version: str, dest: Path) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from serving import champion_lookup
+from serving.fetch_model import REFUSED_EXIT
 from serving.runtime import ModelHolder, ModelIdentity, ServedModel, load_model_dir
 from training.schema import store_tag
 from training.settings import PROJECT_DIR, Settings
@@ -35,8 +36,6 @@ RETRY_REFUSED_S = 300.0
 every poll: each try starts a subprocess that imports MLflow."""
 RETRY_FAILED_S = 30.0
 """After a failure that may pass (registry or network down mid-download, a timeout)."""
-REFUSED_EXIT = 3
-"""Exit status of ``serving.fetch_model`` when the version itself is unsafe or unusable."""
 
 _fetches: set[subprocess.Popen] = set()
 _fetches_lock = threading.Lock()

@@ -166,9 +166,7 @@ def load_exported(model_dir: Path, identity: ModelIdentity) -> ServedModel | Non
             logger.info("v%s has no ONNX export; compiling it in this process", identity.version)
             return None
         predictor = OnnxPredictor(packed.serialized)
-        problem = onnx_export.compare(packed.expected, predictor.predict_proba(packed.inputs))
-        if len(packed.inputs) < PARITY_PROBES:
-            problem = f"parity record has only {len(packed.inputs)} rows"
+        problem = packed.replay(predictor.predict_proba)
         class_names = read_class_names(model_dir)
     except Exception as e:  # noqa: BLE001 - any damage means "do not serve this file"
         logger.warning(

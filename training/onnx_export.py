@@ -21,6 +21,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,17 +193,15 @@ def ensure(model_dir: Path, estimator: object, n_features: int) -> bool:
 
 def verify(packed: Packed, estimator: object) -> str | None:
     """None if the export matches ``estimator`` on its recorded inputs, else why not."""
-    if len(packed.inputs) < PARITY_PROBES:
-        return f"parity record has {len(packed.inputs)} rows, fewer than {PARITY_PROBES}"
     sklearn = np.asarray(estimator.predict_proba(_frame_like(estimator, packed.inputs)))
     problem = compare(sklearn, packed.expected)
     if problem:
         return f"recorded answers are not this model's ({problem})"
     try:
-        got = onnx_probabilities(session(packed.serialized), packed.inputs)
+        graph = session(packed.serialized)
+        problem = packed.replay(lambda x: onnx_probabilities(graph, x))
     except Exception as e:  # noqa: BLE001 - an unloadable graph is a mismatch
         return f"graph does not run ({type(e).__name__}: {e})"
-    problem = compare(packed.expected, got)
     return None if problem is None else f"graph does not reproduce them ({problem})"
 
 
@@ -214,6 +213,12 @@ class Packed:
     inputs: np.ndarray
     expected: np.ndarray
     report: dict
+
+    def replay(self, predict_proba: Callable[[np.ndarray], np.ndarray]) -> str | None:
+        """None if ``predict_proba`` (the graph, run as served) gives the recorded answers."""
+        if len(self.inputs) < PARITY_PROBES:
+            return f"parity record has only {len(self.inputs)} rows, fewer than {PARITY_PROBES}"
+        return compare(self.expected, predict_proba(self.inputs))
 
 
 def read(model_dir: Path) -> Packed | None:

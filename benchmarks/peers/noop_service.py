@@ -10,15 +10,12 @@ Run: ``bentoml serve benchmarks.peers.noop_service:NoopIris``.
 
 from __future__ import annotations
 
-import os
-
 import bentoml
 
-from serving.bentoml_fixes import cancel_request_timers
+from serving.bentoml_fixes import configure_server
 from serving.schemas import IrisFeatures
 
-os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")  # as service.py
-cancel_request_timers()  # as service.py
+configure_server()  # as service.py
 
 # The shape of our answer, with values of the same length (as ours).
 RESPONSE = {

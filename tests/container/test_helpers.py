@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import http.server
 import stat
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.utils import containers as ct
+from tests.utils.processes import serve_in_thread
 
 PODMAN = ct.Backend(cli="podman", build_backend="buildah", env={})
 DOCKER = ct.Backend(cli="docker", build_backend="docker", env={})
@@ -85,14 +85,8 @@ class _FlakyReadyz(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def flaky_server() -> Iterator[str]:
     _FlakyReadyz.calls = 0
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FlakyReadyz)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/readyz"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_in_thread(_FlakyReadyz) as url:
+        yield f"{url}/readyz"
 
 
 def test_wait_http_ok_retries_until_200(flaky_server: str) -> None:

@@ -22,6 +22,11 @@ from training.schema import FEATURES
 from training.settings import PROJECT_DIR
 
 pytestmark = pytest.mark.integration
+# Python source for a subprocess: which training-stack packages it has imported.
+HEAVY_IMPORTED = (
+    "heavy = sorted({'sklearn', 'skl2onnx', 'skops', 'mlflow', 'scipy', 'pandas'}"
+    " & {n.split('.')[0] for n in sys.modules})\n"
+)
 IDENTITY = ModelIdentity("iris-classifier", "1", "champion", "run", "registry")
 
 
@@ -68,9 +73,8 @@ def test_a_worker_serves_the_export_without_scikit_learn_or_mlflow(champion_dir)
         "from serving.runtime import ModelIdentity, load_model_dir\n"
         f"m = load_model_dir(Path({str(champion_dir)!r}), "
         "ModelIdentity('iris-classifier', '1', 'champion', 'r', 'bento'))\n"
-        "heavy = sorted({'sklearn', 'skl2onnx', 'skops', 'mlflow', 'scipy', 'pandas'}"
-        " & {n.split('.')[0] for n in sys.modules})\n"
-        "print(m.identity.runtime, m.predict([[5.1, 3.5, 1.4, 0.2]])[0][0], heavy)\n"
+        + HEAVY_IMPORTED
+        + "print(m.identity.runtime, m.predict([[5.1, 3.5, 1.4, 0.2]])[0][0], heavy)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=PROJECT_DIR, capture_output=True, text=True, check=True
@@ -186,9 +190,8 @@ def test_the_watcher_swaps_in_a_new_champion_without_mlflow_in_process(
         "old = ModelIdentity('iris-classifier', '0', 'champion', 'old-run', 'bento')\n"
         f"holder = ModelHolder(load_model_dir(Path({str(champion_dir)!r}), old))\n"
         "swapped = ChampionWatcher(get_settings(), holder).check_once()\n"
-        "heavy = sorted({'sklearn', 'skl2onnx', 'skops', 'mlflow', 'scipy', 'pandas'}"
-        " & {n.split('.')[0] for n in sys.modules})\n"
-        "m = holder.current.identity\n"
+        + HEAVY_IMPORTED
+        + "m = holder.current.identity\n"
         "print(swapped, m.version, m.source, m.runtime, heavy)\n"
     )
     out = subprocess.run(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
-import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 from serving import reloader
 from serving.champion_lookup import Champion, RegistryUnreachableError, champion
 from serving.runtime import ModelHolder, ModelIdentity, ServedModel
+from tests.utils.processes import serve_in_thread
 from training.onnx_export import compare, normalized
 from training.settings import Settings
 
@@ -21,11 +21,9 @@ from training.settings import Settings
 @contextlib.contextmanager
 def fake_registry(status: int, body: str, headers: dict | None = None) -> Iterator[str]:
     """An HTTP server on 127.0.0.1 that answers every GET with ``status`` and ``body``."""
-    seen: list[dict] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            seen.append(dict(self.headers))
             self.send_response(status)
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
@@ -35,14 +33,8 @@ def fake_registry(status: int, body: str, headers: dict | None = None) -> Iterat
         def log_message(self, *args) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_in_thread(Handler) as url:
+        yield url
 
 
 def _mlflow_error(code: str, message: str) -> str:

@@ -1,17 +1,20 @@
-"""Start servers as process groups and always stop them by their own id."""
+"""Start servers as process groups and always stop them by their own id (and stub HTTP
+servers in a thread, for tests of clients)."""
 
 from __future__ import annotations
 
 import contextlib
+import http.server
 import os
 import random
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -101,3 +104,16 @@ def wait_http_ok(
             last = str(e)
         time.sleep(0.25)
     raise RuntimeError(f"{url} not healthy after {timeout_s:.0f} s ({last})\n{describe()}")
+
+
+@contextlib.contextmanager
+def serve_in_thread(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A stub HTTP server on a free 127.0.0.1 port, in a thread; yields its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
