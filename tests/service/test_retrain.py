@@ -125,9 +125,6 @@ def test_retrain_runs_in_background_single_flight_and_all_workers_reload(server2
 
     versions = wait_all_workers(server2, "2")
     assert len(versions) == 2
-    # The retrain imported v2 into this server's store: workers load it from there, with
-    # no fetch subprocess.
-    assert server2.log().count("v2 is in the local BentoML store") == 2
     # And the answers say so, whichever worker takes the request (new connection each time).
     seen = {
         httpx.post(server2.url + "/predict", json=GOOD).json()["model"]["version"]
@@ -157,6 +154,10 @@ def test_manual_rollback_is_followed_by_every_worker_over_http_and_grpc(server2,
     iris_train(own_home.env, "promote", "1")
     wait_all_workers(server2, "1")
     assert grpc_versions(server2) == {"1"}
+    # v1 is in this server's BentoML store: both workers load it from there, with no
+    # fetch subprocess (logs/service.log is written before each swap).
+    service_log = (own_home.home / "logs" / "service.log").read_text()
+    assert service_log.count("v1 is in the local BentoML store") == 2
     iris_train(own_home.env, "promote", "2")
     wait_all_workers(server2, "2")
     assert grpc_versions(server2) == {"2"}
