@@ -158,7 +158,7 @@ class GuardMiddleware:
             return
         if scope.get("method") in ("POST", "PUT", "PATCH"):
             media = _normalise_content_type(scope)
-            if media != b"application/json":
+            if media != b"application/json" and not _binary_infer(scope, media):
                 await self._reject(
                     scope, send, 415, "send JSON with Content-Type: application/json"
                 )
@@ -270,6 +270,15 @@ def _normalise_content_type(scope: Scope) -> bytes:
             return media
     scope["headers"] = [*headers, (b"content-type", b"application/json")]
     return b"application/json"
+
+
+def _binary_infer(scope: Scope, media: bytes) -> bool:
+    """An Open Inference Protocol infer call with binary tensor data (serving.oip.binary)."""
+    return (
+        media == b"application/octet-stream"
+        and scope["path"].startswith(PASSTHROUGH_PREFIXES)
+        and scope["path"].endswith("/infer")
+    )
 
 
 def _content_length(scope: Scope) -> int | None:

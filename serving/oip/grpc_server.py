@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 
 from serving.core import get_runtime
+from serving.oip import binary
 from serving.oip import protocol as oip
 from serving.oip.proto import grpc_predict_v2_pb2 as pb
 from serving.oip.proto import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -66,7 +67,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 name=tensor.name, datatype=tensor.datatype, shape=tensor.shape
             )
             if raw:
-                response.raw_output_contents.append(_raw(tensor))
+                response.raw_output_contents.append(binary.tensor_bytes(tensor))
             elif tensor.datatype == "BYTES":
                 out.contents.bytes_contents.extend(s.encode() for s in tensor.data)
             else:
@@ -112,16 +113,6 @@ def _decode(request) -> tuple[np.ndarray, bool]:
         values = np.asarray(contents, dtype=np.float64)
         raw = False
     return oip.rows_from(tensor.datatype, shape, values.astype(np.float64)), raw
-
-
-def _raw(tensor: oip.Tensor) -> bytes:
-    if tensor.datatype != "BYTES":
-        return np.ascontiguousarray(tensor.data, dtype="<f4").tobytes()
-    parts = []
-    for text in tensor.data:
-        encoded = text.encode()
-        parts.append(len(encoded).to_bytes(4, "little") + encoded)
-    return b"".join(parts)
 
 
 async def start(host: str, port: int) -> grpc.aio.Server:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from pydantic_core import to_json
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from serving.core import get_runtime
+from serving.oip import binary
 from serving.oip import protocol as oip
 
 STATUS = {"invalid": 400, "not_found": 404}
@@ -64,11 +66,13 @@ async def model_ready(request: Request) -> Response:
 async def infer(request: Request) -> Response:
     try:
         _served(request)
-        body = _parse(await request.body())
-        rows = _decode(body)
+        header, tail = binary.split_body(await request.body(), request.headers.get(binary.HEADER))
+        body = _parse(header)
+        rows = _decode(body, binary.BinaryReader(tail))
         wanted = oip.requested(
             [o.get("name", "") for o in body.get("outputs") or [] if isinstance(o, dict)]
         )
+        as_binary = binary.binary_outputs(body)
     except oip.InferError as e:
         return _error(e)
     runtime = get_runtime()
@@ -80,19 +84,32 @@ async def infer(request: Request) -> Response:
         return _error(
             oip.InferError("the requested version was replaced while the request ran", "not_found")
         )
-    payload = {
-        "model_name": model.identity.name,
-        "model_version": model.identity.version,
-        "outputs": [
-            {"name": t.name, "datatype": t.datatype, "shape": t.shape, "data": t.data.tolist()}
-            for t in oip.outputs(species, proba, wanted)
-        ],
-    }
+    payload = {"model_name": model.identity.name, "model_version": model.identity.version}
     if isinstance(body.get("id"), str):
         payload["id"] = body["id"]
-    from pydantic_core import to_json
+    return _answer(payload, oip.outputs(species, proba, wanted), as_binary)
 
-    return Response(to_json(payload), media_type="application/json")
+
+def _answer(payload: dict, tensors: list[oip.Tensor], as_binary: dict[str, bool]) -> Response:
+    """JSON, or a JSON header and the binary outputs after it when any were asked for."""
+    outputs, blobs = [], []
+    for t in tensors:
+        out = {"name": t.name, "datatype": t.datatype, "shape": t.shape}
+        if as_binary.get(t.name, as_binary[""]):
+            blob = binary.tensor_bytes(t)
+            out["parameters"] = {binary.SIZE: len(blob)}
+            blobs.append(blob)
+        else:
+            out["data"] = t.data.tolist()
+        outputs.append(out)
+    header = to_json({**payload, "outputs": outputs})
+    if not blobs:
+        return Response(header, media_type="application/json")
+    return Response(
+        b"".join([header, *blobs]),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
 
 
 def _parse(raw: bytes) -> dict:
@@ -105,7 +122,7 @@ def _parse(raw: bytes) -> dict:
     return body
 
 
-def _decode(body: dict) -> np.ndarray:
+def _decode(body: dict, tail: binary.BinaryReader) -> np.ndarray:
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise oip.InferError("'inputs' must be a list with exactly one tensor")
@@ -115,6 +132,10 @@ def _decode(body: dict) -> np.ndarray:
         isinstance(d, int) and not isinstance(d, bool) for d in shape
     ):
         raise oip.InferError("input 'shape' must be a list of integers")
+    raw = tail.take(tensor)
+    tail.finish()
+    if raw is not None:
+        return oip.rows_from(str(datatype), shape, raw)
     if not isinstance(data, list):
         raise oip.InferError("input 'data' must be a (flat or nested) list of numbers")
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import grpc
 import httpx
 import numpy as np
@@ -379,3 +381,123 @@ def test_http_and_grpc_together_under_load_give_no_errors(server, stub):
     assert failures == []
     assert counts["http"] > 50 and counts["grpc"] > 50, counts
     print(f"mixed load: {counts}")
+
+
+# -- REST with the binary tensor data extension ---------------------------------------
+
+
+def binary_body(
+    rows, *, datatype: str = "FP32", size: int | None = None, extra: dict | None = None
+) -> tuple[bytes, dict[str, str]]:
+    """A JSON header followed by the rows' raw bytes, as tritonclient.http sends them."""
+    data = np.asarray(rows, dtype="<f4" if datatype == "FP32" else "<f8").tobytes()
+    header = {
+        "inputs": [
+            {
+                "name": "features",
+                "shape": list(np.shape(rows)),
+                "datatype": datatype,
+                "parameters": {"binary_data_size": len(data) if size is None else size},
+            }
+        ],
+        **(extra or {}),
+    }
+    head = json.dumps(header).encode()
+    return head + data, {
+        "Inference-Header-Content-Length": str(len(head)),
+        "Content-Type": "application/octet-stream",
+    }
+
+
+def split_binary_answer(response: httpx.Response) -> tuple[dict, bytes]:
+    n = int(response.headers["inference-header-content-length"])
+    return json.loads(response.content[:n]), response.content[n:]
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP64"])
+def test_rest_binary_inputs_and_binary_outputs_equal_http_predict(server, test_rows, datatype):
+    content, headers = binary_body(
+        test_rows, datatype=datatype, extra={"parameters": {"binary_data_output": True}}
+    )
+    response = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", content=content, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/octet-stream"
+    header, tail = split_binary_answer(response)
+    sizes = [o["parameters"]["binary_data_size"] for o in header["outputs"]]
+    assert [o["name"] for o in header["outputs"]] == ["predicted_species", "probabilities"]
+    assert all("data" not in o for o in header["outputs"]) and sum(sizes) == len(tail)
+    species = decode_raw_bytes(tail[: sizes[0]])
+    proba = np.frombuffer(tail[sizes[0] :], dtype="<f4").reshape(-1, 3)
+    http_species, http_proba = http_answers(server, test_rows)
+    assert species == http_species
+    np.testing.assert_allclose(proba, http_proba, atol=1e-6)
+
+
+def test_rest_binary_input_with_json_outputs_and_a_per_output_choice(server):
+    content, headers = binary_body(
+        [ROW],
+        extra={
+            "outputs": [
+                {"name": "predicted_species", "parameters": {"binary_data": False}},
+                {"name": "probabilities", "parameters": {"binary_data": True}},
+            ]
+        },
+    )
+    response = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", content=content, headers=headers)
+    header, tail = split_binary_answer(response)
+    assert header["outputs"][0]["data"] == ["Iris-setosa"]
+    assert header["outputs"][1]["parameters"]["binary_data_size"] == 12 == len(tail)
+    content, headers = binary_body([ROW])  # nothing asked in binary: plain JSON back
+    response = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", content=content, headers=headers)
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["outputs"][0]["data"] == ["Iris-setosa"]
+
+
+@pytest.mark.parametrize(
+    ("change", "text"),
+    [
+        (lambda c, h: (c[:-4], h), "only 12 bytes"),
+        (lambda c, h: (c + b"\0\0\0\0", h), "4 bytes of binary data"),
+        (lambda c, h: (c, {**h, "Inference-Header-Content-Length": "x"}), "not a number"),
+        (lambda c, h: (c, {**h, "Inference-Header-Content-Length": "9999"}), "only"),
+        (lambda c, h: (c, {**h, "Inference-Header-Content-Length": "10"}), "not valid JSON"),
+    ],
+    ids=["truncated", "bytes-left-over", "header-not-a-number", "header-too-long", "header-short"],
+)
+def test_rest_binary_framing_errors_are_invalid_argument(server, change, text):
+    content, headers = change(*binary_body([ROW]))
+    response = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", content=content, headers=headers)
+    assert response.status_code == 400, response.text
+    assert set(response.json()) == {"error"} and text in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("rows", "kwargs", "text"),
+    [
+        ([ROW], {"size": 8}, "needs 16"),
+        ([ROW[:3]], {}, "shape"),
+        ([ROW], {"datatype": "FP64", "size": 16}, "needs 32"),
+        ([[float("nan"), 1, 1, 1]], {}, "NaN"),
+    ],
+    ids=["size-vs-shape", "wrong-shape", "fp64-size", "nan"],
+)
+def test_rest_binary_content_errors_are_invalid_argument(server, rows, kwargs, text):
+    content, headers = binary_body(rows, **kwargs)
+    if kwargs.get("size") is not None:  # send as many bytes as the size claims
+        head = int(headers["Inference-Header-Content-Length"])
+        content = content[: head + kwargs["size"]]
+    response = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", content=content, headers=headers)
+    assert response.status_code == 400, response.text
+    assert text in response.json()["error"]
+
+
+def test_rest_binary_body_cap_still_holds(server):
+    """The test server caps bodies at 200,000 bytes (IRIS_MAX_BODY_BYTES)."""
+    rows = np.tile(ROW, (7000, 1))  # 112,000 bytes as FP32, 224,000 as FP64
+    content, headers = binary_body(rows, datatype="FP64")
+    response = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", content=content, headers=headers)
+    assert response.status_code == 413
+    assert "IRIS_MAX_BODY_BYTES" in response.json()["error"]
+    content, headers = binary_body(rows)
+    response = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", content=content, headers=headers)
+    assert response.status_code == 200, response.text
