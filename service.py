@@ -60,6 +60,13 @@ class IrisClassifier:
         self.runtime = IrisRuntime.start(self.bento_model, settings)
         self.grpc = None
 
+    @bentoml.on_deployment
+    def _check_grpc_port() -> None:
+        """Once, before any worker starts: a busy gRPC port fails the server fast."""
+        settings = get_settings()
+        if settings.grpc_port:
+            grpc_server.ensure_port_free(settings.grpc_host, settings.grpc_port)
+
     @bentoml.on_startup
     async def _on_worker_start(self) -> None:
         settings = self.runtime.settings

@@ -4,11 +4,24 @@ BentoML's new-style services have no gRPC path, so each worker starts a ``grpc.a
 server on its own event loop at startup. gRPC sets SO_REUSEPORT on Linux, so all workers
 bind the same port and the kernel spreads connections across them. Every RPC reads the
 same in-memory model as HTTP, so a hot reload reaches both protocols at the same moment.
+
+Every call is counted and timed (``serving.oip.grpc_metrics``).
+
+A busy gRPC port fails the whole server fast. Before any worker starts, BentoML's
+deployment hook (``service.py``) runs :func:`ensure_port_free` in the server process;
+if another socket already listens on ``IRIS_GRPC_HOST:IRIS_GRPC_PORT``, the server logs
+one line naming the port and ``IRIS_GRPC_PORT`` and exits with status
+:data:`PORT_BUSY_EXIT`. A supervisor (systemd, Kubernetes) then sees a failed start and
+says why, instead of a server whose workers restart every few seconds while ``/readyz``
+answers 200 and gRPC never does. (Serving HTTP alone would hide the failure from every
+gRPC client; a half-working server is worse than a clear refusal to start.)
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 
 import grpc
 import numpy as np
@@ -16,6 +29,7 @@ import numpy as np
 from serving.core import get_runtime
 from serving.oip import binary
 from serving.oip import protocol as oip
+from serving.oip.grpc_metrics import MetricsInterceptor, get_grpc_metrics, method_names
 from serving.oip.proto import grpc_predict_v2_pb2 as pb
 from serving.oip.proto import grpc_predict_v2_pb2_grpc as pb_grpc
 
@@ -115,15 +129,53 @@ def _decode(request) -> tuple[np.ndarray, bool]:
     return oip.rows_from(tensor.datatype, shape, values.astype(np.float64)), raw
 
 
+PORT_BUSY_EXIT = 3
+"""Exit status of ``bentoml serve`` when the gRPC port is taken."""
+
+
+class GrpcPortBusyError(SystemExit):
+    """The gRPC port is held by another socket; raised before any worker starts."""
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """Exit the server (status PORT_BUSY_EXIT) if ``host:port`` cannot be bound for gRPC.
+
+    Binds the way gRPC does (SO_REUSEADDR and SO_REUSEPORT), so our own workers sharing
+    the port are no obstacle, but any other listening socket is.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            if e.errno not in (errno.EADDRINUSE, errno.EACCES):
+                raise
+            message = (
+                f"gRPC port {host}:{port} is already in use by another process ({e.strerror}); "
+                "free it or set IRIS_GRPC_PORT to another port (0 disables gRPC)"
+            )
+            logger.critical(message)
+            raise GrpcPortBusyError(PORT_BUSY_EXIT) from None
+
+
 async def start(host: str, port: int) -> grpc.aio.Server:
     """Start the gRPC server on the running loop (one per worker; SO_REUSEPORT shares the port)."""
+    metrics = get_grpc_metrics()
+    metrics.precreate(method_names(pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]))
     server = grpc.aio.server(
-        options=[("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", 8 << 20)]
+        interceptors=[MetricsInterceptor(metrics)],
+        options=[("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", 8 << 20)],
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(), server)
     address = f"{host}:{port}"
-    if server.add_insecure_port(address) == 0:
-        raise RuntimeError(f"could not bind gRPC to {address}")
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise RuntimeError(f"could not bind gRPC to {address} (IRIS_GRPC_PORT)")
     await server.start()
     logger.info("gRPC Open Inference Protocol listening on %s", address)
     return server

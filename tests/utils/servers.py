@@ -85,11 +85,10 @@ def private_bentoml_home(shared: Path, private: Path) -> Path:
     return private
 
 
-@contextlib.contextmanager
-def bento_server(
+def start_bento(
     env: dict[str, str], log_dir: Path, *, target: str = "service:IrisClassifier", workers: int = 1
-) -> Iterator[Server]:
-    """``bentoml serve TARGET`` on a free port; yields once ``/readyz`` answers."""
+) -> Server:
+    """Start ``bentoml serve TARGET`` on a free port without waiting; the caller stops it."""
     port = free_port()
     env = {
         "IRIS_GRPC_PORT": str(free_port()),  # a port of its own: workers share it via SO_REUSEPORT
@@ -104,11 +103,19 @@ def bento_server(
     log_path = log_dir / f"bentoml-{port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     process = start_group(argv, log=log_path, cwd=PROJECT_DIR, env=env)
-    server = Server("bentoml serve", process, f"http://127.0.0.1:{port}", log_path, env)
+    return Server("bentoml serve", process, f"http://127.0.0.1:{port}", log_path, env)
+
+
+@contextlib.contextmanager
+def bento_server(
+    env: dict[str, str], log_dir: Path, *, target: str = "service:IrisClassifier", workers: int = 1
+) -> Iterator[Server]:
+    """``bentoml serve TARGET`` on a free port; yields once ``/readyz`` answers."""
+    server = start_bento(env, log_dir, target=target, workers=workers)
     try:
         wait_http_ok(
             server.url + "/readyz",
-            proc=process,
+            proc=server.process,
             timeout_s=90,
             describe=lambda: server.log()[-4000:],
         )
