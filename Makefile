@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PORT   ?= 3000
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run train serve build test lint format bench clean proto
+.PHONY: install run train serve build test lint format bench clean proto conformance
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ test: install ## The whole suite: lint, unit, integration, container.
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2
+
+# Part of `make test`; this runs it alone. The clients get a venv of their own (see its conftest).
+conformance: install ## Open Inference Protocol clients (tritonclient, kserve) against a real server.
+	$(BIN)/python -m pytest -n 0 tests/conformance
 
 lint: install
 	$(BIN)/ruff format --check .

@@ -1,0 +1,95 @@
+"""The ecosystem's own clients, in a venv of their own, against a real ``bentoml serve``.
+
+``tritonclient`` and ``kserve`` pin protobuf < 7 and the project uses 7, so they cannot
+share the project's venv. :func:`client_python` builds a venv from
+``tests/conformance/requirements.txt`` (exact versions) once per machine, under
+``/var/tmp`` (or ``IRIS_CONFORMANCE_VENV``), keyed by that file's hash, and reuses it.
+The client scripts in ``clients/`` run there as subprocesses, talk to the server over
+the network only, and print JSON that the tests assert on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.utils.homes import TrainedHome
+from tests.utils.servers import Server, bento_server
+
+HERE = Path(__file__).resolve().parent
+CLIENTS = HERE / "clients"
+REQUIREMENTS = HERE / "requirements.txt"
+ADMIN_TOKEN = "conformance-admin-token"
+
+
+def venv_dir() -> Path:
+    digest = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()[:12]
+    root = Path(os.environ.get("IRIS_CONFORMANCE_VENV", "/var/tmp/iris-oip-clients"))
+    return root.parent / f"{root.name}-{digest}"
+
+
+def build_venv(target: Path) -> None:
+    """Create the venv next to ``target`` and move it in place only once it is complete."""
+    building = target.with_name(target.name + ".building")
+    shutil.rmtree(building, ignore_errors=True)
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", str(building)], check=True, timeout=300)
+    pip = [str(building / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True, timeout=600)
+    subprocess.run([*pip, "-r", str(REQUIREMENTS)], check=True, timeout=1200)
+    building.rename(target)
+
+
+@pytest.fixture(scope="session")
+def client_python() -> Path:
+    """The conformance venv's python (built on first use, then reused across runs)."""
+    target = venv_dir()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = target.with_name(target.name + ".lock")
+    with lock.open("w") as handle:  # pytest-xdist workers: one builds, the others wait
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        if not (target / "bin" / "python").exists():
+            build_venv(target)
+    # A venv's python keeps the path it was created at: check it really runs.
+    python = target / "bin" / "python"
+    subprocess.run([str(python), "-c", "import tritonclient.http, kserve"], check=True)
+    return python
+
+
+@pytest.fixture(scope="session")
+def oip_server(
+    trained_home: TrainedHome, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """One worker over the session registry, with an admin token for repository calls."""
+    env = {**trained_home.env, "IRIS_ADMIN_TOKEN": ADMIN_TOKEN}
+    with bento_server(env, tmp_path_factory.mktemp("conformance-logs")) as srv:
+        yield srv
+
+
+def run_client(python: Path, script: str, cfg: dict, tmp_path: Path) -> dict:
+    """Run one client script in the conformance venv; its JSON output."""
+    path = tmp_path / f"{Path(script).stem}.json"
+    path.write_text(json.dumps(cfg))
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(CLIENTS)}
+    with contextlib.suppress(KeyError):
+        env["HOME"] = os.environ["HOME"]
+    proc = subprocess.run(
+        [str(python), str(CLIENTS / script), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        cwd=CLIENTS,
+    )
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stderr[-4000:]}"
+    return json.loads(proc.stdout)
