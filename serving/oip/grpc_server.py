@@ -5,7 +5,11 @@ server on its own event loop at startup. gRPC sets SO_REUSEPORT on Linux, so all
 bind the same port and the kernel spreads connections across them. Every RPC reads the
 same in-memory model as HTTP, so a hot reload reaches both protocols at the same moment.
 
-Every call is counted and timed (``serving.oip.grpc_metrics``).
+Every call is counted and timed (``serving.oip.grpc_metrics``). Beside the inference
+service the port answers the standard health service (``grpc.health.v1.Health``: what
+Kubernetes gRPC probes and ``grpc_health_probe`` call; ``SERVING`` for ``""`` and for
+``inference.GRPCInferenceService`` once the worker serves a model, ``NOT_SERVING`` while it
+shuts down) and server reflection, so ``grpcurl`` lists and calls it with no proto file.
 
 A busy gRPC port fails the whole server fast. Before any worker starts, BentoML's
 deployment hook (``service.py``) runs :func:`ensure_port_free` in the server process;
@@ -25,6 +29,8 @@ import socket
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from serving.core import get_runtime
 from serving.oip import binary
@@ -160,15 +166,36 @@ def ensure_port_free(host: str, port: int) -> None:
             raise GrpcPortBusyError(PORT_BUSY_EXIT) from None
 
 
-async def start(host: str, port: int) -> grpc.aio.Server:
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
+
+
+class GrpcServer:
+    """One worker's gRPC server and its health service."""
+
+    def __init__(self, server: grpc.aio.Server, health_servicer: health.aio.HealthServicer):
+        self.server = server
+        self.health = health_servicer
+
+    async def stop(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()  # probes see NOT_SERVING while draining
+        await self.server.stop(grace=grace)
+
+
+async def start(host: str, port: int) -> GrpcServer:
     """Start the gRPC server on the running loop (one per worker; SO_REUSEPORT shares the port)."""
     metrics = get_grpc_metrics()
-    metrics.precreate(method_names(pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]))
+    metrics.precreate([*method_names(SERVICE), f"{HEALTH.full_name}/Check"])
     server = grpc.aio.server(
         interceptors=[MetricsInterceptor(metrics)],
         options=[("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", 8 << 20)],
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [SERVICE.full_name, HEALTH.full_name, reflection.SERVICE_NAME], server
+    )
     address = f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)
@@ -177,5 +204,7 @@ async def start(host: str, port: int) -> grpc.aio.Server:
     if bound == 0:
         raise RuntimeError(f"could not bind gRPC to {address} (IRIS_GRPC_PORT)")
     await server.start()
+    for name in ("", SERVICE.full_name):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     logger.info("gRPC Open Inference Protocol listening on %s", address)
-    return server
+    return GrpcServer(server, health_servicer)

@@ -116,3 +116,21 @@ def test_kserve_rest_and_grpc_clients(client_python, cfg, expected, tmp_path):
         version = None if protocol == "rest" else cfg["version"]
         check_infer(answers["infer"], expected, version)
         check_errors(answers["errors"], invalid, not_found)
+
+
+def test_grpc_health_and_reflection_from_a_second_client(client_python, cfg, expected, tmp_path):
+    """grpcio-health-checking's stub and grpcio-reflection's client (protobuf 6, own venv)."""
+    result = run_client(client_python, "grpc_ops.py", cfg, tmp_path)
+    assert result["health"] == {
+        "": "SERVING",
+        "inference.GRPCInferenceService": "SERVING",
+        "no.such.Service": "NOT_FOUND",
+    }
+    reflection = result["reflection"]
+    assert {
+        "inference.GRPCInferenceService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= set(reflection["services"])
+    assert {"ModelInfer", "ModelMetadata", "ServerLive"} <= set(reflection["methods"])
+    assert reflection["species"] == expected[0][:1]
