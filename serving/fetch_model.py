@@ -5,8 +5,8 @@ imported by a short-lived process instead of living in every worker. It download
 version's model folder, loads it safely (skops with our trusted types: a tampered file
 stops here), makes sure it carries a verified ONNX export, and only then renames it to
 ``DEST``. On failure it prints one line naming the problem and exits 3 if the version
-itself was refused (unsafe or unloadable), 1 for anything that may pass (registry down);
-``DEST`` is then never created.
+itself was refused (unsafe or unloadable), 4 if the registry has no such version, 1 for
+anything that may pass (registry down); ``DEST`` is then never created.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from training.settings import get_settings
 logger = logging.getLogger("serving.fetch_model")
 REFUSED_EXIT = 3
 """Exit status when the version itself is unsafe or unusable (the worker backs off longer)."""
+MISSING_EXIT = 4
+"""Exit status when the registry has no such model or version."""
 
 
 def fetch(name: str, version: str, dest: Path) -> None:
@@ -54,6 +56,8 @@ def main(argv: list[str]) -> int:
     except Exception as e:  # reported to the worker as one line
         logger.debug("fetch failed", exc_info=True)
         sys.stderr.write(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n")
+        if getattr(e, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+            return MISSING_EXIT
         # The version itself is unsafe or unusable: the worker will not retry it soon.
         return REFUSED_EXIT if isinstance(e, ModelLoadError) else 1
     return 0

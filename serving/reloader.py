@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from serving import champion_lookup
-from serving.fetch_model import REFUSED_EXIT
+from serving.fetch_model import MISSING_EXIT, REFUSED_EXIT
 from serving.runtime import ModelHolder, ModelIdentity, ServedModel, load_model_dir
 from training.schema import store_tag
 from training.settings import PROJECT_DIR, Settings
@@ -45,11 +45,13 @@ class FetchError(RuntimeError):
     """The fetch subprocess could not get a version ready; the message says why.
 
     ``permanent`` is True when the version itself was refused (retrying will not help).
+    ``missing`` is True when the registry has no such version.
     """
 
-    def __init__(self, message: str, *, permanent: bool = False):
+    def __init__(self, message: str, *, permanent: bool = False, missing: bool = False):
         super().__init__(message)
         self.permanent = permanent
+        self.missing = missing
 
 
 def fetch(name: str, version: str, dest: Path, timeout_s: float = FETCH_TIMEOUT_S) -> Path:
@@ -76,7 +78,11 @@ def fetch(name: str, version: str, dest: Path, timeout_s: float = FETCH_TIMEOUT_
     if proc.returncode != 0 or not dest.is_dir():
         lines = (stderr or "").strip().splitlines()
         message = lines[-1] if lines else f"fetch exited with {proc.returncode}"
-        raise FetchError(message, permanent=proc.returncode == REFUSED_EXIT)
+        raise FetchError(
+            message,
+            permanent=proc.returncode == REFUSED_EXIT,
+            missing=proc.returncode == MISSING_EXIT,
+        )
     return dest
 
 

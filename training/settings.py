@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC port; 0 disables gRPC.")
     jobs_db: Path | None = Field(None, description="SQLite file holding retrain job records.")
     retrain_timeout_s: float = Field(900.0, gt=0, description="Kill a retrain after this long.")
+    loaded_versions: int = Field(
+        2, ge=0, description="Non-champion versions a worker keeps loaded for /versions/{v}."
+    )
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:

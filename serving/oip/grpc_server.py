@@ -32,8 +32,7 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from serving.core import get_runtime
-from serving.oip import binary
+from serving.oip import binary, versions
 from serving.oip import protocol as oip
 from serving.oip.grpc_metrics import MetricsInterceptor, get_grpc_metrics, method_names
 from serving.oip.proto import grpc_predict_v2_pb2 as pb
@@ -55,8 +54,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerMetadataResponse(**oip.server_metadata())
 
     async def ModelReady(self, request, context):  # noqa: N802
-        model = await self._served(request.name, request.version, context)
-        return pb.ModelReadyResponse(ready=model is not None)
+        await self._served(request.name, request.version, context)
+        return pb.ModelReadyResponse(ready=True)
 
     async def ModelMetadata(self, request, context):  # noqa: N802
         model = await self._served(request.name, request.version, context)
@@ -72,13 +71,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     async def ModelInfer(self, request, context):  # noqa: N802
-        await self._served(request.model_name, request.model_version, context)
+        model = await self._served(request.model_name, request.model_version, context)
         try:
             rows, raw = _decode(request)
             wanted = oip.requested([o.name for o in request.outputs])
         except oip.InferError as e:
             await context.abort(CODES[e.kind], str(e))
-        model, species, proba = await get_runtime().classify_async(rows)
+        species, proba = await versions.classify(model, rows)
         response = pb.ModelInferResponse(
             model_name=model.identity.name, model_version=model.identity.version, id=request.id
         )
@@ -95,12 +94,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def _served(self, name: str, version: str, context):
-        model = get_runtime().holder.current
         try:
-            oip.check_model(name, version, model.identity.name, model.identity.version)
+            return await versions.resolve(name, version)
         except oip.InferError as e:
             await context.abort(CODES[e.kind], str(e))
-        return model
 
 
 def _decode(request) -> tuple[np.ndarray, bool]:

@@ -60,22 +60,6 @@ def model_metadata(name: str, served_version: str, runtime: str) -> dict:
     }
 
 
-def check_model(
-    requested_name: str, requested_version: str, served_name: str, served_version: str
-) -> None:
-    """Raise NOT_FOUND unless the request names the served model (and version, if given)."""
-    if requested_name != served_name:
-        raise InferError(
-            f"unknown model {requested_name!r}; this server serves {served_name!r}", "not_found"
-        )
-    if requested_version and requested_version != served_version:
-        raise InferError(
-            f"model {served_name!r} has no version {requested_version!r} loaded"
-            f" (serving {served_version})",
-            "not_found",
-        )
-
-
 def rows_from(datatype: str, shape: list[int], values: np.ndarray) -> np.ndarray:
     """Validate one input tensor and return it as an (N, 4) float array."""
     if datatype not in INPUT_DTYPES:

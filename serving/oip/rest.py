@@ -11,8 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from serving.core import get_runtime
-from serving.oip import binary
+from serving.oip import binary, versions
 from serving.oip import protocol as oip
 
 STATUS = {"invalid": 400, "not_found": 404}
@@ -34,21 +33,16 @@ async def server_metadata(request: Request) -> Response:
     return JSONResponse(oip.server_metadata())
 
 
-def _served(request: Request):
-    model = get_runtime().holder.current
-    identity = model.identity
-    oip.check_model(
-        request.path_params["model"],
-        request.path_params.get("version", ""),
-        identity.name,
-        identity.version,
+async def _served(request: Request):
+    """The model the path names (a version is loaded on demand), or NOT_FOUND."""
+    return await versions.resolve(
+        request.path_params["model"], request.path_params.get("version", "")
     )
-    return model
 
 
 async def model_metadata(request: Request) -> Response:
     try:
-        model = _served(request)
+        model = await _served(request)
     except oip.InferError as e:
         return _error(e)
     identity = model.identity
@@ -57,7 +51,7 @@ async def model_metadata(request: Request) -> Response:
 
 async def model_ready(request: Request) -> Response:
     try:
-        _served(request)
+        await _served(request)
     except oip.InferError as e:
         return _error(e)
     return JSONResponse({"name": request.path_params["model"], "ready": True})
@@ -65,7 +59,7 @@ async def model_ready(request: Request) -> Response:
 
 async def infer(request: Request) -> Response:
     try:
-        _served(request)
+        model = await _served(request)
         header, tail = binary.split_body(await request.body(), request.headers.get(binary.HEADER))
         body = _parse(header)
         rows = _decode(body, binary.BinaryReader(tail))
@@ -75,15 +69,7 @@ async def infer(request: Request) -> Response:
         as_binary = binary.binary_outputs(body)
     except oip.InferError as e:
         return _error(e)
-    runtime = get_runtime()
-    model, species, proba = await runtime.classify_async(rows)
-    if (
-        request.path_params.get("version")
-        and request.path_params["version"] != model.identity.version
-    ):
-        return _error(
-            oip.InferError("the requested version was replaced while the request ran", "not_found")
-        )
+    species, proba = await versions.classify(model, rows)
     payload = {"model_name": model.identity.name, "model_version": model.identity.version}
     if isinstance(body.get("id"), str):
         payload["id"] = body["id"]

@@ -1,0 +1,148 @@
+"""Registered versions other than the champion, for ``/v2/models/NAME/versions/V`` routes.
+
+The champion answers from ``holder.current``. Any other version is loaded on first use
+through the path a new champion takes (``serving.reloader.fetch``: a subprocess downloads
+it, loads it with skops and our trusted types, checks its ONNX export; then the worker
+loads the export and replays its parity check), and kept in a small LRU of
+``IRIS_LOADED_VERSIONS`` models per worker (0 serves the champion only).
+
+Loading costs a subprocess that imports MLflow, so a worker runs one load at a time, and
+a version that does not exist (``NOT_FOUND``) or failed to load is not tried again for
+:data:`RETRY_S` seconds: random version numbers cannot make a worker spawn processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+from serving.oip.protocol import InferError
+from serving.reloader import FetchError, fetch
+from serving.runtime import ModelHolder, ModelIdentity, ServedModel, load_model_dir
+from training.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+RETRY_S = 60.0
+
+
+class VersionCache:
+    """The champion plus up to ``capacity`` other versions, loaded on demand."""
+
+    def __init__(self, settings: Settings, holder: ModelHolder, capacity: int):
+        self.settings = settings
+        self.holder = holder
+        self.capacity = capacity
+        self._models: OrderedDict[str, ServedModel] = OrderedDict()
+        self._failed: dict[str, tuple[float, InferError]] = {}
+        self._lock = asyncio.Lock()
+
+    def loaded(self) -> list[str]:
+        """Versions held besides the champion, least recently used first."""
+        return list(self._models)
+
+    async def get(self, version: str) -> ServedModel:
+        """The model for ``version`` ("" = the champion).
+
+        Raises:
+            InferError: ``not_found`` for a version the registry does not have, or one
+                that cannot be served here.
+        """
+        current = self.holder.current
+        if not version or version == current.identity.version:
+            return current
+        if not version.isdigit() or self.capacity == 0:
+            raise _not_served(current, version)
+        model = self._hit(version)
+        if model is not None:
+            return model
+        async with self._lock:
+            model = self._hit(version)  # another request may have loaded it meanwhile
+            if model is None:
+                model = await self._load(version)
+        return model
+
+    def _hit(self, version: str) -> ServedModel | None:
+        model = self._models.get(version)
+        if model is not None:
+            self._models.move_to_end(version)
+            return model
+        failed = self._failed.get(version)
+        if failed is not None and time.monotonic() < failed[0]:
+            raise failed[1]
+        return None
+
+    async def _load(self, version: str) -> ServedModel:
+        try:
+            model = await asyncio.to_thread(self._fetch_and_load, version)
+        except FetchError as e:
+            error = InferError(
+                f"model {self.settings.model_name!r} has no version {version!r}"
+                if e.missing
+                else f"version {version!r} cannot be served: {e}",
+                "not_found",
+            )
+            self._failed[version] = (time.monotonic() + RETRY_S, error)
+            logger.warning("Version %s not loaded: %s", version, e)
+            raise error from None
+        self._models[version] = model
+        while len(self._models) > self.capacity:
+            evicted, _ = self._models.popitem(last=False)
+            logger.info("Unloaded version %s (IRIS_LOADED_VERSIONS=%d)", evicted, self.capacity)
+        return model
+
+    def _fetch_and_load(self, version: str) -> ServedModel:
+        name = self.settings.model_name
+        identity = ModelIdentity(name, version, "", "", "registry")
+        with tempfile.TemporaryDirectory(prefix="iris-version-") as tmp:
+            path = fetch(name, version, Path(tmp) / "model")
+            model = load_model_dir(path, identity)
+        logger.info("Loaded version %s on request (%s)", version, model.identity.runtime)
+        return model
+
+
+def _not_served(current: ServedModel, version: str) -> InferError:
+    return InferError(
+        f"model {current.identity.name!r} has no version {version!r} loaded"
+        f" (serving {current.identity.version})",
+        "not_found",
+    )
+
+
+_cache: VersionCache | None = None
+
+
+def get_versions() -> VersionCache:
+    """This worker's cache (created on first use, once the runtime exists)."""
+    global _cache
+    if _cache is None:
+        from serving.core import get_runtime
+
+        runtime = get_runtime()
+        _cache = VersionCache(runtime.settings, runtime.holder, runtime.settings.loaded_versions)
+    return _cache
+
+
+async def resolve(name: str, version: str) -> ServedModel:
+    """The model a request names, or NOT_FOUND (an unknown model or version)."""
+    cache = get_versions()
+    served = cache.holder.current.identity.name
+    if name != served:
+        raise InferError(f"unknown model {name!r}; this server serves {served!r}", "not_found")
+    return await cache.get(version)
+
+
+async def classify(model: ServedModel, rows) -> tuple[list[str], object]:
+    """Species and probabilities from exactly ``model`` (counted like every prediction)."""
+    from serving.metrics import get_metrics
+
+    if model.fast:  # ONNX: microseconds, cheaper than a thread hop
+        names, proba = model.predict(rows)
+    else:
+        names, proba = await asyncio.to_thread(model.predict, rows)
+    get_metrics().record(names, model.identity.version)
+    return names, proba
