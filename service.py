@@ -17,7 +17,7 @@ from serving.bentoml_fixes import configure_server
 from serving.core import IrisRuntime, feature_rows
 from serving.errors import GuardMiddleware, json_error, json_response
 from serving.http_extra import jobs_app
-from serving.oip import grpc_server
+from serving.oip import grpc_server, repository
 from serving.oip.rest import oip_app
 from serving.schemas import (
     BatchRequest,
@@ -61,9 +61,11 @@ class IrisClassifier:
         self.grpc = None
 
     @bentoml.on_deployment
-    def _check_grpc_port() -> None:
-        """Once, before any worker starts: a busy gRPC port fails the server fast."""
+    def _before_workers() -> None:
+        """Once, before any worker starts: a busy gRPC port fails the server fast, and an
+        Open Inference Protocol unload from a previous run is forgotten."""
         settings = get_settings()
+        repository.clear(settings)
         if settings.grpc_port:
             grpc_server.ensure_port_free(settings.grpc_host, settings.grpc_port)
 

@@ -32,15 +32,22 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from serving.core import get_runtime
 from serving.oip import binary, versions
 from serving.oip import protocol as oip
 from serving.oip.grpc_metrics import MetricsInterceptor, get_grpc_metrics, method_names
 from serving.oip.proto import grpc_predict_v2_pb2 as pb
 from serving.oip.proto import grpc_predict_v2_pb2_grpc as pb_grpc
+from serving.oip.repository import get_repository
 
 logger = logging.getLogger(__name__)
 
-CODES = {"invalid": grpc.StatusCode.INVALID_ARGUMENT, "not_found": grpc.StatusCode.NOT_FOUND}
+CODES = {
+    "invalid": grpc.StatusCode.INVALID_ARGUMENT,
+    "not_found": grpc.StatusCode.NOT_FOUND,
+    "unavailable": grpc.StatusCode.UNAVAILABLE,
+}
+DENIED = {401: grpc.StatusCode.UNAUTHENTICATED, 403: grpc.StatusCode.PERMISSION_DENIED}
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -54,7 +61,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerMetadataResponse(**oip.server_metadata())
 
     async def ModelReady(self, request, context):  # noqa: N802
-        await self._served(request.name, request.version, context)
+        try:
+            await versions.resolve(request.name, request.version)
+        except oip.InferError as e:
+            if e.kind == "unavailable":  # unloaded: a plain "not ready", as the protocol says
+                return pb.ModelReadyResponse(ready=False)
+            await context.abort(CODES[e.kind], str(e))
         return pb.ModelReadyResponse(ready=True)
 
     async def ModelMetadata(self, request, context):  # noqa: N802
@@ -92,6 +104,36 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             else:
                 out.contents.fp32_contents.extend(tensor.data.tolist())
         return response
+
+    async def RepositoryIndex(self, request, context):  # noqa: N802
+        model = versions.get_versions().holder.current
+        entry = pb.RepositoryIndexResponse.ModelIndex
+        listed = get_repository().index(model, ready_only=request.ready)
+        return pb.RepositoryIndexResponse(models=[entry(**m) for m in listed])
+
+    async def RepositoryModelLoad(self, request, context):  # noqa: N802
+        await self._change(request.model_name, context, load=True)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request, context):  # noqa: N802
+        await self._change(request.model_name, context, load=False)
+        return pb.RepositoryModelUnloadResponse()
+
+    async def _change(self, name: str, context, *, load: bool) -> None:
+        repository = get_repository()
+        metadata = dict(context.invocation_metadata() or ())
+        denied = repository.authorize(metadata.get("authorization"))
+        if denied is not None:
+            await context.abort(DENIED[denied.status], denied.message)
+        try:
+            repository.check_name(name, versions.get_versions().holder.current.identity.name)
+        except oip.InferError as e:
+            await context.abort(CODES[e.kind], str(e))
+        if load:
+            repository.load()
+            get_runtime().watcher.poke()
+        else:
+            repository.unload()
 
     async def _served(self, name: str, version: str, context):
         try:

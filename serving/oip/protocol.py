@@ -23,8 +23,8 @@ SERVER_NAME = "iris-classifier"
 
 
 class InferError(Exception):
-    """A request the protocol rejects: ``kind`` is 'invalid' (400 / INVALID_ARGUMENT) or
-    'not_found' (404 / NOT_FOUND)."""
+    """A request the protocol rejects: ``kind`` is 'invalid' (400 / INVALID_ARGUMENT),
+    'not_found' (404 / NOT_FOUND) or 'unavailable' (503 / UNAVAILABLE: model unloaded)."""
 
     def __init__(self, message: str, kind: str = "invalid"):
         super().__init__(message)
@@ -44,7 +44,11 @@ def server_metadata() -> dict:
         server_version = version("iris-classifier")
     except PackageNotFoundError:
         server_version = "0"
-    return {"name": SERVER_NAME, "version": server_version, "extensions": []}
+    return {
+        "name": SERVER_NAME,
+        "version": server_version,
+        "extensions": ["binary_tensor_data", "model_repository"],
+    }
 
 
 def model_metadata(name: str, served_version: str, runtime: str) -> dict:

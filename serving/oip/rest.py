@@ -11,10 +11,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from serving.core import get_runtime
 from serving.oip import binary, versions
 from serving.oip import protocol as oip
+from serving.oip.repository import get_repository
 
-STATUS = {"invalid": 400, "not_found": 404}
+STATUS = {"invalid": 400, "not_found": 404, "unavailable": 503}
 
 
 def _error(exc: oip.InferError) -> JSONResponse:
@@ -133,6 +135,44 @@ def _decode(body: dict, tail: binary.BinaryReader) -> np.ndarray:
     return oip.rows_from(str(datatype), shape, values.astype(np.float64).ravel())
 
 
+async def repository_index(request: Request) -> Response:
+    try:
+        body = _parse(await request.body() or b"{}")
+    except oip.InferError as e:
+        return _error(e)
+    model = versions.get_versions().holder.current
+    ready_only = body.get("ready") is True
+    return JSONResponse(get_repository().index(model, ready_only=ready_only))
+
+
+async def repository_load(request: Request) -> Response:
+    return await _repository_change(request, load=True)
+
+
+async def repository_unload(request: Request) -> Response:
+    return await _repository_change(request, load=False)
+
+
+async def _repository_change(request: Request, *, load: bool) -> Response:
+    """POST /repository/models/{model}/load or /unload (admin token)."""
+    repository = get_repository()
+    denied = repository.authorize(request.headers.get("authorization"))
+    if denied is not None:
+        headers = {"WWW-Authenticate": "Bearer"} if denied.status == 401 else None
+        return JSONResponse({"error": denied.message}, status_code=denied.status, headers=headers)
+    served = versions.get_versions().holder.current.identity.name
+    try:
+        repository.check_name(request.path_params["model"], served)
+    except oip.InferError as e:
+        return _error(e)
+    if load:
+        repository.load()
+        get_runtime().watcher.poke()  # a champion that moved meanwhile is picked up now
+    else:
+        repository.unload()
+    return Response(status_code=200)
+
+
 _model = "/models/{model}"
 _versioned = "/models/{model}/versions/{version}"
 routes = [
@@ -142,5 +182,8 @@ routes = [
     *(Route(base, model_metadata) for base in (_model, _versioned)),
     *(Route(base + "/ready", model_ready) for base in (_model, _versioned)),
     *(Route(base + "/infer", infer, methods=["POST"]) for base in (_model, _versioned)),
+    Route("/repository/index", repository_index, methods=["POST"]),
+    Route("/repository/models/{model}/load", repository_load, methods=["POST"]),
+    Route("/repository/models/{model}/unload", repository_unload, methods=["POST"]),
 ]
 oip_app = Starlette(routes=routes)

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from serving.oip.protocol import InferError
+from serving.oip.repository import get_repository
 from serving.reloader import FetchError, fetch
 from serving.runtime import ModelHolder, ModelIdentity, ServedModel, load_model_dir
 from training.settings import Settings
@@ -133,6 +134,7 @@ async def resolve(name: str, version: str) -> ServedModel:
     served = cache.holder.current.identity.name
     if name != served:
         raise InferError(f"unknown model {name!r}; this server serves {served!r}", "not_found")
+    get_repository().check_available(name)
     return await cache.get(version)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conformance.conftest import run_client
+from tests.conformance.conftest import ADMIN_TOKEN, run_client
 from training.schema import FEATURES
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -134,3 +134,31 @@ def test_grpc_health_and_reflection_from_a_second_client(client_python, cfg, exp
     } <= set(reflection["services"])
     assert {"ModelInfer", "ModelMetadata", "ServerLive"} <= set(reflection["methods"])
     assert reflection["species"] == expected[0][:1]
+
+
+def test_model_repository_extension_through_tritonclient(client_python, cfg, tmp_path):
+    """Unload/load change what every client sees; both need the admin token. Runs last in
+    this module because it changes the shared server (and leaves the model loaded)."""
+    result = run_client(
+        client_python, "triton_repository.py", {**cfg, "token": ADMIN_TOKEN}, tmp_path
+    )
+    ready = [{"name": MODEL, "version": cfg["version"], "state": "READY", "reason": ""}]
+    for protocol, codes in (
+        ("http", {"auth": "401", "missing": "404", "unavailable": "503"}),
+        ("grpc", {"auth": "UNAUTHENTICATED", "missing": "NOT_FOUND", "unavailable": "UNAVAILABLE"}),
+    ):
+        r = result[protocol]
+        assert r["index"] == ready, protocol
+        assert r["unload_without_token"]["code"] == codes["auth"], r
+        assert r["unload_wrong_token"]["code"] == codes["auth"], r
+        assert r["unload_unknown_model"]["code"] == codes["missing"], r
+        after = r["after_unload"]
+        assert after["model_ready"] is False and after["server_ready"] is True, after
+        assert after["index"] == [{**ready[0], "state": "UNAVAILABLE", "reason": "unloaded"}]
+        assert after["infer"]["code"] == codes["unavailable"], after
+        assert "unloaded" in after["infer"]["message"]
+        assert r["after_load"] == {
+            "model_ready": True,
+            "index": ready,
+            "infer": {"code": "OK", "message": ""},
+        }, protocol

@@ -1,0 +1,79 @@
+"""Model repository extension over REST on a two-worker server: unload and load reach
+every worker; an unload does not outlive a restart."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from serving.oip.repository import flag_path
+from tests.utils.servers import Server, bento_server
+
+pytestmark = pytest.mark.integration
+
+MODEL = "iris-classifier"
+TOKEN = "repository-test-token"
+BODY = {
+    "inputs": [
+        {"name": "features", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}
+    ]
+}
+
+
+@pytest.fixture(scope="module")
+def server(trained_home, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    stale = flag_path(trained_home.settings)  # as a previous run that unloaded would leave it
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.touch()
+    env = {**trained_home.env, "IRIS_ADMIN_TOKEN": TOKEN}
+    try:
+        with bento_server(env, tmp_path_factory.mktemp("repo-logs"), workers=2) as srv:
+            yield srv
+    finally:
+        stale.unlink(missing_ok=True)
+
+
+def statuses(server: Server, n: int = 30) -> set[int]:
+    """Status codes of ``n`` infer calls, each on a new connection (spread over workers)."""
+    return {
+        httpx.post(f"{server.url}/v2/models/{MODEL}/infer", json=BODY, timeout=10).status_code
+        for _ in range(n)
+    }
+
+
+def settle(server: Server, expected: int) -> set[int]:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        seen = statuses(server)
+        if seen == {expected}:
+            return seen
+    return seen
+
+
+def test_an_unload_left_by_a_previous_run_is_forgotten_at_start(server, trained_home):
+    assert not flag_path(trained_home.settings).exists()
+    assert statuses(server) == {200}
+    index = httpx.post(f"{server.url}/v2/repository/index").json()
+    assert index[0]["state"] == "READY"
+
+
+def test_unload_and_load_reach_every_worker(server, trained_home):
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    url = f"{server.url}/v2/repository/models/{MODEL}"
+    assert httpx.post(url + "/unload").status_code == 401
+    assert httpx.post(url + "/unload", headers=admin).status_code == 200
+    assert flag_path(trained_home.settings).exists()  # the flag every worker reads
+    try:
+        assert settle(server, 503) == {503}
+        answer = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", json=BODY)
+        assert "unloaded" in answer.json()["error"]
+        assert httpx.get(f"{server.url}/v2/models/{MODEL}/ready").status_code == 503
+        ready_only = httpx.post(f"{server.url}/v2/repository/index", json={"ready": True})
+        assert ready_only.json() == []
+        assert httpx.get(server.url + "/readyz").status_code == 200  # the server is still up
+    finally:
+        assert httpx.post(url + "/load", headers=admin).status_code == 200
+    assert settle(server, 200) == {200}
