@@ -86,4 +86,5 @@ def test_busy_grpc_port_fails_the_server_fast_with_one_clear_line(trained_home, 
     lines = [line for line in server.log().splitlines() if "already in use" in line]
     assert len(lines) == 1, server.log()[-3000:]
     assert f"127.0.0.1:{port}" in lines[0] and "IRIS_GRPC_PORT" in lines[0]
+    print(lines[0])
     assert "_bentoml_impl.worker" not in server.log()  # no worker was started at all
