@@ -98,11 +98,17 @@ def _mounted_paths() -> dict[str, Any]:
             "description": "Unknown model or version",
             "content": {"application/json": {"schema": oip_error}},
         },
+        "503": {
+            "description": "Model unloaded (model repository extension)",
+            "content": {"application/json": {"schema": oip_error}},
+        },
     }
     json_ok = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
     job_id = [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]
-    model = [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}]
-    tags = ["Open Inference Protocol (KServe V2)"]
+    return {**_job_paths(job, admin, job_id), **_oip_paths(json_ok, oip_errors, admin)}
+
+
+def _job_paths(job: dict, admin: dict, job_id: list) -> dict[str, Any]:
     return {
         "/jobs/": {
             "get": {
@@ -138,6 +144,45 @@ def _mounted_paths() -> dict[str, Any]:
                 },
             }
         },
+    }
+
+
+def _oip_paths(json_ok: dict, oip_errors: dict, admin: dict) -> dict[str, Any]:
+    model = [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}]
+    version = [{"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}]
+    tags = ["Open Inference Protocol (KServe V2)"]
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    infer = {
+        "post": {
+            "tags": tags,
+            "description": "Inference: one FP32/FP64 input tensor `features` of shape [N, 4]"
+            " (sepal_length, sepal_width, petal_length, petal_width). Binary tensor data:"
+            " a JSON header of Inference-Header-Content-Length bytes, then raw tensors.",
+            "parameters": model,
+            "requestBody": {
+                "content": {
+                    "application/json": {"schema": {"type": "object"}},
+                    "application/octet-stream": binary,
+                }
+            },
+            "responses": {
+                "200": {
+                    "description": "OK (binary outputs when asked for)",
+                    "content": {**json_ok["content"], "application/octet-stream": binary},
+                },
+                **oip_errors,
+            },
+        }
+    }
+    change = {
+        "post": {
+            "tags": tags,
+            "security": [{"bearer": []}],
+            "parameters": model,
+            "responses": {"200": {"description": "OK"}, **oip_errors, **admin},
+        }
+    }
+    paths = {
         "/v2/health/live": {"get": {"tags": tags, "responses": {"200": json_ok}}},
         "/v2/health/ready": {"get": {"tags": tags, "responses": {"200": json_ok}}},
         "/v2/models/{model}": {
@@ -146,17 +191,17 @@ def _mounted_paths() -> dict[str, Any]:
         "/v2/models/{model}/ready": {
             "get": {"tags": tags, "parameters": model, "responses": {"200": json_ok, **oip_errors}}
         },
-        "/v2/models/{model}/infer": {
-            "post": {
-                "tags": tags,
-                "description": "Inference: one FP32/FP64 input tensor `features` of shape [N, 4]"
-                " (sepal_length, sepal_width, petal_length, petal_width).",
-                "parameters": model,
-                "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
-                "responses": {"200": json_ok, **oip_errors},
-            }
-        },
+        "/v2/models/{model}/infer": infer,
+        "/v2/repository/index": {"post": {"tags": tags, "responses": {"200": json_ok}}},
+        "/v2/repository/models/{model}/load": change,
+        "/v2/repository/models/{model}/unload": change,
     }
+    for route in ("", "/ready", "/infer"):
+        operation = copy.deepcopy(paths[f"/v2/models/{{model}}{route}"])
+        for method in operation.values():
+            method["parameters"] = model + version
+        paths[f"/v2/models/{{model}}/versions/{{version}}{route}"] = operation
+    return paths
 
 
 def _to_openapi_30(node: Any) -> Any:

@@ -77,3 +77,21 @@ def test_unload_and_load_reach_every_worker(server, trained_home):
     finally:
         assert httpx.post(url + "/load", headers=admin).status_code == 200
     assert settle(server, 200) == {200}
+
+
+def test_openapi_documents_repository_and_version_routes(server):
+    import schemathesis
+
+    spec = httpx.get(server.url + "/docs.json").json()
+    for path in (
+        "/v2/repository/index",
+        "/v2/repository/models/{model}/load",
+        "/v2/repository/models/{model}/unload",
+        "/v2/models/{model}/versions/{version}/infer",
+    ):
+        assert path in spec["paths"], path
+    infer = spec["paths"]["/v2/models/{model}/infer"]["post"]
+    assert "application/octet-stream" in infer["requestBody"]["content"]
+    assert "503" in infer["responses"]
+    schema = schemathesis.openapi.from_dict(spec)  # a document schemathesis can use
+    assert schema["/v2/repository/models/{model}/load"]["POST"] is not None
