@@ -11,13 +11,9 @@ the network only, and print JSON that the tests assert on.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import json
 import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +21,7 @@ import pytest
 
 from tests.utils.homes import TrainedHome
 from tests.utils.servers import Server, bento_server
+from tests.utils.venvs import venv_python
 
 HERE = Path(__file__).resolve().parent
 CLIENTS = HERE / "clients"
@@ -32,38 +29,12 @@ REQUIREMENTS = HERE / "requirements.txt"
 ADMIN_TOKEN = "conformance-admin-token"
 
 
-def venv_dir() -> Path:
-    digest = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()[:12]
-    root = Path(os.environ.get("IRIS_CONFORMANCE_VENV", "/var/tmp/iris-oip-clients"))
-    return root.parent / f"{root.name}-{digest}"
-
-
-def build_venv(target: Path) -> None:
-    """Create the venv next to ``target`` and move it in place only once it is complete."""
-    building = target.with_name(target.name + ".building")
-    shutil.rmtree(building, ignore_errors=True)
-    base = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base, "-m", "venv", str(building)], check=True, timeout=300)
-    pip = [str(building / "bin" / "python"), "-m", "pip", "install", "--quiet"]
-    subprocess.run([*pip, "--upgrade", "pip"], check=True, timeout=600)
-    subprocess.run([*pip, "-r", str(REQUIREMENTS)], check=True, timeout=1200)
-    building.rename(target)
-
-
 @pytest.fixture(scope="session")
 def client_python() -> Path:
     """The conformance venv's python (built on first use, then reused across runs)."""
-    target = venv_dir()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    lock = target.with_name(target.name + ".lock")
-    with lock.open("w") as handle:  # pytest-xdist workers: one builds, the others wait
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        if not (target / "bin" / "python").exists():
-            build_venv(target)
-    # A venv's python keeps the path it was created at: check it really runs.
-    python = target / "bin" / "python"
-    subprocess.run([str(python), "-c", "import tritonclient.http, kserve"], check=True)
-    return python
+    root = Path(os.environ.get("IRIS_CONFORMANCE_VENV", "/var/tmp/iris-oip-clients"))
+    # (tritonclient.grpc and kserve cannot share a process: both register "inference.*".)
+    return venv_python(REQUIREMENTS, root, "tritonclient.http, kserve")
 
 
 @pytest.fixture(scope="session")
