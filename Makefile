@@ -44,11 +44,13 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Options go through BENCH_ARGS, e.g. make bench BENCH_ARGS="--duration 3 --profile-seconds 0".
+# Options go through BENCH_ARGS, e.g. make bench BENCH_ARGS="--duration 3 --profile-seconds 0",
+# and OIP_BENCH_ARGS for the MLServer comparison (python -m benchmarks.oip_peer --help).
 bench: install ## Load our service and its peers with wrk; see benchmarks/README.md.
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 	$(BIN)/python -m pip install --quiet -r benchmarks/requirements.txt
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.oip_peer $(OIP_BENCH_ARGS)  # V2 REST/gRPC against MLServer
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns data/processed data/.processed-* logs var

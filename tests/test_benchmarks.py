@@ -56,3 +56,31 @@ def test_benchmark_smoke_run_reports_every_measure(tmp_path: Path) -> None:
     assert noop_ratio["measured"] > 0
     assert any("2,000-row batch (records)" in name for name in measured)
     assert README.read_bytes() == readme_before, "--no-readme must leave the README alone"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_mlserver_comparison_smoke_run(tmp_path: Path) -> None:
+    """`python -m benchmarks.oip_peer` serves the champion with both servers and loads both
+    protocols at every size and concurrency without an error."""
+    if shutil.which("wrk") is None:
+        unavailable("wrk is not installed (apt-get install wrk)", what="wrk")
+    readme_before = README.read_bytes()
+    argv = [sys.executable, "-m", "benchmarks.oip_peer", "--duration", "1", "--warmup", "1"]
+    argv += ["--concurrency", "1", "--concurrency", "4", "--rows", "1", "--rows", "50"]
+    argv += ["--out", str(tmp_path), "--no-readme"]
+    done = subprocess.run(
+        argv, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=840, check=False
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "oip-latest.json").read_text())
+    assert set(result["peers"]) == {"ours", "mlserver"}
+    expected = {f"{p}/{n}/{c}" for p in ("rest", "grpc") for n in (1, 50) for c in (1, 4)}
+    for key, peer in result["peers"].items():
+        assert set(peer["load"]) == expected, key
+        for step_key, step in peer["load"].items():
+            assert step["requests"] > 0 and step["errors"] == 0, (key, step_key, step)
+    assert {(r["protocol"], r["rows"]) for r in result["ratios"]} == {
+        (p, n) for p in ("rest", "grpc") for n in (1, 50)
+    }
+    assert README.read_bytes() == readme_before
