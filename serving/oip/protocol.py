@@ -101,5 +101,7 @@ def outputs(species: list[str], proba: np.ndarray, wanted: tuple[str, ...]) -> l
         if name == SPECIES_OUTPUT:
             result.append(Tensor(name, "BYTES", [len(species)], np.asarray(species, dtype=object)))
         else:
-            result.append(Tensor(name, "FP32", list(proba.shape), proba.astype("<f4").ravel()))
+            # Rounded float64 values: as JSON they print short ("0.9", not the float32
+            # "0.8999999761581421"); binary and gRPC encodings convert them to FP32.
+            result.append(Tensor(name, "FP32", list(proba.shape), proba.ravel()))
     return result

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
-from pydantic_core import to_json
+from pydantic_core import from_json, to_json
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -102,7 +100,7 @@ def _answer(payload: dict, tensors: list[oip.Tensor], as_binary: dict[str, bool]
 
 def _parse(raw: bytes) -> dict:
     try:
-        body = json.loads(raw)
+        body = from_json(raw)  # pydantic-core: several times faster than json.loads on tensors
     except ValueError:
         raise oip.InferError("request body is not valid JSON") from None
     if not isinstance(body, dict):
