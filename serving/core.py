@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.auth import check_bearer
+from serving.child_env import retrain_env
 from serving.errors import error_body, json_error, json_response
 from serving.jobs import ConflictError, Job, JobStore
 from serving.metrics import get_metrics
@@ -155,12 +156,11 @@ class IrisRuntime:
     def _spawn(self) -> Job:
         data_path = self.settings.retrain_data or self.settings.raw_data
         job = self.jobs.create(data_path)
-        env = {k: v for k, v in os.environ.items() if k != "IRIS_ADMIN_TOKEN"}
-        env.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "serving.retrain_job", job.id], cwd=PROJECT_DIR, env=env
+                [sys.executable, "-m", "serving.retrain_job", job.id],
+                cwd=PROJECT_DIR,
+                env=retrain_env(self.settings),
             )
         except OSError as e:
             self.jobs.finish(job.id, error=f"could not start the training process: {e}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from serving import champion_lookup
+from serving.child_env import fetch_env
 from serving.fetch_model import REFUSED_EXIT
 from serving.runtime import ModelHolder, ModelIdentity, ServedModel, load_model_dir
 from training.schema import store_tag
@@ -52,15 +52,28 @@ class FetchError(RuntimeError):
         self.permanent = permanent
 
 
-def fetch(name: str, version: str, dest: Path, timeout_s: float = FETCH_TIMEOUT_S) -> Path:
+def fetch(
+    name: str,
+    version: str,
+    dest: Path,
+    env: dict[str, str] | None = None,
+    timeout_s: float = FETCH_TIMEOUT_S,
+) -> Path:
     """Download ``name`` version ``version`` to ``dest`` in a subprocess, checked and exported.
+
+    ``env`` is the subprocess's whole environment (:func:`serving.child_env.fetch_env`).
 
     Raises:
         FetchError: the subprocess failed or timed out (its one-line reason is the message).
     """
     argv = [sys.executable, "-m", "serving.fetch_model", name, version, str(dest)]
     proc = subprocess.Popen(
-        argv, cwd=PROJECT_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        argv,
+        cwd=PROJECT_DIR,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     with _fetches_lock:
         _fetches.add(proc)
@@ -108,9 +121,6 @@ class ChampionWatcher:
         self._thread = threading.Thread(target=self._loop, name="champion-watcher", daemon=True)
 
     def start(self) -> None:
-        # Fail fast when the registry is down instead of MLflow's default minutes of retries.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
         self._thread.start()
 
     def stop(self) -> None:
@@ -173,7 +183,7 @@ class ChampionWatcher:
             model = self._from_local_store(found, identity)
             if model is None:
                 with tempfile.TemporaryDirectory(prefix="iris-reload-") as tmp:
-                    path = fetch(name, found.version, Path(tmp) / "model")
+                    path = fetch(name, found.version, Path(tmp) / "model", fetch_env(self.settings))
                     model = load_model_dir(path, identity)
         except Exception as e:  # noqa: BLE001 - any load failure: keep what we serve
             permanent = not isinstance(e, FetchError) or e.permanent

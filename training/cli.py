@@ -32,6 +32,8 @@ def _setup() -> Settings:
     # We load models through training.model_io (skops + our trusted list); MLflow's own
     # loader is never used for serving, so its pickle switch stays off.
     os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    # GitPython (imported by MLflow) warns at length when no git binary is found.
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     return settings
 
 

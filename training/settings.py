@@ -61,6 +61,20 @@ class Settings(BaseSettings):
     grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC port; 0 disables gRPC.")
     jobs_db: Path | None = Field(None, description="SQLite file holding retrain job records.")
     retrain_timeout_s: float = Field(900.0, gt=0, description="Kill a retrain after this long.")
+    # MLflow's HTTP client in the processes a worker starts. A retrain may wait out a brief
+    # registry hiccup; a model fetch fails fast and is retried at the next poll instead.
+    retrain_mlflow_retries: int = Field(
+        2, ge=0, description="MLflow HTTP retries in a retrain subprocess."
+    )
+    retrain_mlflow_timeout_s: float = Field(
+        30.0, gt=0, description="MLflow HTTP timeout in a retrain subprocess."
+    )
+    fetch_mlflow_retries: int = Field(
+        0, ge=0, description="MLflow HTTP retries when a worker fetches a new champion."
+    )
+    fetch_mlflow_timeout_s: float = Field(
+        5.0, gt=0, description="MLflow HTTP timeout when a worker fetches a new champion."
+    )
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:

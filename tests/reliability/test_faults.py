@@ -71,7 +71,7 @@ def test_registry_down_then_back(tmp_path, record_property):
     with mlflow_server(root, port=port) as registry:
         home = train_home(tmp_path / "home", tracking_uri=registry.url)
     # The registry is down while the service starts: it serves the packed model.
-    env = server_env(home, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
+    env = server_env(home, IRIS_RETRAIN_MLFLOW_RETRIES="0")
     with bento_server(env, tmp_path, workers=1) as server, Load(server.url, clients=8) as load:
         assert served(server) == "1"
         failed = wait_job(server, retrain(server))

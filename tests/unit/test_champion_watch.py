@@ -99,7 +99,7 @@ def watcher(monkeypatch, tmp_path):
     calls: list[str] = []
     failure: dict = {"error": None}
 
-    def fake_fetch(name, version, dest, timeout_s=0):
+    def fake_fetch(name, version, dest, env=None, timeout_s=0):
         calls.append(version)
         raise failure["error"]
 
