@@ -22,7 +22,7 @@ from serving.auth import check_bearer
 from serving.child_env import retrain_env
 from serving.errors import error_body, json_error, json_response
 from serving.jobs import ConflictError, Job, JobStore
-from serving.metrics import get_metrics
+from serving.metrics import forget_dead_workers, get_metrics
 from serving.reloader import ChampionWatcher
 from serving.runtime import ModelHolder, ModelIdentity, ServedModel, load_model_dir
 from training.schema import FEATURES
@@ -70,8 +70,14 @@ class IrisRuntime:
         self.holder = ModelHolder(model)
         self.metrics = get_metrics()
         self.jobs = JobStore(settings.jobs_db)
-        self.watcher = ChampionWatcher(settings, self.holder, on_swap=self._on_swap)
-        self.metrics.serving(model.identity.name, model.identity.version)
+        self.watcher = ChampionWatcher(
+            settings,
+            self.holder,
+            on_swap=self._on_swap,
+            on_failure=self.metrics.model_reload_failures.inc,
+            on_poll=forget_dead_workers,
+        )
+        self.metrics.start(model.identity.name, model.identity.version)
 
     @classmethod
     def start(cls, bento_model, settings: Settings | None = None) -> IrisRuntime:

@@ -107,10 +107,19 @@ class ChampionWatcher:
         settings: Settings,
         holder: ModelHolder,
         on_swap: Callable[[ServedModel, ServedModel], None] | None = None,
+        on_failure: Callable[[], None] | None = None,
+        on_poll: Callable[[], object] | None = None,
     ):
+        """Args:
+        on_swap: called with (previous, new) after a new champion is swapped in.
+        on_failure: called when a new champion could not be loaded.
+        on_poll: called at every poll, before the registry check (housekeeping).
+        """
         self.settings = settings
         self.holder = holder
         self.on_swap = on_swap
+        self.on_failure = on_failure
+        self.on_poll = on_poll
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -150,6 +159,8 @@ class ChampionWatcher:
         """One poll; True if a new model was swapped in. Never raises."""
         with self._lock:
             try:
+                if self.on_poll:
+                    self.on_poll()
                 return self._check()
             except Exception as e:
                 message = _one_line(e)
@@ -189,6 +200,8 @@ class ChampionWatcher:
             permanent = not isinstance(e, FetchError) or e.permanent
             wait = RETRY_REFUSED_S if permanent else RETRY_FAILED_S
             self._refused, self._retry_at = key, time.monotonic() + wait
+            if self.on_failure:
+                self.on_failure()
             logger.error(
                 "Could not load champion v%s; still serving v%s (next try in %.0f s): %s",
                 found.version,
