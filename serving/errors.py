@@ -51,6 +51,8 @@ GENERIC = {
     504: "request took longer than the server's timeout",
 }
 PASSTHROUGH_PREFIXES = ("/v2/",)
+_BODY_HEADERS = (b"content-type", b"content-length", b"content-encoding", b"transfer-encoding")
+"""Headers that describe the body, which the rewriter replaces."""
 JSON_ALIASES = (b"", b"application/x-www-form-urlencoded", b"text/plain")
 """Content types treated as JSON: what curl -d and naive clients send by default."""
 
@@ -337,10 +339,10 @@ class _ErrorRewriter:
             status, payload = rewrite_oip(self._start["status"], b"".join(self._body))
         else:
             status, payload = rewrite(self._start["status"], b"".join(self._body))
+        # Keep what the framework said besides the body (Allow on a 405, as RFC 9110
+        # requires; WWW-Authenticate; Retry-After); only the body's own headers change.
         extra = [
-            (k, v)
-            for k, v in self._start.get("headers", [])
-            if k.lower() in (b"www-authenticate", b"retry-after")
+            (k, v) for k, v in self._start.get("headers", []) if k.lower() not in _BODY_HEADERS
         ]
         body = json.dumps(payload).encode()
         headers = [
