@@ -15,7 +15,7 @@ from bentoml.models import BentoModel
 
 from serving.bentoml_fixes import configure_server
 from serving.core import IrisRuntime, feature_rows
-from serving.errors import GuardMiddleware, json_error, json_response
+from serving.errors import GuardMiddleware, json_error
 from serving.http_extra import jobs_app
 from serving.oip import grpc_server
 from serving.oip.rest import oip_app
@@ -83,7 +83,7 @@ class IrisClassifier:
     ) -> dict:
         """Classify one flower: species, class probabilities, and the model that answered."""
         row = np.array([[sepal_length, sepal_width, petal_length, petal_width]], dtype=np.float32)
-        return json_response(await self.runtime.predict_rows(row, single=True))
+        return await self.runtime.predict_rows(row, single=True)
 
     @bentoml.api(input_spec=BatchRequest, output_spec=BatchResponse, route="/predict_batch")
     async def predict_batch(self, records=None, instances=None) -> dict:
@@ -94,7 +94,7 @@ class IrisClassifier:
             return json_error(
                 413, f"batch has {len(rows)} flowers; the limit is {limit} (IRIS_MAX_BATCH_SIZE)"
             )
-        return json_response(await self.runtime.predict_rows(rows, single=False))
+        return await self.runtime.predict_rows(rows, single=False)
 
     @bentoml.api(output_spec=RetrainResponse, route="/retrain")
     async def retrain(self, ctx: bentoml.Context) -> dict:

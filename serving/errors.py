@@ -70,9 +70,13 @@ def error_body(
     }
 
 
-def json_response(payload: Any, status: int = 200) -> Response:
+def json_response(
+    payload: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     """A JSON response serialised by pydantic-core (several times faster than json.dumps)."""
-    return Response(to_json(payload), status_code=status, media_type="application/json")
+    return Response(
+        to_json(payload), status_code=status, media_type="application/json", headers=headers
+    )
 
 
 def json_error(status: int, message: str, details: list[dict] | None = None, code: str = ""):

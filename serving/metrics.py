@@ -52,6 +52,14 @@ class Metrics:
             name="iris_model_reload_failures_total",
             documentation="Attempts to load a new champion that failed (the old one kept serving).",
         )
+        self.captured = bentoml.metrics.Counter(
+            name="iris_captured_total",
+            documentation="Predictions written to the capture files.",
+        )
+        self.capture_dropped = bentoml.metrics.Counter(
+            name="iris_capture_dropped_total",
+            documentation="Predictions not captured because the capture queue was full.",
+        )
         self.served_version = bentoml.metrics.Gauge(
             name="iris_served_model_version",
             documentation="Registry version each worker serves (one series per worker process).",
@@ -66,6 +74,8 @@ class Metrics:
             self.retrain_jobs.labels(outcome=outcome, promoted=promoted)
         self.model_reloads.inc(0)
         self.model_reload_failures.inc(0)
+        self.captured.inc(0)
+        self.capture_dropped.inc(0)
         self.serving(name, version)
 
     def record(self, species: list[str], version: str) -> None:

@@ -61,6 +61,17 @@ class Settings(BaseSettings):
     grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC port; 0 disables gRPC.")
     jobs_db: Path | None = Field(None, description="SQLite file holding retrain job records.")
     retrain_timeout_s: float = Field(900.0, gt=0, description="Kill a retrain after this long.")
+    # Capture of every answered prediction (serving/capture.py).
+    capture: bool = Field(True, description="Capture every prediction to Parquet files.")
+    capture_dir: Path | None = Field(None, description="Capture folder (default: var/captures).")
+    capture_flush_s: float = Field(1.0, gt=0, description="Capture flush interval.")
+    capture_max_pending: int = Field(
+        100_000, ge=1, description="Rows queued for capture before new ones are dropped."
+    )
+    capture_retention_days: int = Field(30, ge=0, description="Keep captures this many days.")
+    capture_max_bytes: int = Field(
+        1 << 30, ge=1 << 20, description="Delete the oldest captures beyond this size."
+    )
     # MLflow's HTTP client in the processes a worker starts. A retrain may wait out a brief
     # registry hiccup; a model fetch fails fast and is retried at the next poll instead.
     retrain_mlflow_retries: int = Field(
@@ -85,6 +96,8 @@ class Settings(BaseSettings):
             self.log_dir = home / "logs"
         if self.jobs_db is None:
             self.jobs_db = home / "var" / "jobs.sqlite"
+        if self.capture_dir is None:
+            self.capture_dir = home / "var" / "captures"
         if self.tracking_uri is None:
             self.tracking_uri = f"sqlite:///{home / 'mlflow.db'}"
         if self.artifact_root is None:
