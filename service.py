@@ -16,6 +16,7 @@ from bentoml.models import BentoModel
 from serving.bentoml_fixes import configure_server
 from serving.core import IrisRuntime, feature_rows
 from serving.errors import GuardMiddleware, json_error
+from serving.feedback_api import feedback_app
 from serving.http_extra import jobs_app
 from serving.oip import grpc_server
 from serving.oip.rest import oip_app
@@ -45,6 +46,7 @@ IMAGE = bentoml.images.Image(base_image="python:3.11-slim", distro="none")
     http={"port": 3000},
 )
 @bentoml.asgi_app(jobs_app, path="/jobs")
+@bentoml.asgi_app(feedback_app, path="/feedback")
 @bentoml.asgi_app(oip_app, path="/v2")
 class IrisClassifier:
     """Classifies iris flowers into species from four measurements in centimetres."""

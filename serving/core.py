@@ -24,7 +24,9 @@ from serving.auth import check_bearer
 from serving.capture import CaptureWriter, Chunk, new_id, row_ids
 from serving.child_env import retrain_env
 from serving.errors import error_body, json_error, json_response
+from serving.feedback_store import FeedbackStore, index_rows
 from serving.jobs import ConflictError, Job, JobStore
+from serving.loop_monitor import LoopMonitor
 from serving.metrics import forget_dead_workers, get_metrics
 from serving.reloader import ChampionWatcher
 from serving.runtime import ModelHolder, ModelIdentity, ServedModel, load_model_dir
@@ -73,7 +75,13 @@ class IrisRuntime:
         self.holder = ModelHolder(model)
         self.metrics = get_metrics()
         self.jobs = JobStore(settings.jobs_db)
-        self.capturer = _capture_writer(settings, self.metrics) if settings.capture else None
+        self.feedback_store = FeedbackStore(settings.loop_uri)
+        self.capturer = (
+            _capture_writer(settings, self.metrics, self.feedback_store)
+            if settings.capture
+            else None
+        )
+        self.monitor = LoopMonitor(settings, self.feedback_store, self.holder, self.metrics)
         self.watcher = ChampionWatcher(
             settings,
             self.holder,
@@ -101,6 +109,7 @@ class IrisRuntime:
         runtime = cls(settings, model)
         if runtime.capturer is not None:
             runtime.capturer.start()
+        runtime.monitor.start()
         if settings.follow_registry:
             runtime.watcher.start()
         _runtime = runtime
@@ -108,6 +117,7 @@ class IrisRuntime:
 
     def stop(self) -> None:
         self.watcher.stop()
+        self.monitor.stop()
         if self.capturer is not None:
             self.capturer.close()  # a clean stop loses no captured prediction
 
@@ -193,13 +203,19 @@ class IrisRuntime:
 
     def authorize(self, authorization: str | None):
         """None if allowed, else the error response to send."""
-        denied = check_bearer(authorization, self.settings.admin_token)
-        if denied is None:
-            return None
-        response = json_error(denied.status, denied.message)
-        if denied.status == 401:
-            response.headers["WWW-Authenticate"] = "Bearer"
-        return response
+        return _denied_response(check_bearer(authorization, self.settings.admin_token))
+
+    def authorize_feedback(self, authorization: str | None):
+        """Like :meth:`authorize`, with the feedback token (or else the admin token)."""
+        token = self.settings.feedback_token or self.settings.admin_token
+        return _denied_response(
+            check_bearer(
+                authorization,
+                token,
+                disabled="feedback is disabled on this server: set IRIS_FEEDBACK_TOKEN"
+                " (or IRIS_ADMIN_TOKEN) to enable it",
+            )
+        )
 
     async def submit_retrain(self):
         try:
@@ -279,13 +295,27 @@ def _predictions(
     ]
 
 
-def _capture_writer(settings: Settings, metrics) -> CaptureWriter:
+def _denied_response(denied):
+    """None if allowed, else the 401/403 response (with WWW-Authenticate on a 401)."""
+    if denied is None:
+        return None
+    response = json_error(denied.status, denied.message)
+    if denied.status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+def _capture_writer(settings: Settings, metrics, store: FeedbackStore) -> CaptureWriter:
+    def index(chunks: list[Chunk]) -> None:
+        store.index(index_rows(chunks))
+
     return CaptureWriter(
         settings.capture_dir,
         flush_s=settings.capture_flush_s,
         max_pending_rows=settings.capture_max_pending,
         retention_days=settings.capture_retention_days,
         max_bytes=settings.capture_max_bytes,
+        sinks=[index],
         on_written=metrics.captured.inc,
         on_dropped=metrics.capture_dropped.inc,
     )

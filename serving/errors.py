@@ -51,6 +51,9 @@ GENERIC = {
     504: "request took longer than the server's timeout",
 }
 PASSTHROUGH_PREFIXES = ("/v2/",)
+_MOUNT_ROOTS = ("/v2", "/feedback")
+"""Mounted apps answering at their root: ``GET /v2`` (the protocol's server metadata) and
+``POST /feedback`` would otherwise get a redirect to the path with a slash."""
 _BODY_HEADERS = (b"content-type", b"content-length", b"content-encoding", b"transfer-encoding")
 """Headers that describe the body, which the rewriter replaces."""
 JSON_ALIASES = (b"", b"application/x-www-form-urlencoded", b"text/plain")
@@ -186,9 +189,9 @@ class GuardMiddleware:
                 )
                 return
             receive = _replay(body, receive)
-        if scope["path"] == "/v2":  # the protocol's server-metadata route, without a redirect
-            scope["path"] = "/v2/"
-            scope["raw_path"] = b"/v2/"
+        if scope["path"] in _MOUNT_ROOTS:  # a mounted app's root route, without a redirect
+            scope["path"] += "/"
+            scope["raw_path"] = scope["path"].encode()
         if scope["path"] == "/docs.json" and scope.get("method") == "GET":
             await self._openapi(scope, receive, send)
             return

@@ -24,6 +24,8 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
+from training.schema import FEATURES
+
 logger = logging.getLogger(__name__)
 
 RETRAIN_OUTCOMES = (("succeeded", "true"), ("succeeded", "false"), ("failed", "false"))
@@ -60,6 +62,58 @@ class Metrics:
             name="iris_capture_dropped_total",
             documentation="Predictions not captured because the capture queue was full.",
         )
+        # The loop after deployment: ground truth and drift (serving/loop_monitor.py).
+        self.feedback = bentoml.metrics.Counter(
+            name="iris_feedback_total",
+            documentation="Ground-truth labels received, by model version and whether the "
+            "served answer was correct.",
+            labelnames=["model_version", "correct"],
+        )
+        self.live_accuracy = bentoml.metrics.Gauge(
+            name="iris_live_accuracy",
+            documentation="Accuracy of served answers that got feedback, per model version, "
+            "over predictions of the last IRIS_LIVE_WINDOW_S.",
+            labelnames=["model_version"],
+            multiprocess_mode="mostrecent",
+        )
+        self.labelled = bentoml.metrics.Gauge(
+            name="iris_predictions_labelled",
+            documentation="Predictions of the live window that have feedback, per version.",
+            labelnames=["model_version"],
+            multiprocess_mode="mostrecent",
+        )
+        self.unlabelled = bentoml.metrics.Gauge(
+            name="iris_predictions_unlabelled",
+            documentation="Predictions of the live window still without feedback, per version.",
+            labelnames=["model_version"],
+            multiprocess_mode="mostrecent",
+        )
+        self.drift_psi = bentoml.metrics.Gauge(
+            name="iris_drift_psi",
+            documentation="Population stability index of recent inputs against the "
+            "champion's training data, per feature.",
+            labelnames=["feature"],
+            multiprocess_mode="mostrecent",
+        )
+        self.drift_ks = bentoml.metrics.Gauge(
+            name="iris_drift_ks",
+            documentation="Kolmogorov-Smirnov statistic of recent inputs against the "
+            "champion's training data, per feature.",
+            labelnames=["feature"],
+            multiprocess_mode="mostrecent",
+        )
+        self.class_share = bentoml.metrics.Gauge(
+            name="iris_class_share",
+            documentation="Share of each species among recent answers (source=predicted) "
+            "and in the champion's training data (source=training).",
+            labelnames=["species", "source"],
+            multiprocess_mode="mostrecent",
+        )
+        self.drift_rows = bentoml.metrics.Gauge(
+            name="iris_drift_window_rows",
+            documentation="Recent predictions the drift gauges were computed from.",
+            multiprocess_mode="mostrecent",
+        )
         self.served_version = bentoml.metrics.Gauge(
             name="iris_served_model_version",
             documentation="Registry version each worker serves (one series per worker process).",
@@ -76,6 +130,9 @@ class Metrics:
         self.model_reload_failures.inc(0)
         self.captured.inc(0)
         self.capture_dropped.inc(0)
+        for feature in FEATURES:  # created, not set: another worker's newer value wins
+            self.drift_psi.labels(feature=feature)
+            self.drift_ks.labels(feature=feature)
         self.serving(name, version)
 
     def record(self, species: list[str], version: str) -> None:

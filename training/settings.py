@@ -72,6 +72,24 @@ class Settings(BaseSettings):
     capture_max_bytes: int = Field(
         1 << 30, ge=1 << 20, description="Delete the oldest captures beyond this size."
     )
+    # Ground truth, live quality and drift (serving/feedback_store.py, serving/loop_monitor.py).
+    loop_uri: str | None = Field(
+        None,
+        description="Database of served predictions and feedback (SQLAlchemy URL; default "
+        "a SQLite file in var/; a fleet shares one PostgreSQL).",
+    )
+    feedback_token: SecretStr | None = Field(
+        None, description="Bearer token for POST /feedback (default: the admin token)."
+    )
+    live_window_s: float = Field(
+        3600.0, gt=0, description="Live accuracy covers predictions from this far back."
+    )
+    drift_window_rows: int = Field(
+        2000, ge=50, description="Drift compares this many newest predictions to training."
+    )
+    loop_interval_s: float = Field(
+        15.0, gt=0, description="How often live accuracy and drift are recomputed."
+    )
     # MLflow's HTTP client in the processes a worker starts. A retrain may wait out a brief
     # registry hiccup; a model fetch fails fast and is retried at the next poll instead.
     retrain_mlflow_retries: int = Field(
@@ -96,6 +114,8 @@ class Settings(BaseSettings):
             self.log_dir = home / "logs"
         if self.jobs_db is None:
             self.jobs_db = home / "var" / "jobs.sqlite"
+        if self.loop_uri is None:
+            self.loop_uri = f"sqlite:///{home / 'var' / 'loop.sqlite'}"
         if self.capture_dir is None:
             self.capture_dir = home / "var" / "captures"
         if self.tracking_uri is None:
