@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from serving.feedback_store import FeedbackStore
+from serving.feedback_store import FeedbackStore, VersionQuality
 from serving.runtime import ModelHolder
 from training import reference_profile
 from training.schema import FEATURES
@@ -73,11 +73,15 @@ class LoopMonitor:
 
     def update_quality(self) -> None:
         since = time.time() - self.settings.live_window_s
-        for q in self.store.quality(since):
-            self.metrics.labelled.labels(model_version=q.model_version).set(q.labelled)
-            self.metrics.unlabelled.labels(model_version=q.model_version).set(q.unlabelled)
-            if q.accuracy is not None:
-                self.metrics.live_accuracy.labels(model_version=q.model_version).set(q.accuracy)
+        found = {q.model_version: q for q in self.store.quality(since)}
+        served = self.holder.current.identity.version
+        found.setdefault(served, VersionQuality(served, 0, 0, 0))
+        for version, q in found.items():
+            self.metrics.labelled.labels(model_version=version).set(q.labelled)
+            self.metrics.unlabelled.labels(model_version=version).set(q.unlabelled)
+            # No labels yet: NaN (no accuracy), which no alert threshold matches.
+            accuracy = q.accuracy if q.accuracy is not None else float("nan")
+            self.metrics.live_accuracy.labels(model_version=version).set(accuracy)
 
     def update_drift(self) -> dict[str, tuple[float, float]] | None:
         """PSI and KS per feature for the newest rows; None without data or a profile."""
@@ -85,6 +89,9 @@ class LoopMonitor:
         values, species = self.store.recent_inputs(self.settings.drift_window_rows)
         self.metrics.drift_rows.set(len(species))
         if profile is None or not species:
+            for name in FEATURES:  # nothing measured: 0, and drift_rows says why
+                self.metrics.drift_psi.labels(feature=name).set(0.0)
+                self.metrics.drift_ks.labels(feature=name).set(0.0)
             return None
         result = drift(profile, values)
         for name, (psi, ks) in result.items():

@@ -24,8 +24,6 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from training.schema import FEATURES
-
 logger = logging.getLogger(__name__)
 
 RETRAIN_OUTCOMES = (("succeeded", "true"), ("succeeded", "false"), ("failed", "false"))
@@ -130,9 +128,7 @@ class Metrics:
         self.model_reload_failures.inc(0)
         self.captured.inc(0)
         self.capture_dropped.inc(0)
-        for feature in FEATURES:  # created, not set: another worker's newer value wins
-            self.drift_psi.labels(feature=feature)
-            self.drift_ks.labels(feature=feature)
+        # The loop gauges are set by serving.loop_monitor, first at worker start.
         self.serving(name, version)
 
     def record(self, species: list[str], version: str) -> None:

@@ -88,6 +88,7 @@ def psi(feature: dict, values: np.ndarray) -> float:
 def ks(feature: dict, values: np.ndarray) -> float:
     """KS statistic between ``values`` and the reference distribution (its percentiles)."""
     reference = np.asarray(feature["quantiles"])
+    values = _comparable(values)
     points = np.union1d(reference, values)
     ref_cdf = np.interp(points, reference, QUANTILES, left=0.0, right=1.0)
     live = np.sort(values)
@@ -97,5 +98,12 @@ def ks(feature: dict, values: np.ndarray) -> float:
 
 def _shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Share of ``values`` in each of the ``len(edges) + 1`` bins the edges make."""
+    values = _comparable(values)
     counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
     return counts / max(len(values), 1)
+
+
+def _comparable(values: np.ndarray) -> np.ndarray:
+    """Values rounded to 1e-5 cm. Served inputs are float32 (3.1 arrives as 3.0999999):
+    unrounded, every value on a bin edge would fall into the bin below it."""
+    return np.round(np.asarray(values, dtype=np.float64), 5)

@@ -117,3 +117,45 @@ def test_feedback_needs_the_token(loop_server):
     for headers in ({}, {"authorization": "Bearer wrong"}):
         r = httpx.post(loop_server.url + "/feedback", json=[], headers=headers)
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+
+
+def drift_gauges(server) -> dict[str, float]:
+    text = httpx.get(server.url + "/metrics").text
+    found = dict(re.findall(r'^iris_drift_psi\{feature="(\w+)"\} ([0-9.e+-]+)$', text, re.M))
+    rows = re.search(r"^iris_drift_window_rows ([0-9.]+)$", text, re.M)
+    return {**{k: float(v) for k, v in found.items()}, "rows": float(rows.group(1))}
+
+
+def test_drift_gauge_stays_low_in_distribution_and_crosses_on_a_shift(
+    loop_server, trained_home, tmp_path
+):
+    """2,000 in-distribution rows: PSI under the alert's 0.25 everywhere. 2,000 rows with
+    petal length +2 cm: petal length's PSI over it (and the alert's promtool case fires,
+    monitoring/alerts.test.yml)."""
+    import numpy as np
+
+    train = pd.read_csv(trained_home.settings.train_csv)[list(FEATURES)].to_numpy()
+    rng = np.random.default_rng(7)
+    normal = train[rng.integers(0, len(train), 2000)]
+
+    def send(rows) -> None:
+        r = httpx.post(
+            loop_server.url + "/predict_batch", json={"instances": rows.tolist()}, timeout=30
+        )
+        assert r.status_code == 200, r.text
+
+    def settled(check) -> dict[str, float]:
+        deadline = time.monotonic() + 15
+        while not check(g := drift_gauges(loop_server)):
+            assert time.monotonic() < deadline, g
+            time.sleep(0.3)
+        return g
+
+    send(normal)
+    calm = settled(lambda g: g["rows"] == 2000 and g.get("petal_length", 1) < 0.1)
+    assert max(calm[f] for f in FEATURES) < 0.25, calm
+    shifted = normal.copy()
+    shifted[:, FEATURES.index("petal_length")] += 2.0
+    send(shifted)
+    moved = settled(lambda g: g.get("petal_length", 0) > 0.25)
+    assert moved["sepal_width"] < 0.25, moved  # only the shifted feature moved

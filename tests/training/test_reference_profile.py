@@ -50,3 +50,12 @@ def test_unknown_schema_is_refused(tmp_path):
     rp.write({"schema": 99}, tmp_path)
     with pytest.raises(ValueError, match="schema 99"):
         rp.read(tmp_path)
+
+
+def test_float32_inputs_bin_like_the_float64_training_data(iris):
+    """Served rows are float32; values on a decile edge must not slip into the bin below."""
+    profile = rp.build(iris)
+    for name in ("sepal_width", "petal_width"):
+        values = iris[name].to_numpy()
+        assert rp.psi(profile["features"][name], values.astype(np.float32)) < 1e-6
+        assert rp.ks(profile["features"][name], values.astype(np.float32)) < 0.05
