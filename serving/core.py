@@ -24,12 +24,12 @@ from serving.auth import check_bearer
 from serving.capture import CaptureWriter, Chunk, new_id, row_ids
 from serving.child_env import retrain_env
 from serving.errors import error_body, json_error, json_response
-from serving.feedback_store import FeedbackStore, index_rows
 from serving.jobs import ConflictError, Job, JobStore
 from serving.loop_monitor import LoopMonitor
 from serving.metrics import forget_dead_workers, get_metrics
 from serving.reloader import ChampionWatcher
 from serving.runtime import ModelHolder, ModelIdentity, ServedModel, load_model_dir
+from training.loop_store import FeedbackStore, index_rows
 from training.schema import FEATURES
 from training.settings import PROJECT_DIR, Settings, get_settings
 

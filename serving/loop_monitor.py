@@ -1,7 +1,7 @@
 """Live quality and drift of the served model, recomputed in the background.
 
 Every ``IRIS_LOOP_INTERVAL_S`` each worker asks the shared prediction/feedback database
-(serving.feedback_store) two questions and exports the answers as gauges:
+(training.loop_store) two questions and exports the answers as gauges:
 
 - per model version, over predictions of the last ``IRIS_LIVE_WINDOW_S``: how many got
   feedback, how many of those were right (``iris_live_accuracy``), how many are still
@@ -23,9 +23,9 @@ import time
 
 import numpy as np
 
-from serving.feedback_store import FeedbackStore, VersionQuality
 from serving.runtime import ModelHolder
 from training import reference_profile
+from training.loop_store import FeedbackStore, VersionQuality
 from training.schema import FEATURES
 from training.settings import Settings
 

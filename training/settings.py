@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     capture_max_bytes: int = Field(
         1 << 30, ge=1 << 20, description="Delete the oldest captures beyond this size."
     )
-    # Ground truth, live quality and drift (serving/feedback_store.py, serving/loop_monitor.py).
+    # Ground truth, live quality and drift (training/loop_store.py, serving/loop_monitor.py).
     loop_uri: str | None = Field(
         None,
         description="Database of served predictions and feedback (SQLAlchemy URL; default "

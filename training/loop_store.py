@@ -1,5 +1,9 @@
 """Served predictions and their ground truth, in one database every worker (and replica) shares.
 
+Shared by serving (which writes predictions and labels and reads live quality and drift)
+and training (which reads labelled predictions back as training data and reports drift),
+so it lives here, in the package both import.
+
 The capture writer indexes every answered prediction here (id, time, version, role,
 species, the four inputs) as it flushes; ``POST /feedback`` adds the true species. Live
 accuracy and drift are then plain queries, whichever worker or replica took the
