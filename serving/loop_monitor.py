@@ -93,7 +93,7 @@ class LoopMonitor:
                 self.metrics.drift_psi.labels(feature=name).set(0.0)
                 self.metrics.drift_ks.labels(feature=name).set(0.0)
             return None
-        result = drift(profile, values)
+        result = reference_profile.drift(profile, values)
         for name, (psi, ks) in result.items():
             self.metrics.drift_psi.labels(feature=name).set(psi)
             self.metrics.drift_ks.labels(feature=name).set(ks)
@@ -115,14 +115,3 @@ class LoopMonitor:
         removed = self.store.forget_before(cutoff)
         if removed:
             logger.info("Forgot %d predictions served before the retention window", removed)
-
-
-def drift(profile: dict, values: np.ndarray) -> dict[str, tuple[float, float]]:
-    """``{feature: (psi, ks)}`` of an (n, 4) array against a reference profile."""
-    return {
-        name: (
-            reference_profile.psi(profile["features"][name], values[:, i]),
-            reference_profile.ks(profile["features"][name], values[:, i]),
-        )
-        for i, name in enumerate(FEATURES)
-    }

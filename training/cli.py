@@ -145,6 +145,32 @@ def champion() -> None:
     typer.echo(version)
 
 
+@app.command("drift-report")
+def drift_report(
+    out: Annotated[Path, typer.Option(help="HTML file to write.")] = Path("drift-report.html"),
+    version: Annotated[
+        str | None, typer.Option(help="Registry version to compare with (default: champion).")
+    ] = None,
+    rows: Annotated[
+        int | None,
+        typer.Option(help="Newest captured answers to use (default: IRIS_DRIFT_WINDOW_ROWS)."),
+    ] = None,
+) -> None:
+    """Write a self-contained HTML report: recent inputs vs training data, class shares,
+    live accuracy over time (from the captures and the feedback database)."""
+    from training import drift_report as report
+
+    settings = _setup()
+    built = _guarded(
+        "drift-report", lambda: report.build(settings, out, version=version, rows=rows)
+    )
+    worst = max(built.drift.items(), key=lambda kv: kv[1][0])
+    typer.echo(
+        f"{built.path}: {built.rows} answers vs v{built.version}'s training data;"
+        f" largest PSI {worst[1][0]:.3f} ({worst[0]})"
+    )
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write a file via a temporary sibling and rename, so readers never see half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)

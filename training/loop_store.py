@@ -187,6 +187,19 @@ class FeedbackStore:
         values = np.array([r[: len(FEATURES)] for r in rows], dtype=float)
         return values, [r[-1] for r in rows]
 
+    def labelled_history(self, since: float) -> list[tuple[float, str, bool]]:
+        """``(prediction time, model version, answer was right)`` of every labelled
+        prediction served since ``since``, oldest first."""
+        p, f = predictions, feedback
+        query = (
+            sa.select(p.c.time, p.c.model_version, p.c.species == f.c.species)
+            .select_from(p.join(f, f.c.prediction_id == p.c.prediction_id))
+            .where(p.c.time >= since)
+            .order_by(p.c.time)
+        )
+        with self.engine.connect() as conn:
+            return [(float(t), str(v), bool(ok)) for t, v, ok in conn.execute(query)]
+
     def forget_before(self, cutoff: float) -> int:
         """Delete predictions (and their labels) served before ``cutoff``."""
         with self.engine.begin() as conn:

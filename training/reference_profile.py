@@ -96,6 +96,17 @@ def ks(feature: dict, values: np.ndarray) -> float:
     return float(np.max(np.abs(ref_cdf - live_cdf)))
 
 
+def drift(profile: dict, values: np.ndarray) -> dict[str, tuple[float, float]]:
+    """``{feature: (psi, ks)}`` of an (n, 4) array against a reference profile."""
+    return {
+        name: (
+            psi(profile["features"][name], values[:, i]),
+            ks(profile["features"][name], values[:, i]),
+        )
+        for i, name in enumerate(FEATURES)
+    }
+
+
 def _shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Share of ``values`` in each of the ``len(edges) + 1`` bins the edges make."""
     values = _comparable(values)

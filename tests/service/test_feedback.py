@@ -33,6 +33,7 @@ def loop_server(trained_home, tmp_path_factory):
     }
     with bento_server(env, root / "logs", workers=2) as server:
         server.captures = root / "captures"
+        server.loop_env = env
         yield server
 
 
@@ -159,3 +160,36 @@ def test_drift_gauge_stays_low_in_distribution_and_crosses_on_a_shift(
     send(shifted)
     moved = settled(lambda g: g.get("petal_length", 0) > 0.25)
     assert moved["sepal_width"] < 0.25, moved  # only the shifted feature moved
+
+
+def test_drift_report_is_one_self_contained_page(loop_server, trained_home, tmp_path):
+    import numpy as np
+
+    from tests.utils.training import iris_train
+
+    train = pd.read_csv(trained_home.settings.train_csv)[list(FEATURES)].to_numpy()
+    shifted = train[np.random.default_rng(3).integers(0, len(train), 600)]
+    shifted[:, FEATURES.index("petal_length")] += 2.0
+    r = httpx.post(loop_server.url + "/predict_batch", json={"instances": shifted.tolist()})
+    assert r.status_code == 200
+    time.sleep(0.6)  # one capture flush
+    out = tmp_path / "report" / "drift.html"
+    proc = iris_train(loop_server.loop_env, "drift-report", "--out", str(out), "--rows", "600")
+    assert "largest PSI" in proc.stdout and "(petal_length)" in proc.stdout, proc.stdout
+    page = out.read_text()
+    assert page.count('src="data:image/png;base64,') >= 2  # plots inside, nothing to fetch
+    assert "http://" not in page and "https://" not in page
+    row = re.search(r"<td>petal_length</td><td>([0-9.]+)</td><td>([0-9.]+)</td><td>(\w+)", page)
+    assert row and float(row.group(1)) > 0.25 and row.group(3) == "shifted", row
+    assert "600 recent answers" in page
+
+
+def test_drift_report_without_captures_names_what_is_missing(trained_home, tmp_path):
+    from tests.utils.training import iris_train
+
+    env = {**trained_home.env, "IRIS_CAPTURE_DIR": str(tmp_path / "none")}
+    out = tmp_path / "drift.html"
+    proc = iris_train(env, "drift-report", "--out", str(out), check=False)
+    assert proc.returncode == 1
+    assert "no captured predictions in" in proc.stderr and "IRIS_CAPTURE_DIR" in proc.stderr
+    assert not out.exists()
