@@ -81,11 +81,17 @@ class IrisClassifier:
 
     @bentoml.api(input_spec=IrisFeatures, output_spec=PredictResponse, route="/predict")
     async def predict(
-        self, sepal_length: float, sepal_width: float, petal_length: float, petal_width: float
+        self,
+        sepal_length: float,
+        sepal_width: float,
+        petal_length: float,
+        petal_width: float,
+        ctx: bentoml.Context,
     ) -> dict:
         """Classify one flower: species, class probabilities, and the model that answered."""
         row = np.array([[sepal_length, sepal_width, petal_length, petal_width]], dtype=np.float32)
-        return await self.runtime.predict_rows(row, single=True)
+        key = ctx.request.headers.get(self.runtime.settings.canary_key_header)
+        return await self.runtime.predict_rows(row, single=True, client_key=key)
 
     @bentoml.api(input_spec=BatchRequest, output_spec=BatchResponse, route="/predict_batch")
     async def predict_batch(self, records=None, instances=None) -> dict:

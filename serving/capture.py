@@ -35,11 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
-from training.schema import FEATURES
+from training.schema import CHALLENGER, CHAMPION, FEATURES
 
 logger = logging.getLogger(__name__)
 
-ROLES = ("champion", "challenger", "shadow")
+ROLES = (CHAMPION, CHALLENGER, "shadow")
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from starlette.responses import Response
 
+from serving import challenger
 from serving.auth import check_bearer
 from serving.capture import CaptureWriter, Chunk, new_id, row_ids
 from serving.child_env import retrain_env
@@ -30,7 +31,7 @@ from serving.metrics import forget_dead_workers, get_metrics
 from serving.reloader import ChampionWatcher
 from serving.runtime import ModelHolder, ModelIdentity, ServedModel, load_model_dir
 from training.loop_store import FeedbackStore, index_rows
-from training.schema import FEATURES
+from training.schema import CHAMPION, FEATURES
 from training.settings import PROJECT_DIR, Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def identity_from_store(bento_model, settings: Settings) -> ModelIdentity:
     return ModelIdentity(
         name=labels.get("registry_model", settings.model_name),
         version=str(labels.get("registry_version", "?")),
-        alias="champion",
+        alias=CHAMPION,
         run_id=labels.get("run_id", ""),
         source="bento",
     )
@@ -82,6 +83,7 @@ class IrisRuntime:
             else None
         )
         self.monitor = LoopMonitor(settings, self.feedback_store, self.holder, self.metrics)
+        self.shadow = challenger.Shadow(settings.shadow_rate, self.metrics, self.capture)
         self.watcher = ChampionWatcher(
             settings,
             self.holder,
@@ -118,17 +120,21 @@ class IrisRuntime:
     def stop(self) -> None:
         self.watcher.stop()
         self.monitor.stop()
+        self.shadow.close()
         if self.capturer is not None:
             self.capturer.close()  # a clean stop loses no captured prediction
 
     # -- predictions ---------------------------------------------------------------
 
-    async def classify_async(self, rows: np.ndarray) -> tuple[ServedModel, list[str], np.ndarray]:
-        """Classify an (n, 4) array with the one model current at call time.
+    async def classify_async(
+        self, rows: np.ndarray, model: ServedModel | None = None
+    ) -> tuple[ServedModel, list[str], np.ndarray]:
+        """Classify an (n, 4) array with ``model``, by default the champion current at call
+        time.
 
         Returns that model too, so callers report exactly the version that answered.
         """
-        model = self.holder.current
+        model = model or self.holder.current
         if model.fast:  # ONNX: microseconds, cheaper than a thread hop
             names, proba = model.predict(rows)
         else:
@@ -140,14 +146,19 @@ class IrisRuntime:
             )
         return model, names, proba
 
-    async def predict_rows(self, rows: np.ndarray, *, single: bool) -> Response:
+    async def predict_rows(
+        self, rows: np.ndarray, *, single: bool, client_key: str | None = None
+    ) -> Response:
         """Our own JSON answer for one flower (``single``) or a batch, captured.
 
         Every answer has a prediction id (a batch's rows: ``<id>-<row>``), in the body and
-        in the ``X-Prediction-Id`` header.
+        in the ``X-Prediction-Id`` header. A single flower may be answered by the
+        challenger (canary); champion answers may be scored in shadow.
         """
         started = time.perf_counter()
-        model, names, proba = await self.classify_async(rows)
+        champion = self.holder.current
+        chosen = challenger.choose(self.holder, client_key) if single else champion
+        model, names, proba = await self.classify_async(rows, chosen)
         classes = model.class_names
         info = model.identity.public()
         base = new_id()
@@ -162,7 +173,9 @@ class IrisRuntime:
         else:
             ids = row_ids(base, len(names))
             payload = {"model": info, "predictions": _predictions(classes, ids, names, proba)}
-        self.capture(model, ids, rows, names, proba, "http", started)
+        self.capture(model, ids, rows, names, proba, "http", started, model.identity.alias)
+        if model is champion:
+            self.shadow.maybe(self.holder.challenger, model, ids, rows, names, "http")
         return json_response(payload, headers={"X-Prediction-Id": base})
 
     def capture(
@@ -174,7 +187,7 @@ class IrisRuntime:
         proba: np.ndarray,
         protocol: str,
         started: float,
-        role: str = "champion",
+        role: str = CHAMPION,
     ) -> None:
         """Hand one answer to the capture writer (a no-op with ``IRIS_CAPTURE=false``)."""
         if self.capturer is None:

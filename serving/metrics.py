@@ -112,6 +112,26 @@ class Metrics:
             documentation="Recent predictions the drift gauges were computed from.",
             multiprocess_mode="mostrecent",
         )
+        self.shadow_scored = bentoml.metrics.Counter(
+            name="iris_shadow_scored_total",
+            documentation="Answers the challenger also scored in shadow, per (champion, "
+            "challenger) pair.",
+            labelnames=["champion", "challenger"],
+        )
+        self.shadow_agreed = bentoml.metrics.Counter(
+            name="iris_shadow_agreed_total",
+            documentation="Shadow scores that named the same species as the champion.",
+            labelnames=["champion", "challenger"],
+        )
+        self.shadow_failed = bentoml.metrics.Counter(
+            name="iris_shadow_failed_total",
+            documentation="Shadow scores that raised (the answer was not affected).",
+            labelnames=["champion", "challenger"],
+        )
+        self.shadow_skipped = bentoml.metrics.Counter(
+            name="iris_shadow_skipped_total",
+            documentation="Shadow scores skipped because the shadow thread had a backlog.",
+        )
         self.served_version = bentoml.metrics.Gauge(
             name="iris_served_model_version",
             documentation="Registry version each worker serves (one series per worker process).",
@@ -127,6 +147,7 @@ class Metrics:
         self.model_reloads.inc(0)
         self.model_reload_failures.inc(0)
         self.captured.inc(0)
+        self.shadow_skipped.inc(0)
         self.capture_dropped.inc(0)
         # The loop gauges are set by serving.loop_monitor, first at worker start.
         self.serving(name, version)

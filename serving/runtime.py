@@ -206,10 +206,14 @@ def load_model_dir(
 
 
 class ModelHolder:
-    """The one model a worker serves; swapped atomically by the reloader."""
+    """The models a worker serves: the champion, and the challenger when the registry has
+    one (shadow scoring, canary answers), plus the canary split. Each is swapped by the
+    reloader with one reference assignment."""
 
     def __init__(self, model: ServedModel):
         self._current = model
+        self.challenger: ServedModel | None = None
+        self.canary_percent = 0.0
         self._lock = threading.Lock()
 
     @property
@@ -229,3 +233,10 @@ class ModelHolder:
             previous.identity.version,
         )
         return previous
+
+    def set_challenger(self, model: ServedModel | None) -> None:
+        if model is not None:
+            logger.info("Challenger v%s loaded beside the champion", model.identity.version)
+        elif self.challenger is not None:
+            logger.info("Challenger v%s dropped", self.challenger.identity.version)
+        self.challenger = model

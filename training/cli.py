@@ -94,6 +94,35 @@ def promote(
     typer.echo(f"{settings.model_name}@champion -> v{decision.version}")
 
 
+@app.command()
+def canary(
+    percent: Annotated[
+        float, typer.Argument(help="Share of /predict the challenger answers, 0-100 (0 ends).")
+    ],
+) -> None:
+    """Send PERCENT of /predict to the challenger; every server follows without restart."""
+    from training import registry
+
+    settings = _setup()
+    version = _guarded("canary", _on_registry(settings, registry.set_canary, percent, settings))
+    if version is None:
+        typer.echo("canary ended: the champion answers everything")
+    else:
+        typer.echo(f"{percent:g}% of /predict -> challenger v{version}")
+
+
+@app.command("promote-challenger")
+def promote_challenger() -> None:
+    """Make the challenger champion and end the canary."""
+    from training import registry
+
+    settings = _setup()
+    decision = _guarded(
+        "promote-challenger", _on_registry(settings, registry.promote_challenger, settings)
+    )
+    typer.echo(f"{settings.model_name}@champion -> v{decision.version}")
+
+
 @app.command("import")
 def import_(
     version: Annotated[

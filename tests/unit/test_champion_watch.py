@@ -106,7 +106,9 @@ def watcher(monkeypatch, tmp_path):
     monkeypatch.setattr(reloader.time, "monotonic", lambda: clock["now"])
     monkeypatch.setattr(reloader, "fetch", fake_fetch)
     monkeypatch.setattr(
-        reloader.champion_lookup, "champion", lambda uri, name: Champion("2", "run2")
+        reloader.champion_lookup,
+        "champion",
+        lambda uri, name, alias="champion": Champion("2", "run2") if alias == "champion" else None,
     )
     w = reloader.ChampionWatcher(Settings(home=tmp_path), ModelHolder(_served("1")))
     return w, clock, calls, failure
