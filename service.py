@@ -15,7 +15,8 @@ from bentoml.models import BentoModel
 
 from serving.bentoml_fixes import configure_server
 from serving.core import IrisRuntime, feature_rows
-from serving.errors import GuardMiddleware, json_error, json_response
+from serving.errors import GuardMiddleware, json_error
+from serving.feedback_api import feedback_app
 from serving.http_extra import jobs_app
 from serving.oip import grpc_server, repository
 from serving.oip.rest import oip_app
@@ -45,6 +46,7 @@ IMAGE = bentoml.images.Image(base_image="python:3.11-slim", distro="none")
     http={"port": 3000},
 )
 @bentoml.asgi_app(jobs_app, path="/jobs")
+@bentoml.asgi_app(feedback_app, path="/feedback")
 @bentoml.asgi_app(oip_app, path="/v2")
 class IrisClassifier:
     """Classifies iris flowers into species from four measurements in centimetres."""
@@ -88,11 +90,17 @@ class IrisClassifier:
 
     @bentoml.api(input_spec=IrisFeatures, output_spec=PredictResponse, route="/predict")
     async def predict(
-        self, sepal_length: float, sepal_width: float, petal_length: float, petal_width: float
+        self,
+        sepal_length: float,
+        sepal_width: float,
+        petal_length: float,
+        petal_width: float,
+        ctx: bentoml.Context,
     ) -> dict:
         """Classify one flower: species, class probabilities, and the model that answered."""
         row = np.array([[sepal_length, sepal_width, petal_length, petal_width]], dtype=np.float32)
-        return json_response(await self.runtime.predict_rows(row, single=True))
+        key = ctx.request.headers.get(self.runtime.settings.canary_key_header)
+        return await self.runtime.predict_rows(row, single=True, client_key=key)
 
     @bentoml.api(input_spec=BatchRequest, output_spec=BatchResponse, route="/predict_batch")
     async def predict_batch(self, records=None, instances=None) -> dict:
@@ -103,7 +111,7 @@ class IrisClassifier:
             return json_error(
                 413, f"batch has {len(rows)} flowers; the limit is {limit} (IRIS_MAX_BATCH_SIZE)"
             )
-        return json_response(await self.runtime.predict_rows(rows, single=False))
+        return await self.runtime.predict_rows(rows, single=False)
 
     @bentoml.api(output_spec=RetrainResponse, route="/retrain")
     async def retrain(self, ctx: bentoml.Context) -> dict:

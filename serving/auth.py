@@ -14,7 +14,12 @@ class Denied:
     message: str
 
 
-def check_bearer(authorization: str | None, expected: SecretStr | None) -> Denied | None:
+DISABLED = "retrain is disabled on this server: set IRIS_ADMIN_TOKEN to enable it"
+
+
+def check_bearer(
+    authorization: str | None, expected: SecretStr | None, disabled: str = DISABLED
+) -> Denied | None:
     """None if ``authorization`` carries the expected token, else why not.
 
     With no token configured the admin endpoints are disabled outright (403), so a
@@ -22,7 +27,7 @@ def check_bearer(authorization: str | None, expected: SecretStr | None) -> Denie
     constant time over bytes; the token itself is never echoed or logged.
     """
     if expected is None or not expected.get_secret_value():
-        return Denied(403, "retrain is disabled on this server: set IRIS_ADMIN_TOKEN to enable it")
+        return Denied(403, disabled)
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         return Denied(401, "missing bearer token (Authorization: Bearer <token>)")

@@ -8,6 +8,11 @@ worker accept one connection at a time, so that the workers sharing BentoML's li
 socket split a burst of new connections instead of the first one awake taking them all
 (see benchmarks/README.md).
 
+BentoML's traffic-metrics middleware labels every request with its raw path, so
+each ``/jobs/<uuid>`` and each random 404 path made a new time series. It now sees the
+route template (:func:`serving.metrics.endpoint_label`) while the routes behind it still
+see the real path.
+
 ``TimeoutMiddleware`` (bentoml/_internal/server/http/traffic.py) arms
 ``loop.call_later(timeout, ...)`` for every request and never cancels it. The timer
 handle keeps the request's context alive (its OpenTelemetry span, futures, locks: about
@@ -30,9 +35,55 @@ logger = logging.getLogger(__name__)
 
 
 def configure_server() -> None:
-    """One-accept-at-a-time for uvloop, and BentoML's request timers cancelled."""
+    """One-accept-at-a-time for uvloop, request timers cancelled, bounded endpoint labels."""
     os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")
     cancel_request_timers()
+    bound_endpoint_labels()
+
+
+_REAL_SCOPE = "iris.real_scope"
+
+
+def bound_endpoint_labels() -> bool:
+    """Make BentoML's HTTP metrics label requests by route template; True if applied.
+
+    New-style services use ``RunnerTrafficMetricsMiddleware``, legacy ones
+    ``HTTPTrafficMetricsMiddleware``; both read ``scope["path"]`` once for their labels
+    and then call the app, so both are wrapped the same way.
+    """
+    from bentoml._internal.server.http import instruments
+
+    return all(
+        _bound_labels(getattr(instruments, name))
+        for name in ("RunnerTrafficMetricsMiddleware", "HTTPTrafficMetricsMiddleware")
+    )
+
+
+def _bound_labels(cls: type) -> bool:
+    from serving.metrics import endpoint_label
+
+    if getattr(cls.__call__, "_iris_fixed", False):
+        return True
+    if not hasattr(cls, "_setup") or "app" not in cls.__init__.__code__.co_varnames:
+        logger.warning("BentoML's %s changed; endpoint labels unbound", cls.__name__)
+        return False
+    original_init, original_call = cls.__init__, cls.__call__
+
+    def init(self, app, *args, **kwargs) -> None:
+        async def real_path_app(scope, receive, send) -> None:
+            # The routes behind the middleware get the request's own scope back.
+            await app(scope.get(_REAL_SCOPE, scope), receive, send)
+
+        original_init(self, real_path_app, *args, **kwargs)
+
+    async def call(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            scope = {**scope, "path": endpoint_label(scope["path"]), _REAL_SCOPE: scope}
+        await original_call(self, scope, receive, send)
+
+    call._iris_fixed = True  # type: ignore[attr-defined]
+    cls.__init__, cls.__call__ = init, call
+    return True
 
 
 def cancel_request_timers() -> bool:

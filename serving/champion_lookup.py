@@ -1,4 +1,5 @@
-"""Which registry version is ``@champion``, asked without importing MLflow.
+"""Which registry version is ``@champion`` (or ``@challenger``), and the canary split,
+asked without importing MLflow.
 
 Serving workers poll this every few seconds. MLflow's client would cost each worker about
 150 MiB (it brings pandas, pyarrow, scipy and SQLAlchemy) and seconds of start-up, for one
@@ -27,7 +28,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-ALIAS = "champion"
+from training.schema import CHAMPION
+
+ALIAS = CHAMPION
 TIMEOUT_S = 5.0
 
 
@@ -46,18 +49,42 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
-def champion(tracking_uri: str, model_name: str) -> Champion | None:
-    """The version behind ``model_name@champion``; None if the model or alias does not exist.
+def champion(tracking_uri: str, model_name: str, alias: str = ALIAS) -> Champion | None:
+    """The version behind ``model_name@alias`` (default ``champion``); None if the model or
+    the alias does not exist.
 
     Raises:
         RegistryUnreachableError: the registry is unreachable or answered unexpectedly.
     """
     if tracking_uri.startswith(("http://", "https://")):
-        return _over_rest(tracking_uri, model_name)
+        return _over_rest(tracking_uri, model_name, alias)
     path = sqlite_path(tracking_uri)
     if path is not None:
-        return _from_sqlite(path, model_name)
-    return _with_mlflow(tracking_uri, model_name)
+        return _from_sqlite(path, model_name, alias)
+    return _with_mlflow(tracking_uri, model_name, alias)
+
+
+def model_tag(tracking_uri: str, model_name: str, key: str) -> str | None:
+    """The registered model's tag ``key`` (the canary split lives in one); None if unset.
+
+    Raises:
+        RegistryUnreachableError: the registry is unreachable or answered unexpectedly.
+    """
+    if tracking_uri.startswith(("http://", "https://")):
+        return _tag_over_rest(tracking_uri, model_name, key)
+    path = sqlite_path(tracking_uri)
+    if path is not None:
+        return _tag_from_sqlite(path, model_name, key)
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = MlflowClient(tracking_uri=tracking_uri).get_registered_model(model_name)
+    except MlflowException as e:
+        if e.error_code in _MISSING:
+            return None
+        raise RegistryUnreachableError(str(e).splitlines()[0]) from None
+    return model.tags.get(key)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -70,18 +97,21 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _opener = urllib.request.build_opener(_NoRedirect)
 _MISSING = {"RESOURCE_DOES_NOT_EXIST"}  # no such model
 _NO_ALIAS = "INVALID_PARAMETER_VALUE"  # the model exists; the alias does not (HTTP 400)
-_NO_ALIAS_TEXT = f"alias {ALIAS} not found"  # MLflow's message for that case
 
 
-def _over_rest(base: str, model_name: str) -> Champion | None:
-    query = urllib.parse.urlencode({"name": model_name, "alias": ALIAS})
+def _no_alias_text(alias: str) -> str:
+    return f"alias {alias} not found"  # MLflow's message when the model lacks the alias
+
+
+def _over_rest(base: str, model_name: str, alias: str) -> Champion | None:
+    query = urllib.parse.urlencode({"name": model_name, "alias": alias})
     url = f"{base.rstrip('/')}/api/2.0/mlflow/registered-models/alias?{query}"
     request = urllib.request.Request(url, headers=_auth_headers())
     try:
         with _opener.open(request, timeout=TIMEOUT_S) as response:
             body = json.load(response)
     except urllib.error.HTTPError as e:
-        return _absent_or_raise(e, base)
+        return _absent_or_raise(e, base, alias)
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise RegistryUnreachableError(f"registry unreachable at {base}: {e}") from None
     mv = body.get("model_version") or {}
@@ -90,7 +120,22 @@ def _over_rest(base: str, model_name: str) -> Champion | None:
     return Champion(str(mv["version"]), mv.get("run_id", ""))
 
 
-def _absent_or_raise(e: urllib.error.HTTPError, base: str) -> None:
+def _tag_over_rest(base: str, model_name: str, key: str) -> str | None:
+    query = urllib.parse.urlencode({"name": model_name})
+    url = f"{base.rstrip('/')}/api/2.0/mlflow/registered-models/get?{query}"
+    request = urllib.request.Request(url, headers=_auth_headers())
+    try:
+        with _opener.open(request, timeout=TIMEOUT_S) as response:
+            body = json.load(response)
+    except urllib.error.HTTPError as e:
+        return _absent_or_raise(e, base, "")
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise RegistryUnreachableError(f"registry unreachable at {base}: {e}") from None
+    tags = (body.get("registered_model") or {}).get("tags") or []
+    return next((t.get("value") for t in tags if t.get("key") == key), None)
+
+
+def _absent_or_raise(e: urllib.error.HTTPError, base: str, alias: str) -> None:
     """None for MLflow's own "no such model / no such alias" errors; raise for the rest.
 
     Only an MLflow error body counts: a 404 page from a wrong URL or a proxy is an error,
@@ -103,7 +148,7 @@ def _absent_or_raise(e: urllib.error.HTTPError, base: str) -> None:
         error = {}
     code = error.get("error_code", "") if isinstance(error, dict) else ""
     message = error.get("message", "") if isinstance(error, dict) else ""
-    if code in _MISSING or (code == _NO_ALIAS and _NO_ALIAS_TEXT in message):
+    if code in _MISSING or (code == _NO_ALIAS and alias and _no_alias_text(alias) in message):
         return None
     if e.code in (401, 403):
         raise RegistryUnreachableError(
@@ -137,7 +182,7 @@ WHERE a.name = ? AND a.alias = ? {workspace_filter}
 """
 
 
-def _from_sqlite(path: Path, model_name: str) -> Champion | None:
+def _from_sqlite(path: Path, model_name: str, alias: str) -> Champion | None:
     path = path.resolve()  # sqlite:///mlflow.db is relative to the working directory
     if not path.is_file():
         return None  # no registry yet: nothing has been trained here
@@ -155,22 +200,46 @@ def _from_sqlite(path: Path, model_name: str) -> Champion | None:
                 workspace_join="AND v.workspace = a.workspace" if scoped else "",
                 workspace_filter="AND a.workspace = ?" if scoped else "",
             )
-            params = (model_name, ALIAS, workspace) if scoped else (model_name, ALIAS)
+            params = (model_name, alias, workspace) if scoped else (model_name, alias)
             rows = db.execute(sql, params).fetchall()
     except sqlite3.Error as e:
         raise RegistryUnreachableError(f"could not read the registry {path}: {e}") from None
     return Champion(str(rows[0][0]), rows[0][1] or "") if rows else None
 
 
-def _with_mlflow(tracking_uri: str, model_name: str) -> Champion | None:
+_SQLITE_TAG = "SELECT value FROM registered_model_tags WHERE name = ? AND key = ? {workspace}"
+
+
+def _tag_from_sqlite(path: Path, model_name: str, key: str) -> str | None:
+    path = path.resolve()
+    if not path.is_file():
+        return None
+    workspace = os.environ.get("MLFLOW_WORKSPACE", "default")
+    try:
+        db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=TIMEOUT_S)
+        with contextlib.closing(db):
+            columns = {row[1] for row in db.execute("PRAGMA table_info(registered_model_tags)")}
+            if not columns:
+                return None
+            scoped = "workspace" in columns
+            sql = _SQLITE_TAG.format(workspace="AND workspace = ?" if scoped else "")
+            params = (model_name, key, workspace) if scoped else (model_name, key)
+            rows = db.execute(sql, params).fetchall()
+    except sqlite3.Error as e:
+        raise RegistryUnreachableError(f"could not read the registry {path}: {e}") from None
+    return rows[0][0] if rows else None
+
+
+def _with_mlflow(tracking_uri: str, model_name: str, alias: str) -> Champion | None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
-        mv = client.get_model_version_by_alias(model_name, ALIAS)
+        mv = client.get_model_version_by_alias(model_name, alias)
     except MlflowException as e:
-        if e.error_code in _MISSING or (e.error_code == _NO_ALIAS and _NO_ALIAS_TEXT in str(e)):
+        missing_alias = e.error_code == _NO_ALIAS and _no_alias_text(alias) in str(e)
+        if e.error_code in _MISSING or missing_alias:
             return None
         raise RegistryUnreachableError(str(e).splitlines()[0]) from None
     return Champion(str(mv.version), mv.run_id or "")

@@ -12,19 +12,26 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from itertools import chain
 from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
+from starlette.responses import Response
 
+from serving import challenger
 from serving.auth import check_bearer
+from serving.capture import CaptureWriter, Chunk, new_id, row_ids
+from serving.child_env import retrain_env
 from serving.errors import error_body, json_error, json_response
 from serving.jobs import ConflictError, Job, JobStore
-from serving.metrics import get_metrics
+from serving.loop_monitor import LoopMonitor
+from serving.metrics import forget_dead_workers, get_metrics
 from serving.reloader import ChampionWatcher
 from serving.runtime import ModelHolder, ModelIdentity, ServedModel, load_model_dir
-from training.schema import FEATURES
+from training.loop_store import FeedbackStore, index_rows
+from training.schema import CHAMPION, FEATURES
 from training.settings import PROJECT_DIR, Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -57,7 +64,7 @@ def identity_from_store(bento_model, settings: Settings) -> ModelIdentity:
     return ModelIdentity(
         name=labels.get("registry_model", settings.model_name),
         version=str(labels.get("registry_version", "?")),
-        alias="champion",
+        alias=CHAMPION,
         run_id=labels.get("run_id", ""),
         source="bento",
     )
@@ -69,8 +76,22 @@ class IrisRuntime:
         self.holder = ModelHolder(model)
         self.metrics = get_metrics()
         self.jobs = JobStore(settings.jobs_db)
-        self.watcher = ChampionWatcher(settings, self.holder, on_swap=self._on_swap)
-        self.metrics.serving(model.identity.name, model.identity.version)
+        self.feedback_store = FeedbackStore(settings.loop_uri)
+        self.capturer = (
+            _capture_writer(settings, self.metrics, self.feedback_store)
+            if settings.capture
+            else None
+        )
+        self.monitor = LoopMonitor(settings, self.feedback_store, self.holder, self.metrics)
+        self.shadow = challenger.Shadow(settings.shadow_rate, self.metrics, self.capture)
+        self.watcher = ChampionWatcher(
+            settings,
+            self.holder,
+            on_swap=self._on_swap,
+            on_failure=self.metrics.model_reload_failures.inc,
+            on_poll=forget_dead_workers,
+        )
+        self.metrics.start(model.identity.name, model.identity.version)
 
     @classmethod
     def start(cls, bento_model, settings: Settings | None = None) -> IrisRuntime:
@@ -88,6 +109,9 @@ class IrisRuntime:
             bento_model.tag,
         )
         runtime = cls(settings, model)
+        if runtime.capturer is not None:
+            runtime.capturer.start()
+        runtime.monitor.start()
         if settings.follow_registry:
             runtime.watcher.start()
         _runtime = runtime
@@ -95,15 +119,22 @@ class IrisRuntime:
 
     def stop(self) -> None:
         self.watcher.stop()
+        self.monitor.stop()
+        self.shadow.close()
+        if self.capturer is not None:
+            self.capturer.close()  # a clean stop loses no captured prediction
 
     # -- predictions ---------------------------------------------------------------
 
-    async def classify_async(self, rows: np.ndarray) -> tuple[ServedModel, list[str], np.ndarray]:
-        """Classify an (n, 4) array with the one model current at call time.
+    async def classify_async(
+        self, rows: np.ndarray, model: ServedModel | None = None
+    ) -> tuple[ServedModel, list[str], np.ndarray]:
+        """Classify an (n, 4) array with ``model``, by default the champion current at call
+        time.
 
         Returns that model too, so callers report exactly the version that answered.
         """
-        model = self.holder.current
+        model = model or self.holder.current
         if model.fast:  # ONNX: microseconds, cheaper than a thread hop
             names, proba = model.predict(rows)
         else:
@@ -115,18 +146,67 @@ class IrisRuntime:
             )
         return model, names, proba
 
-    async def predict_rows(self, rows: np.ndarray, *, single: bool) -> dict:
-        """Our own JSON answer for one flower (``single``) or a batch."""
-        model, names, proba = await self.classify_async(rows)
+    async def predict_rows(
+        self, rows: np.ndarray, *, single: bool, client_key: str | None = None
+    ) -> Response:
+        """Our own JSON answer for one flower (``single``) or a batch, captured.
+
+        Every answer has a prediction id (a batch's rows: ``<id>-<row>``), in the body and
+        in the ``X-Prediction-Id`` header. A single flower may be answered by the
+        challenger (canary); champion answers may be scored in shadow.
+        """
+        started = time.perf_counter()
+        champion = self.holder.current
+        chosen = challenger.choose(self.holder, client_key) if single else champion
+        model, names, proba = await self.classify_async(rows, chosen)
         classes = model.class_names
         info = model.identity.public()
+        base = new_id()
         if single:
-            return {
+            ids: list[str] = [base]
+            payload = {
+                "prediction_id": base,
                 "species": names[0],
                 "probabilities": dict(zip(classes, proba[0].tolist(), strict=True)),
                 "model": info,
             }
-        return {"model": info, "predictions": _predictions(classes, names, proba.tolist())}
+        else:
+            ids = row_ids(base, len(names))
+            payload = {"model": info, "predictions": _predictions(classes, ids, names, proba)}
+        self.capture(model, ids, rows, names, proba, "http", started, model.identity.alias)
+        if model is champion:
+            self.shadow.maybe(self.holder.challenger, model, ids, rows, names, "http")
+        return json_response(payload, headers={"X-Prediction-Id": base})
+
+    def capture(
+        self,
+        model: ServedModel,
+        ids: list[str],
+        rows: np.ndarray,
+        names: list[str],
+        proba: np.ndarray,
+        protocol: str,
+        started: float,
+        role: str = CHAMPION,
+    ) -> None:
+        """Hand one answer to the capture writer (a no-op with ``IRIS_CAPTURE=false``)."""
+        if self.capturer is None:
+            return
+        identity = model.identity
+        self.capturer.submit(
+            Chunk(
+                time.time(),
+                ids,
+                rows,
+                names,
+                proba,
+                identity.name,
+                identity.version,
+                role,
+                protocol,
+                (time.perf_counter() - started) * 1000.0,
+            )
+        )
 
     def _on_swap(self, previous: ServedModel, model: ServedModel) -> None:
         self.metrics.model_reloads.inc()
@@ -136,13 +216,19 @@ class IrisRuntime:
 
     def authorize(self, authorization: str | None):
         """None if allowed, else the error response to send."""
-        denied = check_bearer(authorization, self.settings.admin_token)
-        if denied is None:
-            return None
-        response = json_error(denied.status, denied.message)
-        if denied.status == 401:
-            response.headers["WWW-Authenticate"] = "Bearer"
-        return response
+        return _denied_response(check_bearer(authorization, self.settings.admin_token))
+
+    def authorize_feedback(self, authorization: str | None):
+        """Like :meth:`authorize`, with the feedback token (or else the admin token)."""
+        token = self.settings.feedback_token or self.settings.admin_token
+        return _denied_response(
+            check_bearer(
+                authorization,
+                token,
+                disabled="feedback is disabled on this server: set IRIS_FEEDBACK_TOKEN"
+                " (or IRIS_ADMIN_TOKEN) to enable it",
+            )
+        )
 
     async def submit_retrain(self):
         try:
@@ -155,12 +241,11 @@ class IrisRuntime:
     def _spawn(self) -> Job:
         data_path = self.settings.retrain_data or self.settings.raw_data
         job = self.jobs.create(data_path)
-        env = {k: v for k, v in os.environ.items() if k != "IRIS_ADMIN_TOKEN"}
-        env.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "serving.retrain_job", job.id], cwd=PROJECT_DIR, env=env
+                [sys.executable, "-m", "serving.retrain_job", job.id],
+                cwd=PROJECT_DIR,
+                env=retrain_env(self.settings),
             )
         except OSError as e:
             self.jobs.finish(job.id, error=f"could not start the training process: {e}")
@@ -197,22 +282,56 @@ class IrisRuntime:
             self.watcher.poke()
 
 
-def _predictions(classes: tuple[str, ...], names: list[str], proba: list[list[float]]) -> list:
-    """One ``{"species", "probabilities"}`` object per row, built as cheaply as Python allows.
+def _predictions(
+    classes: tuple[str, ...], ids: list[str], names: list[str], proba: np.ndarray
+) -> list:
+    """One ``{"prediction_id", "species", "probabilities"}`` object per row, built as cheaply
+    as Python allows.
 
     A dict display with three keys is twice as fast as ``dict(zip(...))``; at 10,000 rows
     that is 4 ms of a batch request (benchmarks/README.md).
     """
+    rows = proba.tolist()
     if len(classes) == 3:
         a, b, c = classes
         return [
-            {"species": name, "probabilities": {a: pa, b: pb, c: pc}}
-            for name, (pa, pb, pc) in zip(names, proba, strict=True)
+            {"prediction_id": pid, "species": name, "probabilities": {a: pa, b: pb, c: pc}}
+            for pid, name, (pa, pb, pc) in zip(ids, names, rows, strict=True)
         ]
     return [
-        {"species": name, "probabilities": dict(zip(classes, row, strict=True))}
-        for name, row in zip(names, proba, strict=True)
+        {
+            "prediction_id": pid,
+            "species": name,
+            "probabilities": dict(zip(classes, row, strict=True)),
+        }
+        for pid, name, row in zip(ids, names, rows, strict=True)
     ]
+
+
+def _denied_response(denied):
+    """None if allowed, else the 401/403 response (with WWW-Authenticate on a 401)."""
+    if denied is None:
+        return None
+    response = json_error(denied.status, denied.message)
+    if denied.status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+def _capture_writer(settings: Settings, metrics, store: FeedbackStore) -> CaptureWriter:
+    def index(chunks: list[Chunk]) -> None:
+        store.index(index_rows(chunks))
+
+    return CaptureWriter(
+        settings.capture_dir,
+        flush_s=settings.capture_flush_s,
+        max_pending_rows=settings.capture_max_pending,
+        retention_days=settings.capture_retention_days,
+        max_bytes=settings.capture_max_bytes,
+        sinks=[index],
+        on_written=metrics.captured.inc,
+        on_dropped=metrics.capture_dropped.inc,
+    )
 
 
 def _conflict(job: Job):

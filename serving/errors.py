@@ -51,6 +51,11 @@ GENERIC = {
     504: "request took longer than the server's timeout",
 }
 PASSTHROUGH_PREFIXES = ("/v2/",)
+_MOUNT_ROOTS = ("/v2", "/feedback")
+"""Mounted apps answering at their root: ``GET /v2`` (the protocol's server metadata) and
+``POST /feedback`` would otherwise get a redirect to the path with a slash."""
+_BODY_HEADERS = (b"content-type", b"content-length", b"content-encoding", b"transfer-encoding")
+"""Headers that describe the body, which the rewriter replaces."""
 JSON_ALIASES = (b"", b"application/x-www-form-urlencoded", b"text/plain")
 """Content types treated as JSON: what curl -d and naive clients send by default."""
 
@@ -68,9 +73,13 @@ def error_body(
     }
 
 
-def json_response(payload: Any, status: int = 200) -> Response:
+def json_response(
+    payload: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     """A JSON response serialised by pydantic-core (several times faster than json.dumps)."""
-    return Response(to_json(payload), status_code=status, media_type="application/json")
+    return Response(
+        to_json(payload), status_code=status, media_type="application/json", headers=headers
+    )
 
 
 def json_error(status: int, message: str, details: list[dict] | None = None, code: str = ""):
@@ -180,9 +189,9 @@ class GuardMiddleware:
                 )
                 return
             receive = _replay(body, receive)
-        if scope["path"] == "/v2":  # the protocol's server-metadata route, without a redirect
-            scope["path"] = "/v2/"
-            scope["raw_path"] = b"/v2/"
+        if scope["path"] in _MOUNT_ROOTS:  # a mounted app's root route, without a redirect
+            scope["path"] += "/"
+            scope["raw_path"] = scope["path"].encode()
         if scope["path"] == "/docs.json" and scope.get("method") == "GET":
             await self._openapi(scope, receive, send)
             return
@@ -346,10 +355,10 @@ class _ErrorRewriter:
             status, payload = rewrite_oip(self._start["status"], b"".join(self._body))
         else:
             status, payload = rewrite(self._start["status"], b"".join(self._body))
+        # Keep what the framework said besides the body (Allow on a 405, as RFC 9110
+        # requires; WWW-Authenticate; Retry-After); only the body's own headers change.
         extra = [
-            (k, v)
-            for k, v in self._start.get("headers", [])
-            if k.lower() in (b"www-authenticate", b"retry-after")
+            (k, v) for k, v in self._start.get("headers", []) if k.lower() not in _BODY_HEADERS
         ]
         body = json.dumps(payload).encode()
         headers = [

@@ -2,11 +2,32 @@
 
 Created lazily (``bentoml.metrics`` must be used inside a server process, where BentoML
 has set up multiprocess collection across workers).
+
+Two rules keep every signal honest:
+
+- Every label set an alert reads exists from start-up, at 0 (:meth:`Metrics.start`), so
+  ``increase()`` sees the first event after a start instead of a series that appears at 1.
+- Per-worker series (``liveall``/``livesum`` gauges) leave with their worker. prometheus
+  client removes a worker's file only when the worker exits cleanly; a worker killed with
+  SIGKILL would be exported forever (a ghost worker on the dashboard, and a false
+  "workers disagree" alert after the next promotion). :func:`forget_dead_workers` removes
+  the files of processes that no longer run; every worker calls it at start and at every
+  registry poll.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import re
 from functools import lru_cache
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+RETRAIN_OUTCOMES = (("succeeded", "true"), ("succeeded", "false"), ("failed", "false"))
+"""Every (outcome, promoted) pair a retrain can end with."""
 
 
 class Metrics:
@@ -27,12 +48,109 @@ class Metrics:
             name="iris_model_reloads_total",
             documentation="Hot reloads of a new champion into a worker.",
         )
+        self.model_reload_failures = bentoml.metrics.Counter(
+            name="iris_model_reload_failures_total",
+            documentation="Attempts to load a new champion that failed (the old one kept serving).",
+        )
+        self.captured = bentoml.metrics.Counter(
+            name="iris_captured_total",
+            documentation="Predictions written to the capture files.",
+        )
+        self.capture_dropped = bentoml.metrics.Counter(
+            name="iris_capture_dropped_total",
+            documentation="Predictions not captured because the capture queue was full.",
+        )
+        # The loop after deployment: ground truth and drift (serving/loop_monitor.py).
+        self.feedback = bentoml.metrics.Counter(
+            name="iris_feedback_total",
+            documentation="Ground-truth labels received, by model version and whether the "
+            "served answer was correct.",
+            labelnames=["model_version", "correct"],
+        )
+        self.live_accuracy = bentoml.metrics.Gauge(
+            name="iris_live_accuracy",
+            documentation="Accuracy of served answers that got feedback, per model version, "
+            "over predictions of the last IRIS_LIVE_WINDOW_S.",
+            labelnames=["model_version"],
+            multiprocess_mode="mostrecent",
+        )
+        self.labelled = bentoml.metrics.Gauge(
+            name="iris_predictions_labelled",
+            documentation="Predictions of the live window that have feedback, per version.",
+            labelnames=["model_version"],
+            multiprocess_mode="mostrecent",
+        )
+        self.unlabelled = bentoml.metrics.Gauge(
+            name="iris_predictions_unlabelled",
+            documentation="Predictions of the live window still without feedback, per version.",
+            labelnames=["model_version"],
+            multiprocess_mode="mostrecent",
+        )
+        self.drift_psi = bentoml.metrics.Gauge(
+            name="iris_drift_psi",
+            documentation="Population stability index of recent inputs against the "
+            "champion's training data, per feature.",
+            labelnames=["feature"],
+            multiprocess_mode="mostrecent",
+        )
+        self.drift_ks = bentoml.metrics.Gauge(
+            name="iris_drift_ks",
+            documentation="Kolmogorov-Smirnov statistic of recent inputs against the "
+            "champion's training data, per feature.",
+            labelnames=["feature"],
+            multiprocess_mode="mostrecent",
+        )
+        self.class_share = bentoml.metrics.Gauge(
+            name="iris_class_share",
+            documentation="Share of each species among recent answers (source=predicted) "
+            "and in the champion's training data (source=training).",
+            labelnames=["species", "source"],
+            multiprocess_mode="mostrecent",
+        )
+        self.drift_rows = bentoml.metrics.Gauge(
+            name="iris_drift_window_rows",
+            documentation="Recent predictions the drift gauges were computed from.",
+            multiprocess_mode="mostrecent",
+        )
+        self.shadow_scored = bentoml.metrics.Counter(
+            name="iris_shadow_scored_total",
+            documentation="Answers the challenger also scored in shadow, per (champion, "
+            "challenger) pair.",
+            labelnames=["champion", "challenger"],
+        )
+        self.shadow_agreed = bentoml.metrics.Counter(
+            name="iris_shadow_agreed_total",
+            documentation="Shadow scores that named the same species as the champion.",
+            labelnames=["champion", "challenger"],
+        )
+        self.shadow_failed = bentoml.metrics.Counter(
+            name="iris_shadow_failed_total",
+            documentation="Shadow scores that raised (the answer was not affected).",
+            labelnames=["champion", "challenger"],
+        )
+        self.shadow_skipped = bentoml.metrics.Counter(
+            name="iris_shadow_skipped_total",
+            documentation="Shadow scores skipped because the shadow thread had a backlog.",
+        )
         self.served_version = bentoml.metrics.Gauge(
             name="iris_served_model_version",
             documentation="Registry version each worker serves (one series per worker process).",
             labelnames=["model_name"],
             multiprocess_mode="liveall",
         )
+
+    def start(self, name: str, version: str) -> None:
+        """At worker start: create every series at 0, drop dead workers' series."""
+        forget_dead_workers()
+        for outcome, promoted in RETRAIN_OUTCOMES:
+            self.retrain_jobs.labels(outcome=outcome, promoted=promoted)
+        self.model_reloads.inc(0)
+        self.model_reload_failures.inc(0)
+        self.captured.inc(0)
+        self.shadow_skipped.inc(0)
+        self.capture_dropped.inc(0)
+        # The loop gauges are set by serving.loop_monitor, first at worker start.
+        self.serving(name, version)
 
     def record(self, species: list[str], version: str) -> None:
         if len(species) == 1:
@@ -55,3 +173,92 @@ class Metrics:
 @lru_cache
 def get_metrics() -> Metrics:
     return Metrics()
+
+
+_LIVE_FILE = re.compile(r"^gauge_live(?:all|sum|max|min|mostrecent)_(\d+)\.db$")
+
+
+def forget_dead_workers(directory: str | None = None) -> list[int]:
+    """Remove the per-process gauge files of processes that no longer run.
+
+    Returns:
+        The PIDs whose series were removed (empty outside a multiprocess server).
+    """
+    from prometheus_client import multiprocess
+
+    directory = directory or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory or not Path(directory).is_dir():
+        return []
+    dead = sorted(
+        {
+            int(m.group(1))
+            for path in Path(directory).iterdir()
+            if (m := _LIVE_FILE.match(path.name)) and not _running(int(m.group(1)))
+        }
+    )
+    for pid in dead:
+        with contextlib.suppress(OSError):  # another worker removed it first
+            multiprocess.mark_process_dead(pid, directory)
+    if dead:
+        logger.info("Removed the metrics of dead worker process(es) %s", dead)
+    return dead
+
+
+def _running(pid: int) -> bool:
+    """True if ``pid`` is a live process (a zombie counts as dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+_ROUTE_TEMPLATES = (
+    (re.compile(r"^/jobs/[^/]+$"), "/jobs/{job_id}"),
+    (re.compile(r"^/v2/models/[^/]+$"), "/v2/models/{model_name}"),
+    (re.compile(r"^/v2/models/[^/]+/(ready|infer)$"), "/v2/models/{model_name}/\\1"),
+    (re.compile(r"^/v2/models/[^/]+/versions/[^/]+$"), "/v2/models/{model_name}/versions/{v}"),
+    (
+        re.compile(r"^/v2/models/[^/]+/versions/[^/]+/(ready|infer)$"),
+        "/v2/models/{model_name}/versions/{v}/\\1",
+    ),
+    (
+        re.compile(r"^/v2/repository/models/[^/]+/(load|unload)$"),
+        "/v2/repository/models/{model_name}/\\1",
+    ),
+    (re.compile(r"^/static_content/.+$"), "/static_content/{file}"),
+)
+_ROUTES = frozenset(
+    {
+        "/",
+        "/predict",
+        "/predict_batch",
+        "/retrain",
+        "/jobs",
+        "/jobs/",
+        "/livez",
+        "/readyz",
+        "/healthz",
+        "/metrics",
+        "/docs.json",
+        "/v2",
+        "/v2/",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/repository/index",
+    }
+)
+
+
+def endpoint_label(path: str) -> str:
+    """The route template a request path belongs to, for the ``endpoint`` metric label.
+
+    Raw paths would make a new time series for every job id and every random 404 path; a
+    template keeps the label set bounded. Paths of no route are all ``other``.
+    """
+    if path in _ROUTES:
+        return path
+    for pattern, template in _ROUTE_TEMPLATES:
+        if pattern.match(path):
+            return pattern.sub(template, path)
+    return "other"

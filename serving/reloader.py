@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import subprocess
 import sys
 import tempfile
@@ -22,9 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from serving import champion_lookup
+from serving.child_env import fetch_env
 from serving.fetch_model import MISSING_EXIT, REFUSED_EXIT
 from serving.runtime import ModelHolder, ModelIdentity, ServedModel, load_model_dir
-from training.schema import store_tag
+from training.schema import CANARY_TAG, CHALLENGER, CHAMPION, store_tag
 from training.settings import PROJECT_DIR, Settings
 
 logger = logging.getLogger(__name__)
@@ -54,15 +54,28 @@ class FetchError(RuntimeError):
         self.missing = missing
 
 
-def fetch(name: str, version: str, dest: Path, timeout_s: float = FETCH_TIMEOUT_S) -> Path:
+def fetch(
+    name: str,
+    version: str,
+    dest: Path,
+    env: dict[str, str] | None = None,
+    timeout_s: float = FETCH_TIMEOUT_S,
+) -> Path:
     """Download ``name`` version ``version`` to ``dest`` in a subprocess, checked and exported.
+
+    ``env`` is the subprocess's whole environment (:func:`serving.child_env.fetch_env`).
 
     Raises:
         FetchError: the subprocess failed or timed out (its one-line reason is the message).
     """
     argv = [sys.executable, "-m", "serving.fetch_model", name, version, str(dest)]
     proc = subprocess.Popen(
-        argv, cwd=PROJECT_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        argv,
+        cwd=PROJECT_DIR,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     with _fetches_lock:
         _fetches.add(proc)
@@ -100,23 +113,29 @@ class ChampionWatcher:
         settings: Settings,
         holder: ModelHolder,
         on_swap: Callable[[ServedModel, ServedModel], None] | None = None,
+        on_failure: Callable[[], None] | None = None,
+        on_poll: Callable[[], object] | None = None,
     ):
+        """Args:
+        on_swap: called with (previous, new) after a new champion is swapped in.
+        on_failure: called when a new champion could not be loaded.
+        on_poll: called at every poll, before the registry check (housekeeping).
+        """
         self.settings = settings
         self.holder = holder
         self.on_swap = on_swap
+        self.on_failure = on_failure
+        self.on_poll = on_poll
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._last_error: str | None = None
-        # The last version that failed to load, and when to try it again (monotonic time).
-        self._refused: tuple[str, str] | None = None
-        self._retry_at = 0.0
+        # Per alias: the last version that failed to load, and when to try it again.
+        self._refused: dict[str, tuple[str, str]] = {}
+        self._retry_at: dict[str, float] = {}
         self._thread = threading.Thread(target=self._loop, name="champion-watcher", daemon=True)
 
     def start(self) -> None:
-        # Fail fast when the registry is down instead of MLflow's default minutes of retries.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
         self._thread.start()
 
     def stop(self) -> None:
@@ -146,6 +165,8 @@ class ChampionWatcher:
         """One poll; True if a new model was swapped in. Never raises."""
         with self._lock:
             try:
+                if self.on_poll:
+                    self.on_poll()
                 return self._check()
             except Exception as e:
                 message = _one_line(e)
@@ -165,35 +186,21 @@ class ChampionWatcher:
         if self._last_error is not None:
             logger.info("Registry reachable again")
             self._last_error = None
+        swapped = self._follow_champion(found)
+        self._follow_challenger()
+        return swapped
+
+    def _follow_champion(self, found: champion_lookup.Champion | None) -> bool:
         current = self.holder.current.identity
         key = None if found is None else (found.version, found.run_id)
         if key is None or key == (current.version, current.run_id):
             return False
-        if key == self._refused and time.monotonic() < self._retry_at:
-            return False
-        identity = ModelIdentity(name, found.version, "champion", found.run_id, "registry")
         logger.info(
             "Champion moved to v%s (serving v%s); loading it", found.version, current.version
         )
-        try:
-            model = self._from_local_store(found, identity)
-            if model is None:
-                with tempfile.TemporaryDirectory(prefix="iris-reload-") as tmp:
-                    path = fetch(name, found.version, Path(tmp) / "model")
-                    model = load_model_dir(path, identity)
-        except Exception as e:  # noqa: BLE001 - any load failure: keep what we serve
-            permanent = not isinstance(e, FetchError) or e.permanent
-            wait = RETRY_REFUSED_S if permanent else RETRY_FAILED_S
-            self._refused, self._retry_at = key, time.monotonic() + wait
-            logger.error(
-                "Could not load champion v%s; still serving v%s (next try in %.0f s): %s",
-                found.version,
-                current.version,
-                wait,
-                _one_line(e),
-            )
+        model = self._load(found, CHAMPION)
+        if model is None:
             return False
-        self._refused = None
         previous = self.holder.swap(model)
         if self.on_swap:
             try:
@@ -201,6 +208,65 @@ class ChampionWatcher:
             except Exception:  # metrics only: the swap itself has happened
                 logger.exception("After swapping in v%s, the swap hook failed", found.version)
         return True
+
+    def _follow_challenger(self) -> None:
+        """Load ``@challenger`` beside the champion (or drop it), and read the canary split.
+
+        A challenger that cannot be loaded is simply not used: answers come from the
+        champion, which is what a missing challenger means.
+        """
+        uri, name = self.settings.tracking_uri, self.settings.model_name
+        percent = _percent(champion_lookup.model_tag(uri, name, CANARY_TAG))
+        if percent != self.holder.canary_percent:
+            logger.info("Canary split: %g%% of /predict to the challenger", percent)
+            self.holder.canary_percent = percent
+        found = champion_lookup.champion(uri, name, CHALLENGER)
+        held = self.holder.challenger
+        champion = self.holder.current.identity
+        if found is None or found.version == champion.version:
+            if held is not None:
+                self.holder.set_challenger(None)
+            return
+        if held is not None and (held.identity.version, held.identity.run_id) == (
+            found.version,
+            found.run_id,
+        ):
+            return
+        model = self._load(found, CHALLENGER)
+        if model is not None:
+            self.holder.set_challenger(model)
+
+    def _load(self, found: champion_lookup.Champion, alias: str) -> ServedModel | None:
+        """Load a registry version (local store, else a fetch subprocess); None on failure,
+        logged, with a back-off before the same version is tried again."""
+        key = (found.version, found.run_id)
+        if self._refused.get(alias) == key and time.monotonic() < self._retry_at.get(alias, 0):
+            return None
+        name = self.settings.model_name
+        identity = ModelIdentity(name, found.version, alias, found.run_id, "registry")
+        try:
+            model = self._from_local_store(found, identity)
+            if model is None:
+                with tempfile.TemporaryDirectory(prefix="iris-reload-") as tmp:
+                    path = fetch(name, found.version, Path(tmp) / "model", fetch_env(self.settings))
+                    model = load_model_dir(path, identity)
+        except Exception as e:  # noqa: BLE001 - any load failure: keep what we serve
+            permanent = not isinstance(e, FetchError) or e.permanent
+            wait = RETRY_REFUSED_S if permanent else RETRY_FAILED_S
+            self._refused[alias], self._retry_at[alias] = key, time.monotonic() + wait
+            if self.on_failure:
+                self.on_failure()
+            logger.error(
+                "Could not load %s v%s; still serving v%s (next try in %.0f s): %s",
+                alias,
+                found.version,
+                self.holder.current.identity.version,
+                wait,
+                _one_line(e),
+            )
+            return None
+        self._refused.pop(alias, None)
+        return model
 
     def _from_local_store(
         self, found: champion_lookup.Champion, identity: ModelIdentity
@@ -225,3 +291,12 @@ class ChampionWatcher:
 
 def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def _percent(value: str | None) -> float:
+    """The canary tag as a percentage in [0, 100]; unset or unreadable means 0."""
+    try:
+        return min(max(float(value), 0.0), 100.0) if value is not None else 0.0
+    except ValueError:
+        logger.warning("Ignoring canary_percent tag %r: not a number", value)
+        return 0.0

@@ -36,7 +36,13 @@ def main(job_id: str) -> int:
         return 2
     store.mark_running(job_id, os.getpid())
     data_path = Path(job.data_path)
-    logger.info("Retrain job %s started on %s", job_id, data_path)
+    logger.info(
+        "Retrain job %s started on %s (MLflow HTTP: %s retries, %s s timeout)",
+        job_id,
+        data_path,
+        os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "default"),
+        os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "default"),
+    )
     try:
         from training.pipeline import run
 

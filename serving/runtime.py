@@ -17,7 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
-from training import onnx_export
+from training import onnx_export, reference_profile
 from training.model_io import LoadedClassifier, load_classifier, read_class_names
 from training.onnx_export import DECIMALS, PARITY_PROBES, probe_inputs, served_labels
 from training.schema import FEATURES
@@ -60,6 +60,7 @@ class ServedModel:
     class_names: tuple[str, ...]
     predictor: Predictor
     fast: bool  # True when a call is microseconds (safe on the event loop)
+    profile: dict | None = None  # its training data's reference profile (drift), if any
 
     def predict(self, features: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Species names and class probabilities (rows sum to 1) for an (n, 4) array."""
@@ -193,18 +194,26 @@ def load_model_dir(
 ) -> ServedModel:
     """Load an MLflow model folder for serving: its verified ONNX export if it has one,
     else scikit-learn (skops with our trusted types), compiled to ONNX when exact."""
-    if use_onnx:
-        exported = load_exported(model_dir, identity)
-        if exported is not None:
-            return exported
-    return build(load_classifier(model_dir), identity, use_onnx=use_onnx)
+    model = load_exported(model_dir, identity) if use_onnx else None
+    if model is None:
+        model = build(load_classifier(model_dir), identity, use_onnx=use_onnx)
+    try:
+        profile = reference_profile.read(model_dir)
+    except (OSError, ValueError) as e:  # drift cannot be measured; serving goes on
+        logger.warning("No usable reference profile for v%s: %s", identity.version, e)
+        profile = None
+    return replace(model, profile=profile)
 
 
 class ModelHolder:
-    """The one model a worker serves; swapped atomically by the reloader."""
+    """The models a worker serves: the champion, and the challenger when the registry has
+    one (shadow scoring, canary answers), plus the canary split. Each is swapped by the
+    reloader with one reference assignment."""
 
     def __init__(self, model: ServedModel):
         self._current = model
+        self.challenger: ServedModel | None = None
+        self.canary_percent = 0.0
         self._lock = threading.Lock()
 
     @property
@@ -224,3 +233,10 @@ class ModelHolder:
             previous.identity.version,
         )
         return previous
+
+    def set_challenger(self, model: ServedModel | None) -> None:
+        if model is not None:
+            logger.info("Challenger v%s loaded beside the champion", model.identity.version)
+        elif self.challenger is not None:
+            logger.info("Challenger v%s dropped", self.challenger.identity.version)
+        self.challenger = model

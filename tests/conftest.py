@@ -98,20 +98,27 @@ def built_bento(trained_home: TrainedHome) -> str:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    """End with what the reliability tests measured (recorded with record_property)."""
-    lines = [
-        value
-        for reports in terminalreporter.stats.values()
-        for report in reports
-        if getattr(report, "when", None) == "call"
-        for name, value in getattr(report, "user_properties", ())
-        if name == "reliability"
-    ]
-    if lines:
+    """End with what the reliability tests measured (recorded with record_property).
+
+    Only a test that passed contributes its lines: a test that recorded a figure and then
+    failed an assertion is listed as failed instead, so no line of the summary can read
+    the same on a failing run.
+    """
+    lines, failed = [], []
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) != "call":
+                continue
+            recorded = [v for k, v in getattr(report, "user_properties", ()) if k == "reliability"]
+            if not recorded:
+                continue
+            if report.passed:
+                lines.extend(recorded)
+            else:
+                failed.append(report.nodeid)
+    if lines or failed:
         terminalreporter.section("reliability summary")
         for line in lines:
             terminalreporter.write_line(f"- {line}")
-        failed = len(terminalreporter.stats.get("failed", []))
-        terminalreporter.write_line(
-            f"- nothing lost: {'yes' if not failed else f'NO, {failed} failed'}"
-        )
+        for nodeid in failed:
+            terminalreporter.write_line(f"- FAILED, its figures withheld: {nodeid}")

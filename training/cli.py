@@ -32,6 +32,8 @@ def _setup() -> Settings:
     # We load models through training.model_io (skops + our trusted list); MLflow's own
     # loader is never used for serving, so its pickle switch stays off.
     os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    # GitPython (imported by MLflow) warns at length when no git binary is found.
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     return settings
 
 
@@ -92,6 +94,35 @@ def promote(
     typer.echo(f"{settings.model_name}@champion -> v{decision.version}")
 
 
+@app.command()
+def canary(
+    percent: Annotated[
+        float, typer.Argument(help="Share of /predict the challenger answers, 0-100 (0 ends).")
+    ],
+) -> None:
+    """Send PERCENT of /predict to the challenger; every server follows without restart."""
+    from training import registry
+
+    settings = _setup()
+    version = _guarded("canary", _on_registry(settings, registry.set_canary, percent, settings))
+    if version is None:
+        typer.echo("canary ended: the champion answers everything")
+    else:
+        typer.echo(f"{percent:g}% of /predict -> challenger v{version}")
+
+
+@app.command("promote-challenger")
+def promote_challenger() -> None:
+    """Make the challenger champion and end the canary."""
+    from training import registry
+
+    settings = _setup()
+    decision = _guarded(
+        "promote-challenger", _on_registry(settings, registry.promote_challenger, settings)
+    )
+    typer.echo(f"{settings.model_name}@champion -> v{decision.version}")
+
+
 @app.command("import")
 def import_(
     version: Annotated[
@@ -141,6 +172,32 @@ def champion() -> None:
         typer.echo("no champion", err=True)
         raise typer.Exit(1)
     typer.echo(version)
+
+
+@app.command("drift-report")
+def drift_report(
+    out: Annotated[Path, typer.Option(help="HTML file to write.")] = Path("drift-report.html"),
+    version: Annotated[
+        str | None, typer.Option(help="Registry version to compare with (default: champion).")
+    ] = None,
+    rows: Annotated[
+        int | None,
+        typer.Option(help="Newest captured answers to use (default: IRIS_DRIFT_WINDOW_ROWS)."),
+    ] = None,
+) -> None:
+    """Write a self-contained HTML report: recent inputs vs training data, class shares,
+    live accuracy over time (from the captures and the feedback database)."""
+    from training import drift_report as report
+
+    settings = _setup()
+    built = _guarded(
+        "drift-report", lambda: report.build(settings, out, version=version, rows=rows)
+    )
+    worst = max(built.drift.items(), key=lambda kv: kv[1][0])
+    typer.echo(
+        f"{built.path}: {built.rows} answers vs v{built.version}'s training data;"
+        f" largest PSI {worst[1][0]:.3f} ({worst[0]})"
+    )
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
-import os
 from pathlib import Path
 
 FORMAT = "%(asctime)s %(levelname)-7s [%(process)d] %(name)s: %(message)s"
@@ -53,7 +52,6 @@ def configure_logging(
         logger.addHandler(file_handler)
     # MLflow and friends are chatty at INFO; keep their warnings.
     logging.getLogger("mlflow").setLevel(max(logging.WARNING, logging.getLevelName(level)))
-    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     return path
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -10,14 +11,11 @@ from pathlib import Path
 import pandas as pd
 
 from training.model_io import load_classifier
-from training.schema import FEATURES, TARGET
+from training.schema import CANARY_TAG, CHALLENGER, CHAMPION, FEATURES, TARGET
 from training.settings import Settings
 from training.train import PRIORITY_TAG, CandidateResult, evaluate
 
 logger = logging.getLogger(__name__)
-
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 
 
 class RegistryError(RuntimeError):
@@ -191,4 +189,64 @@ def promote(version: str, settings: Settings) -> Decision:
             client.delete_registered_model_alias(settings.model_name, CHALLENGER)
     except MlflowException:
         pass
+    return decision
+
+
+def challenger_version(settings: Settings) -> str | None:
+    """The version the ``challenger`` alias points at, or None."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(
+            MlflowClient().get_model_version_by_alias(settings.model_name, CHALLENGER).version
+        )
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def set_canary(percent: float, settings: Settings) -> str | None:
+    """Send ``percent`` of /predict to the challenger (0 ends the canary).
+
+    Every worker and replica reads the split from the registry at its next poll.
+
+    Returns:
+        The challenger version the canary goes to (None when ended).
+
+    Raises:
+        RegistryError: the percentage is out of range, or there is no challenger.
+    """
+    from mlflow import MlflowClient
+
+    if not 0 <= percent <= 100:
+        raise RegistryError(f"canary percent must be between 0 and 100, not {percent:g}")
+    client = MlflowClient()
+    if percent == 0:
+        with contextlib.suppress(Exception):
+            client.delete_registered_model_tag(settings.model_name, CANARY_TAG)
+        logger.info("Canary ended: the champion answers all of /predict")
+        return None
+    challenger = challenger_version(settings)
+    if challenger is None:
+        raise RegistryError(
+            f"{settings.model_name} has no challenger: a retrain that is not promoted makes one"
+        )
+    client.set_registered_model_tag(settings.model_name, CANARY_TAG, f"{percent:g}")
+    logger.info("Canary: %g%% of /predict to challenger v%s", percent, challenger)
+    return challenger
+
+
+def promote_challenger(settings: Settings) -> Decision:
+    """Make the challenger champion and end any canary.
+
+    Raises:
+        RegistryError: there is no challenger.
+    """
+    challenger = challenger_version(settings)
+    if challenger is None:
+        raise RegistryError(f"{settings.model_name} has no challenger to promote")
+    decision = promote(challenger, settings)
+    set_canary(0, settings)
     return decision

@@ -18,6 +18,13 @@ RAW_COLUMNS: tuple[str, ...] = (RAW_ID, *RAW_TO_FEATURE, RAW_TARGET)
 
 SPECIES: tuple[str, ...] = ("Iris-setosa", "Iris-versicolor", "Iris-virginica")
 
+CHAMPION = "champion"
+"""Registry alias of the version that answers."""
+CHALLENGER = "challenger"
+"""Registry alias of a version being tried: shadow scoring and canary answers."""
+CANARY_TAG = "canary_percent"
+"""Registered-model tag: the share (0-100) of /predict the challenger answers."""
+
 MAX_CM = 50.0
 """Upper bound for any measurement. Real irises stay under 10 cm; beyond 50 cm is a typo
 (mm instead of cm, a stray digit) rather than a flower, so it is rejected, not predicted."""

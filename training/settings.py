@@ -61,6 +61,57 @@ class Settings(BaseSettings):
     grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC port; 0 disables gRPC.")
     jobs_db: Path | None = Field(None, description="SQLite file holding retrain job records.")
     retrain_timeout_s: float = Field(900.0, gt=0, description="Kill a retrain after this long.")
+    # Capture of every answered prediction (serving/capture.py).
+    capture: bool = Field(True, description="Capture every prediction to Parquet files.")
+    capture_dir: Path | None = Field(None, description="Capture folder (default: var/captures).")
+    capture_flush_s: float = Field(1.0, gt=0, description="Capture flush interval.")
+    capture_max_pending: int = Field(
+        100_000, ge=1, description="Rows queued for capture before new ones are dropped."
+    )
+    capture_retention_days: int = Field(30, ge=0, description="Keep captures this many days.")
+    capture_max_bytes: int = Field(
+        1 << 30, ge=1 << 20, description="Delete the oldest captures beyond this size."
+    )
+    # Ground truth, live quality and drift (training/loop_store.py, serving/loop_monitor.py).
+    loop_uri: str | None = Field(
+        None,
+        description="Database of served predictions and feedback (SQLAlchemy URL; default "
+        "a SQLite file in var/; a fleet shares one PostgreSQL).",
+    )
+    feedback_token: SecretStr | None = Field(
+        None, description="Bearer token for POST /feedback (default: the admin token)."
+    )
+    live_window_s: float = Field(
+        3600.0, gt=0, description="Live accuracy covers predictions from this far back."
+    )
+    drift_window_rows: int = Field(
+        2000, ge=50, description="Drift compares this many newest predictions to training."
+    )
+    loop_interval_s: float = Field(
+        15.0, gt=0, description="How often live accuracy and drift are recomputed."
+    )
+    # The challenger on live traffic (serving/challenger.py); the canary split itself is
+    # the registered model's canary_percent tag, so every worker and replica follows it.
+    shadow_rate: float = Field(
+        0.0, ge=0.0, le=1.0, description="Share of requests the challenger scores in shadow."
+    )
+    canary_key_header: str = Field(
+        "x-client-key", description="Header whose value keeps a client on one canary side."
+    )
+    # MLflow's HTTP client in the processes a worker starts. A retrain may wait out a brief
+    # registry hiccup; a model fetch fails fast and is retried at the next poll instead.
+    retrain_mlflow_retries: int = Field(
+        2, ge=0, description="MLflow HTTP retries in a retrain subprocess."
+    )
+    retrain_mlflow_timeout_s: float = Field(
+        30.0, gt=0, description="MLflow HTTP timeout in a retrain subprocess."
+    )
+    fetch_mlflow_retries: int = Field(
+        0, ge=0, description="MLflow HTTP retries when a worker fetches a new champion."
+    )
+    fetch_mlflow_timeout_s: float = Field(
+        5.0, gt=0, description="MLflow HTTP timeout when a worker fetches a new champion."
+    )
     loaded_versions: int = Field(
         2, ge=0, description="Non-champion versions a worker keeps loaded for /versions/{v}."
     )
@@ -74,6 +125,10 @@ class Settings(BaseSettings):
             self.log_dir = home / "logs"
         if self.jobs_db is None:
             self.jobs_db = home / "var" / "jobs.sqlite"
+        if self.loop_uri is None:
+            self.loop_uri = f"sqlite:///{home / 'var' / 'loop.sqlite'}"
+        if self.capture_dir is None:
+            self.capture_dir = home / "var" / "captures"
         if self.tracking_uri is None:
             self.tracking_uri = f"sqlite:///{home / 'mlflow.db'}"
         if self.artifact_root is None:

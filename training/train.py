@@ -21,7 +21,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import LabelEncoder, StandardScaler
 
-from training import onnx_export
+from training import onnx_export, reference_profile
 from training.data import Split
 from training.model_io import TRUSTED_TYPES
 from training.schema import FEATURES, SPECIES, TARGET
@@ -157,7 +157,23 @@ def _log_run(
             metadata={"class_names": class_names, "feature_names": list(FEATURES)},
         )
     _log_onnx_export(model, info.model_id, x_test)
+    _log_reference_profile(info.model_id, data)
     return info.model_uri
+
+
+def _log_reference_profile(model_id: str, data: Split) -> None:
+    """Add ``reference/profile.json`` (the training data's profile) to the model's artifacts.
+
+    The registry version and the BentoML model imported from it carry it, so a server can
+    compare live inputs with the data its model learned from (training.reference_profile).
+    """
+    from mlflow import MlflowClient
+
+    with tempfile.TemporaryDirectory(prefix="iris-profile-") as tmp:
+        reference_profile.write(reference_profile.build(data.train, data.digest), Path(tmp))
+        MlflowClient().log_model_artifacts(
+            model_id, str(Path(tmp) / reference_profile.PROFILE_DIR), reference_profile.PROFILE_DIR
+        )
 
 
 def _log_onnx_export(model: ClassifierMixin, model_id: str, x_test: pd.DataFrame) -> None:

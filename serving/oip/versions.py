@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
+from serving.child_env import fetch_env
 from serving.oip.protocol import InferError
 from serving.oip.repository import get_repository
 from serving.reloader import FetchError, fetch
@@ -100,7 +101,7 @@ class VersionCache:
         name = self.settings.model_name
         identity = ModelIdentity(name, version, "", "", "registry")
         with tempfile.TemporaryDirectory(prefix="iris-version-") as tmp:
-            path = fetch(name, version, Path(tmp) / "model")
+            path = fetch(name, version, Path(tmp) / "model", fetch_env(self.settings))
             model = load_model_dir(path, identity)
         logger.info("Loaded version %s on request (%s)", version, model.identity.runtime)
         return model

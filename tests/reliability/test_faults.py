@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import time
 from pathlib import Path
+
+import httpx
 
 from tests.utils import jobs
 from tests.utils.jobs import served_version, start_retrain
@@ -34,6 +37,12 @@ def served(server) -> str:
     return served_version(server.url)
 
 
+def served_pids(server) -> set[str]:
+    """PIDs with an ``iris_served_model_version`` series on /metrics."""
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    return set(re.findall(r'iris_served_model_version\{[^}]*pid="(\d+)"', text))
+
+
 def test_worker_killed_under_load_recovers(tmp_path, record_property):
     home = train_home(tmp_path / "home")
     with bento_server(server_env(home), tmp_path, workers=2) as server:
@@ -52,17 +61,22 @@ def test_worker_killed_under_load_recovers(tmp_path, record_property):
             recovered_in = time.monotonic() - killed_at
             time.sleep(5)  # keep loading the recovered server
             result = load.stop()
-        assert len(worker_pids(server)) == 2, "the killed worker was not replaced"
+        now = worker_pids(server)
+        assert len(now) == 2, "the killed worker was not replaced"
         assert recovered_in < 45
         late = [t for t in result.failure_times if t > killed_at + recovered_in + 1]
-        record_property(
-            "reliability",
-            f"fault survived: worker SIGKILL, replaced in {recovered_in:.1f} s,"
-            f" {len(result.failed)} in-flight requests failed; {result.summary()}",
-        )
         assert late == [], result.failed[-5:]  # after recovery, nothing fails
         assert len(result.failed) <= 16, result.failed[:5]  # at most the in-flight requests
         assert result.ok > 100
+        # The killed worker's per-process series left with it: no ghost on the dashboard,
+        # no false "workers serve different versions" after the next promotion.
+        exported = served_pids(server)
+        assert exported == {str(p) for p in now}, (exported, now)
+    record_property(
+        "reliability",
+        f"worker SIGKILL: replaced in {recovered_in:.1f} s, {len(result.failed)} in-flight"
+        f" requests failed, none after; its metrics series removed; {result.summary()}",
+    )
 
 
 def test_registry_down_then_back(tmp_path, record_property):
@@ -71,7 +85,7 @@ def test_registry_down_then_back(tmp_path, record_property):
     with mlflow_server(root, port=port) as registry:
         home = train_home(tmp_path / "home", tracking_uri=registry.url)
     # The registry is down while the service starts: it serves the packed model.
-    env = server_env(home, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
+    env = server_env(home, IRIS_RETRAIN_MLFLOW_RETRIES="0")
     with bento_server(env, tmp_path, workers=1) as server, Load(server.url, clients=8) as load:
         assert served(server) == "1"
         failed = wait_job(server, retrain(server))
@@ -90,13 +104,13 @@ def test_registry_down_then_back(tmp_path, record_property):
                 time.sleep(0.3)
             assert served(server) == "2"
         result = load.stop()
-    record_property(
-        "reliability",
-        "fault survived: registry down (retrain failed cleanly, champion kept),"
-        f" back (retrain ok); {result.summary()}",
-    )
     assert result.failed == []
     assert set(result.versions) <= {"1", "2"}
+    record_property(
+        "reliability",
+        f"registry down: retrain failed ({failed['error'][:60]}), champion kept v1;"
+        f" back: retrain made v{job['version']}, served; {result.summary()}",
+    )
 
 
 def test_retrain_killed_halfway_changes_nothing_and_next_succeeds(tmp_path, record_property):
@@ -115,13 +129,16 @@ def test_retrain_killed_halfway_changes_nothing_and_next_succeeds(tmp_path, reco
         job = wait_job(server, job_id)
         assert job["state"] == "failed"
         assert "-9" in job["error"] or "interrupted" in job["error"]
+        killed_error = job["error"]
         assert iris_train(home.env, "champion").stdout.strip() == "1"
         assert served(server) == "1"
         job = wait_job(server, retrain(server))
         assert job["state"] == "succeeded", job
         assert iris_train(home.env, "champion").stdout.strip() == job["version"]
     record_property(
-        "reliability", "fault survived: retrain SIGKILLed mid-run -> failed, champion kept, next ok"
+        "reliability",
+        f"retrain SIGKILLed mid-run: job failed ({killed_error}), champion kept v1,"
+        f" next retrain made v{job['version']}",
     )
 
 
@@ -135,11 +152,13 @@ def test_unreadable_or_corrupt_data_fails_the_job_by_name(tmp_path, record_prope
         "a directory": lambda: data.mkdir(),
         "missing": lambda: data.rmdir(),
     }
+    errors = []
     with bento_server(server_env(home, IRIS_RETRAIN_DATA=str(data)), tmp_path) as server:
         for name, breakage in breakages.items():
             breakage()
             job = wait_job(server, retrain(server))
             assert job["state"] == "failed", (name, job)
+            errors.append(f"{name}: {job['error'][:50]}")
             assert "incoming.csv" in job["error"], (name, job)
             assert str(tmp_path) not in job["error"], (name, job)
             assert served(server) == "1"
@@ -147,8 +166,7 @@ def test_unreadable_or_corrupt_data_fails_the_job_by_name(tmp_path, record_prope
                 data.unlink()
     assert iris_train(home.env, "champion").stdout.strip() == "1"
     record_property(
-        "reliability",
-        f"fault survived: bad retrain data ({', '.join(breakages)}) -> failed by name",
+        "reliability", "bad retrain data, each job failed by name: " + "; ".join(errors)
     )
 
 
@@ -169,6 +187,12 @@ def test_tampered_model_is_refused_and_previous_keeps_serving(tmp_path, record_p
         # and not fetched again at every poll (each try is a subprocess importing MLflow)
         assert server.log().count(f"Could not load champion v{version}") == 1
         assert not (tmp_path / "pwned").exists()
+        # ...and an operator sees it: the reload-failure counter that IrisModelReloadFailing reads.
+        metrics = httpx.get(server.url + "/metrics", timeout=10).text
+        failures = re.search(r"^iris_model_reload_failures_total ([0-9.]+)$", metrics, re.M)
+        assert failures and float(failures.group(1)) == 1.0, failures
     record_property(
-        "reliability", "fault survived: tampered model promoted -> refused, previous kept serving"
+        "reliability",
+        f"tampered v{version} promoted: refused (untrusted types), v1 kept serving,"
+        f" iris_model_reload_failures_total={failures.group(1)}",
     )

@@ -133,6 +133,24 @@ def test_unknown_route_and_wrong_method(server):
         ErrorResponse.model_validate(response.json())
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("TRACE", "/predict", {"POST"}),
+        ("GET", "/predict_batch", {"POST"}),
+        ("DELETE", "/retrain", {"POST"}),
+        ("PUT", "/v2/models/iris-classifier/infer", {"POST"}),
+        ("POST", "/v2/health/live", {"GET"}),
+    ],
+)
+def test_405_says_which_methods_are_allowed(server, method, path, allowed):
+    """RFC 9110: a 405 carries Allow; rewriting the body into our shape must keep it."""
+    response = httpx.request(method, server.url + path, json={} if method != "GET" else None)
+    assert response.status_code == 405
+    assert allowed <= {m.strip() for m in response.headers["allow"].split(",")}, response.headers
+    assert response.headers["content-type"] == "application/json"
+
+
 def test_retrain_is_disabled_without_a_token(server):
     response = httpx.post(server.url + "/retrain", headers={"authorization": "Bearer anything"})
     assert response.status_code == 403

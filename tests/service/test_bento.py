@@ -7,7 +7,8 @@ import time
 import httpx
 import pytest
 
-from tests.utils.servers import bento_server, free_port
+from scripts.serve_requirements import locked
+from tests.utils.servers import PROJECT_DIR, bento_server, free_port
 from tests.utils.training import BUILD_SECRET as SECRET
 
 pytestmark = pytest.mark.integration
@@ -22,8 +23,10 @@ def test_bento_packs_code_data_and_pins_the_champion(trained_home, built_bento):
     assert not (src / "tests").exists() and not (src / "notebooks").exists()
     manifest = (root / "bento.yaml").read_text()
     assert f"iris-classifier:v{trained_home.result['version']}-" in manifest
-    requirements = (root / "env" / "python" / "requirements.txt").read_text()
-    assert "mlflow==3.17.2" in requirements and "scikit-learn==" in requirements
+    # The image installs exactly the locked runtime closure: no re-resolution at build time.
+    requirements = root / "env" / "python" / "requirements.txt"
+    assert locked(requirements) == locked(PROJECT_DIR / "requirements-serve.txt")
+    assert not (root / "env" / "python" / "requirements.lock.txt").exists()
     for path in root.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path

@@ -202,4 +202,8 @@ def test_every_worker_and_the_retrain_log_to_files(server2, own_home):
     assert TOKEN not in service_log
     training_log = (own_home.home / "logs" / "training.log").read_text()
     assert "serving.retrain_job: Retrain job" in training_log and "succeeded" in training_log
+    # The retrain subprocess got the retrain's MLflow client settings (2 retries, 30 s),
+    # not the fail-fast ones meant for the workers' model fetches.
+    assert "(MLflow HTTP: 2 retries, 30 s timeout)" in training_log
+    assert "(MLflow HTTP: 0 retries" not in training_log
     assert "Traceback" in training_log  # the failed retrain above is logged with its traceback

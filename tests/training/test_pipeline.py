@@ -183,6 +183,22 @@ def test_bento_store_holds_champion_with_labels_and_metadata(trained_home, bento
     assert bento_model.info.metadata["feature_names"] == list(FEATURES)
 
 
+def test_every_model_carries_its_training_data_profile(
+    trained_home, client, model_dir, bento_model
+):
+    """In the registry version and in the BentoML model: the reference drift is measured
+    against, made from exactly the training split."""
+    from training import reference_profile
+
+    train, _ = read_split(trained_home.settings.processed_dir)
+    registered = reference_profile.read(model_dir)
+    stored = reference_profile.read(Path(bento_model.path_of("mlflow_model")))
+    assert registered == stored == reference_profile.build(train, registered["data_sha256_16"])
+    assert registered["rows"] == len(train)
+    parent = client.get_run(trained_home.result["parent_run_id"])
+    assert registered["data_sha256_16"] == parent.data.tags["data_sha256_16"]
+
+
 def test_stored_model_reproduces_logged_accuracy_on_processed_test_set(
     trained_home, champion
 ) -> None:

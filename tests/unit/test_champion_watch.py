@@ -99,14 +99,16 @@ def watcher(monkeypatch, tmp_path):
     calls: list[str] = []
     failure: dict = {"error": None}
 
-    def fake_fetch(name, version, dest, timeout_s=0):
+    def fake_fetch(name, version, dest, env=None, timeout_s=0):
         calls.append(version)
         raise failure["error"]
 
     monkeypatch.setattr(reloader.time, "monotonic", lambda: clock["now"])
     monkeypatch.setattr(reloader, "fetch", fake_fetch)
     monkeypatch.setattr(
-        reloader.champion_lookup, "champion", lambda uri, name: Champion("2", "run2")
+        reloader.champion_lookup,
+        "champion",
+        lambda uri, name, alias="champion": Champion("2", "run2") if alias == "champion" else None,
     )
     w = reloader.ChampionWatcher(Settings(home=tmp_path), ModelHolder(_served("1")))
     return w, clock, calls, failure

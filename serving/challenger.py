@@ -1,0 +1,122 @@
+"""The challenger on live traffic: canary answers and shadow scoring.
+
+With a ``@challenger`` in the registry, every worker holds it beside the champion
+(serving.reloader). Two ways to try it, both set without a restart:
+
+- **Canary**: the registered model's ``canary_percent`` tag (``iris-train canary 10``) sends
+  that share of ``/predict`` to the challenger, which answers (the response's ``model.alias``
+  says ``challenger``). The choice is sticky per client: requests with the same
+  ``X-Client-Key`` header (``IRIS_CANARY_KEY_HEADER``) always land on the same side, by a
+  hash of the key; requests without one are split at random.
+- **Shadow** (``IRIS_SHADOW_RATE``, a share of requests): the challenger also scores
+  requests the champion answered, after the answer has gone: its outputs are captured
+  (role ``shadow``) and compared with the champion's (``iris_shadow_agreed_total`` over
+  ``iris_shadow_scored_total``), never returned. A challenger that fails or is slow cannot
+  touch an answer: it runs after the response, on one background thread when it is not a
+  microsecond ONNX model, and is skipped (counted) when that thread has a backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from serving.runtime import ModelHolder, ServedModel
+
+logger = logging.getLogger(__name__)
+
+BUCKETS = 10_000
+MAX_BACKLOG = 64
+"""Shadow calls waiting for the background thread before new ones are skipped."""
+
+
+def in_canary(percent: float, client_key: str | None) -> bool:
+    """Whether a request goes to the challenger: sticky by ``client_key``, else random."""
+    if percent <= 0:
+        return False
+    hashed = zlib.crc32(client_key.encode()) if client_key else random.randrange(BUCKETS)
+    bucket = hashed % BUCKETS
+    return bucket < percent * BUCKETS / 100
+
+
+def choose(holder: ModelHolder, client_key: str | None) -> ServedModel:
+    """The model that answers this ``/predict``: the challenger for the canary share."""
+    challenger = holder.challenger
+    if challenger is not None and in_canary(holder.canary_percent, client_key):
+        return challenger
+    return holder.current
+
+
+class Shadow:
+    """Scores a share of champion-answered requests with the challenger, off the response."""
+
+    def __init__(self, rate: float, metrics, capture):
+        self.rate = rate
+        self.metrics = metrics
+        self.capture = capture  # IrisRuntime.capture
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
+        self._backlog = 0
+        self._lock = threading.Lock()
+        self._last_error: str | None = None
+
+    def maybe(
+        self,
+        challenger: ServedModel | None,
+        champion: ServedModel,
+        ids: list[str],
+        rows: np.ndarray,
+        names: list[str],
+        protocol: str,
+    ) -> None:
+        """Schedule a shadow score for this answer, if it is drawn. Never raises."""
+        if challenger is None or self.rate <= 0 or random.random() >= self.rate:
+            return
+        args = (challenger, champion, ids, rows, names, protocol)
+        if challenger.fast:
+            # After the current request's response: the callback runs once the handler
+            # has returned and the event loop moves on.
+            asyncio.get_running_loop().call_soon(self._score, *args)
+            return
+        with self._lock:
+            if self._backlog >= MAX_BACKLOG:
+                self.metrics.shadow_skipped.inc()
+                return
+            self._backlog += 1
+        self._executor.submit(self._in_thread, *args)
+
+    def _in_thread(self, *args) -> None:
+        try:
+            self._score(*args)
+        finally:
+            with self._lock:
+                self._backlog -= 1
+
+    def _score(self, challenger, champion, ids, rows, names, protocol) -> None:
+        started = time.perf_counter()
+        pair = {
+            "champion": champion.identity.version,
+            "challenger": challenger.identity.version,
+        }
+        try:
+            shadow_names, proba = challenger.predict(rows)
+        except Exception as e:  # noqa: BLE001 - a broken challenger is counted, not raised
+            self.metrics.shadow_failed.labels(**pair).inc()
+            message = f"{type(e).__name__}: {e}"
+            if message != self._last_error:
+                logger.warning("Shadow v%s failed: %s", challenger.identity.version, message)
+                self._last_error = message
+            return
+        agreed = sum(a == b for a, b in zip(shadow_names, names, strict=True))
+        self.metrics.shadow_scored.labels(**pair).inc(len(names))
+        self.metrics.shadow_agreed.labels(**pair).inc(agreed)
+        self.capture(challenger, ids, rows, shadow_names, proba, protocol, started, "shadow")
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,46 @@
+"""The environment of every process a serving worker starts, built in one place.
+
+Workers never edit their own ``os.environ`` for values a child needs: an edit made for one
+child (say, a fetch that should fail fast) would leak into every later child (a retrain
+that should wait out a hiccup). Each child gets the worker's environment less its secrets,
+plus the values its settings ask for, set explicitly so nothing inherited can override them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from training.settings import Settings
+
+SECRETS = ("IRIS_ADMIN_TOKEN",)
+"""Never handed to a child: the pipeline does not need them, and children log freely."""
+
+
+def _base(environ: Mapping[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ if environ is None else environ)
+    for key in SECRETS:
+        env.pop(key, None)
+    # GitPython (imported by MLflow) warns at length when no git binary is found.
+    env.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    return env
+
+
+def _mlflow_http(env: dict[str, str], retries: int, timeout_s: float) -> dict[str, str]:
+    env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(retries)
+    env["MLFLOW_HTTP_REQUEST_TIMEOUT"] = f"{timeout_s:g}"
+    return env
+
+
+def retrain_env(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment of the retrain subprocess (``serving.retrain_job``)."""
+    return _mlflow_http(
+        _base(environ), settings.retrain_mlflow_retries, settings.retrain_mlflow_timeout_s
+    )
+
+
+def fetch_env(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment of the champion-fetch subprocess (``serving.fetch_model``)."""
+    return _mlflow_http(
+        _base(environ), settings.fetch_mlflow_retries, settings.fetch_mlflow_timeout_s
+    )

@@ -1,0 +1,108 @@
+"""``POST /feedback``: ground truth for served predictions, from a downstream system.
+
+The body is a list ``[{"prediction_id": "...", "species": "Iris-setosa"}, ...]`` (at most
+``MAX_LABELS`` items). Bearer token: ``IRIS_FEEDBACK_TOKEN``, else the admin token. All or
+nothing: an unknown id (404) or a bad item (422) stores nothing. Sending a label again is
+idempotent; a different species for the same id replaces it (a correction). Every error
+uses the service's error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Literal
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from serving.core import get_runtime
+from serving.errors import json_error, json_response, validation_details
+from training.schema import SPECIES
+
+logger = logging.getLogger(__name__)
+
+MAX_LABELS = 10_000
+Species = Literal[SPECIES]  # type: ignore[valid-type]
+
+
+class FeedbackItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prediction_id: str = Field(
+        min_length=1,
+        max_length=80,
+        pattern=r"^[0-9a-f]{32}(-[0-9]{1,6})?$",
+        description="The prediction_id a predict answer returned.",
+        json_schema_extra={"example": "5f1d3c0e9a7b4e2f8c6d1a0b3e5f7a9c"},
+    )
+    species: Species = Field(description="The true species.")
+
+
+class FeedbackResult(BaseModel):
+    added: int = Field(description="New labels stored.")
+    updated: int = Field(description="Labels that replaced a different earlier one.")
+    unchanged: int = Field(description="Labels sent again with the same species.")
+
+
+_items = TypeAdapter(list[FeedbackItem])
+
+
+async def post_feedback(request: Request) -> Response:
+    runtime = get_runtime()
+    denied = runtime.authorize_feedback(request.headers.get("authorization"))
+    if denied is not None:
+        return denied
+    try:
+        raw = json.loads(await request.body())
+    except ValueError:
+        return json_error(400, "body is not valid JSON", code="invalid_json")
+    if isinstance(raw, list) and len(raw) > MAX_LABELS:
+        return json_error(413, f"{len(raw)} labels in one call; the limit is {MAX_LABELS}")
+    try:
+        items = _items.validate_python(raw)
+    except ValidationError as e:
+        details = validation_details(e.errors())
+        summary = details[0]["message"] if details else "invalid feedback"
+        if len(details) > 1:
+            summary += f" (and {len(details) - 1} more)"
+        return json_error(422, summary, details)
+    if not items:
+        return json_error(422, "no labels: send a non-empty list")
+    try:
+        result = await asyncio.to_thread(
+            runtime.feedback_store.label, [(i.prediction_id, i.species) for i in items]
+        )
+    except KeyError as e:
+        unknown = e.args[0]
+        rows = {i.prediction_id: n for n, i in enumerate(items)}
+        details = [
+            {"field": "prediction_id", "row": rows[pid], "message": f"unknown prediction {pid}"}
+            for pid in unknown[:20]
+        ]
+        return json_error(
+            404,
+            f"{len(unknown)} prediction_id(s) were never served here (or were captured less "
+            f"than IRIS_CAPTURE_FLUSH_S ago): {', '.join(unknown[:3])}",
+            details,
+        )
+    except sa.exc.SQLAlchemyError as e:
+        logger.error("Feedback not stored, database unavailable: %s", type(e).__name__)
+        response = json_error(503, "the feedback database is unavailable; retry shortly")
+        response.headers["Retry-After"] = "5"
+        return response
+    for version, _role, correct in result.added:
+        runtime.metrics.feedback.labels(model_version=version, correct=str(correct).lower()).inc()
+    return json_response(
+        FeedbackResult(
+            added=len(result.added), updated=result.updated, unchanged=result.unchanged
+        ).model_dump()
+    )
+
+
+feedback_app = Starlette(routes=[Route("/", post_feedback, methods=["POST"])])

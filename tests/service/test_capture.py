@@ -1,0 +1,84 @@
+"""Every answered prediction is captured once, with its id and version; capture never
+fails a request; a clean stop loses nothing."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pandas as pd
+import pytest
+
+from tests.utils.servers import bento_server
+
+pytestmark = pytest.mark.integration
+
+GOOD = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+ROW = [6.7, 3.0, 5.2, 2.3]
+
+
+def test_mixed_requests_on_two_workers_are_captured_exactly_once(trained_home, tmp_path):
+    captures = tmp_path / "captures"
+    env = {
+        **trained_home.env,
+        "IRIS_CAPTURE_DIR": str(captures),
+        "IRIS_CAPTURE_FLUSH_S": "3600",  # nothing is flushed until the clean stop
+        "IRIS_FOLLOW_REGISTRY": "false",
+    }
+    expected: dict[str, str] = {}  # prediction id -> species answered
+    with bento_server(env, tmp_path / "logs", workers=2) as server:
+        for i in range(40):
+            # A new connection each time, so both workers take requests.
+            if i % 4:
+                r = httpx.post(server.url + "/predict", json=GOOD)
+                assert r.status_code == 200
+                body = r.json()
+                assert r.headers["x-prediction-id"] == body["prediction_id"]
+                expected[body["prediction_id"]] = body["species"]
+            else:
+                r = httpx.post(server.url + "/predict_batch", json={"instances": [ROW] * 3})
+                assert r.status_code == 200
+                base = r.headers["x-prediction-id"]
+                for row, p in enumerate(r.json()["predictions"]):
+                    assert p["prediction_id"] == f"{base}-{row}"
+                    expected[p["prediction_id"]] = p["species"]
+        version = r.json()["model"]["version"]
+        assert not list(captures.rglob("*.parquet"))  # all still queued in the workers
+    # The server has stopped cleanly: everything it answered is on disk.
+    frame = pd.read_parquet(captures)
+    assert len(frame) == len(expected) == 30 + 10 * 3
+    assert dict(zip(frame["prediction_id"], frame["species"], strict=True)) == expected
+    assert set(frame["model_version"].astype(str)) == {version}
+    assert set(frame["role"]) == {"champion"} and set(frame["protocol"]) == {"http"}
+    pids = {re.search(r"part-(\d+)-", p.name).group(1) for p in captures.rglob("part-*.parquet")}
+    assert len(pids) == 2  # one writer per worker process, each with its own files
+
+
+def test_a_stalled_writer_drops_and_counts_but_answers_every_request(trained_home, tmp_path):
+    env = {
+        **trained_home.env,
+        "IRIS_CAPTURE_DIR": str(tmp_path / "captures"),
+        "IRIS_CAPTURE_MAX_PENDING": "5",
+        "IRIS_CAPTURE_FLUSH_S": "3600",  # the writer never gets to flush while we load it
+        "IRIS_FOLLOW_REGISTRY": "false",
+    }
+    with bento_server(env, tmp_path / "logs") as server, httpx.Client() as client:
+        statuses = [client.post(server.url + "/predict", json=GOOD).status_code for _ in range(25)]
+        metrics = client.get(server.url + "/metrics").text
+    assert statuses == [200] * 25
+    dropped = re.search(r"^iris_capture_dropped_total ([0-9.]+)$", metrics, re.M)
+    assert dropped and float(dropped.group(1)) == 20.0
+
+
+def test_capture_off_writes_nothing(trained_home, tmp_path):
+    captures = tmp_path / "captures"
+    env = {
+        **trained_home.env,
+        "IRIS_CAPTURE": "false",
+        "IRIS_CAPTURE_DIR": str(captures),
+        "IRIS_FOLLOW_REGISTRY": "false",
+    }
+    with bento_server(env, tmp_path / "logs") as server:
+        r = httpx.post(server.url + "/predict", json=GOOD)
+        assert r.status_code == 200 and r.json()["prediction_id"]
+    assert not list(captures.rglob("*.parquet"))
