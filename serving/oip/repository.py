@@ -28,7 +28,7 @@ FLAG_NAME = "oip-model-unloaded"
 
 
 def flag_path(settings: Settings) -> Path:
-    return Path(settings.jobs_db).parent / FLAG_NAME
+    return Path(settings.home) / "var" / FLAG_NAME
 
 
 class Repository:
