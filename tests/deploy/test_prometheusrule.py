@@ -18,7 +18,7 @@ from tests.utils import k8s
 
 SCRIPT = k8s.REPO_ROOT / "scripts" / "k8s" / "prometheusrule.py"
 ALERTS = k8s.REPO_ROOT / "monitoring" / "alerts.yml"
-COMMITTED = k8s.K8S_DIR / "base" / "prometheusrule.yaml"
+COMMITTED = k8s.K8S_DIR / "components" / "monitoring" / "prometheusrule.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_committed_prometheusrule_is_generated_from_alerts_yml(generator):
     assert COMMITTED.read_text() == generator.render(ALERTS.read_text()), (
-        "deploy/k8s/base/prometheusrule.yaml is stale: run python scripts/k8s/prometheusrule.py"
+        f"{COMMITTED} is stale: run python scripts/k8s/prometheusrule.py"
     )
     proc = _run("--check")
     assert proc.returncode == 0, proc.stderr
