@@ -9,7 +9,8 @@
 # to IMAGE, then checks: every serving replica predicts and refuses /retrain without the
 # token; the training Job registers a champion; a second run of the pipeline (a Job made
 # from the CronJob) promotes a new version and every replica follows it; a /retrain posted
-# through the Service succeeds and its job record is readable from every replica.
+# to one replica succeeds and its job record is readable from every replica; a rollback
+# with the CLI in a serving pod reaches every replica.
 set -euo pipefail
 
 image="${1:?usage: scripts/k8s/smoke.sh IMAGE (name:tag, loaded into the cluster)}"
@@ -146,4 +147,8 @@ for port in "${ports[@]}"; do
         grep -q '"state":"succeeded"'
     wait_version "$port" 3
 done
+log "a rollback with the CLI in a serving pod (docs/deploy-kubernetes.md): every replica follows"
+kubectl -n "$ns" exec deploy/iris-serving -- \
+    sh -c 'cd /home/bentoml/bento/src && python -m training.cli promote 2'
+for port in "${ports[@]}"; do wait_version "$port" 2; done
 log "passed"

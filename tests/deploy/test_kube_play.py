@@ -228,6 +228,12 @@ def test_single_overlay_under_podman_kube_play(podman, rendered, tmp_path):
                 assert time.monotonic() < deadline, played.logs()[-3000:]
                 time.sleep(1)
         assert TOKEN not in played.logs()
+        # The training CLI runs inside the pod with the pod's settings (docs: promote by hand).
+        cli = backend.command(
+            "exec", "-w", "/home/bentoml/bento/src", played.container,
+            "python", "-m", "training.cli", "champion", timeout=120, check=False,
+        )  # fmt: skip
+        assert cli.returncode == 0 and cli.stdout.strip() == job["version"], cli
 
         # The claim outlives the pod: a new pod sees the job and the registry.
         backend.command("pod", "rm", "-f", played.pod, timeout=120)
