@@ -46,6 +46,8 @@ def test_every_container_is_locked_down(rendered, overlay):
         seen += 1
         what = f"{where} container {container['name']}"
         assert pod.get("automountServiceAccountToken") is False, where
+        # No IRIS_<SERVICE>_PORT=tcp://… variables from Service links next to our settings.
+        assert pod.get("enableServiceLinks") is False, where
         pod_ctx = pod.get("securityContext", {})
         ctx = container.get("securityContext", {})
         assert ctx.get("runAsNonRoot") is True or pod_ctx.get("runAsNonRoot") is True, what
