@@ -146,8 +146,8 @@ def _single_overlay(podman, rendered, tmp_path: Path) -> Iterator[tuple[Played, 
     docs = _adapt(rendered["single"], image, suffix, http, grpc)
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    secret_name = next(e for e in container["env"] if e["name"] == "IRIS_ADMIN_TOKEN")
-    secret_name = secret_name["valueFrom"]["secretKeyRef"]["name"]
+    token_ref = next(e for e in container["env"] if e["name"] == "IRIS_ADMIN_TOKEN")
+    secret_name, secret_key = (token_ref["valueFrom"]["secretKeyRef"][k] for k in ("name", "key"))
     pod = f"{deployment['metadata']['name']}-pod-0"
     played = Played(
         backend=backend,
@@ -161,7 +161,7 @@ def _single_overlay(podman, rendered, tmp_path: Path) -> Iterator[tuple[Played, 
     )
     # podman 4.3 reads a secretKeyRef from a secret holding the Secret's `data` as JSON.
     secret_file = tmp_path / "secret.json"
-    secret_file.write_text(json.dumps({"token": base64.b64encode(TOKEN.encode()).decode()}))
+    secret_file.write_text(json.dumps({secret_key: base64.b64encode(TOKEN.encode()).decode()}))
     try:
         backend.command("secret", "create", secret_name, str(secret_file))
         secret_file.unlink()
