@@ -20,7 +20,8 @@ import numpy as np
 
 from serving.auth import check_bearer
 from serving.errors import error_body, json_error, json_response
-from serving.jobs import ConflictError, Job, JobStore
+from serving.job_store_sql import JobStore
+from serving.jobs import ConflictError, Job, JobsUnavailableError
 from serving.metrics import get_metrics
 from serving.reloader import ChampionWatcher
 from serving.runtime import ModelHolder, ModelIdentity, ServedModel, load_model_dir
@@ -68,7 +69,7 @@ class IrisRuntime:
         self.settings = settings
         self.holder = ModelHolder(model)
         self.metrics = get_metrics()
-        self.jobs = JobStore(settings.jobs_db)
+        self.jobs = JobStore(settings.jobs_url, lease_s=settings.jobs_lease_s)
         self.watcher = ChampionWatcher(settings, self.holder, on_swap=self._on_swap)
         self.metrics.serving(model.identity.name, model.identity.version)
 
@@ -149,6 +150,8 @@ class IrisRuntime:
             job = await asyncio.to_thread(self._spawn)
         except ConflictError as c:
             return _conflict(c.job)
+        except JobsUnavailableError as e:
+            return jobs_unavailable(e)
         payload = {"job_id": job.id, "state": job.state, "status_url": f"/jobs/{job.id}"}
         return json_response(payload, 202)
 
@@ -173,6 +176,12 @@ class IrisRuntime:
         return self.jobs.get(job.id) or job
 
     def _wait(self, job_id: str, proc: subprocess.Popen) -> None:
+        try:
+            self._reap(job_id, proc)
+        except JobsUnavailableError:
+            logger.exception("Retrain job %s: outcome not read (job database unreachable)", job_id)
+
+    def _reap(self, job_id: str, proc: subprocess.Popen) -> None:
         try:
             code = proc.wait(timeout=self.settings.retrain_timeout_s)
         except subprocess.TimeoutExpired:
@@ -213,6 +222,11 @@ def _predictions(classes: tuple[str, ...], names: list[str], proba: list[list[fl
         {"species": name, "probabilities": dict(zip(classes, row, strict=True))}
         for name, row in zip(names, proba, strict=True)
     ]
+
+
+def jobs_unavailable(error: JobsUnavailableError):
+    """503 in the documented error shape: the job database is down, serving is not."""
+    return json_error(503, str(error), code="jobs_unavailable")
 
 
 def _conflict(job: Job):

@@ -60,6 +60,20 @@ class Settings(BaseSettings):
     grpc_host: str = Field("0.0.0.0", description="Interface for the gRPC (Open Inference) server.")
     grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC port; 0 disables gRPC.")
     jobs_db: Path | None = Field(None, description="SQLite file holding retrain job records.")
+    jobs_uri: SecretStr | None = Field(
+        None,
+        description="Database for retrain job records shared by a fleet, e.g."
+        " postgresql://user:password@host:5432/db (default: the SQLite file jobs_db).",
+    )
+    jobs_lease_s: float = Field(
+        30.0, gt=0, description="A retrain whose heartbeat is older than this is interrupted."
+    )
+    drain_s: float = Field(
+        0.0,
+        ge=0,
+        description="At SIGTERM, answer /readyz 503 and keep serving this long before"
+        " shutting down (let a load balancer take the replica out first).",
+    )
     retrain_timeout_s: float = Field(900.0, gt=0, description="Kill a retrain after this long.")
 
     @model_validator(mode="after")
@@ -76,6 +90,11 @@ class Settings(BaseSettings):
         if self.artifact_root is None:
             self.artifact_root = (home / "mlruns").as_uri()
         return self
+
+    @property
+    def jobs_url(self) -> str:
+        """SQLAlchemy URL of the job records: ``jobs_uri`` if set, else the SQLite file."""
+        return self.jobs_uri.get_secret_value() if self.jobs_uri else f"sqlite:///{self.jobs_db}"
 
     @property
     def train_csv(self) -> Path:
