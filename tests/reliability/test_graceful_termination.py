@@ -6,40 +6,17 @@ send it; BentoML's arbiter passes it on to the workers.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import time
-from urllib.parse import urlsplit
 
 import httpx
 
+from tests.utils.held_request import HeldRequest
 from tests.utils.load import GOOD
 from tests.utils.servers import bento_server
 
 DRAIN_S = 3.0
-
-
-def open_request(url: str, body: bytes, sent: int) -> socket.socket:
-    """A POST /predict whose headers and first ``sent`` body bytes are on the wire."""
-    parts = urlsplit(url)
-    sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
-    head = (
-        f"POST /predict HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
-    sock.sendall(head + body[:sent])
-    return sock
-
-
-def read_response(sock: socket.socket) -> str:
-    chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
-        if b"\r\n\r\n" in b"".join(chunks) and b"}" in chunk:
-            break
-    return b"".join(chunks).decode(errors="replace")
 
 
 def test_sigterm_turns_readiness_503_and_finishes_in_flight_requests(
@@ -47,8 +24,7 @@ def test_sigterm_turns_readiness_503_and_finishes_in_flight_requests(
 ):
     env = {**trained_home.env, "IRIS_DRAIN_S": str(DRAIN_S)}
     with bento_server(env, tmp_path) as server:
-        body = json.dumps(GOOD).encode()
-        in_flight = open_request(server.url, body, sent=len(body) // 2)
+        in_flight = HeldRequest(server.url)
         time.sleep(0.3)  # the worker has the headers: the request is in progress
         signalled = time.monotonic()
         os.kill(server.process.pid, signal.SIGTERM)
@@ -68,11 +44,8 @@ def test_sigterm_turns_readiness_503_and_finishes_in_flight_requests(
         # Past the drain: uvicorn is shutting down and waits for our unfinished request.
         time.sleep(DRAIN_S + 1.0)
         assert server.process.poll() is None, "server exited with a request in flight"
-        in_flight.sendall(body[len(body) // 2 :])
-        answer = read_response(in_flight)
-        in_flight.close()
-        assert answer.startswith("HTTP/1.1 200"), answer[:300]
-        assert '"species":"Iris-setosa"' in answer.replace(" ", "")
+        status, answer = in_flight.finish()
+        assert status == 200 and answer["species"] == "Iris-setosa", answer
 
         server.process.wait(timeout=30)
         stopped_s = time.monotonic() - signalled
