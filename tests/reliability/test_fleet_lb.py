@@ -178,14 +178,16 @@ def kill_one(lb: Balancer, replicas: dict[str, Server]) -> str:
         time.sleep(3)  # and the survivors carry the load
         result = load.stop()
     lost = len(result.failed) - failed_before
+    kinds = Counter(f.split(":")[0].split(" ")[0] for f in result.failed[failed_before:])
     after = counters(lb) - before
     assert job["state"] == "failed" and job["error"].startswith("interrupted"), job
     assert lost <= held, (lost, held, result.failed[:5])
     assert result.ok > survivors_ok
     assert set(result.replicas) >= set(replicas) - {name}
     return (
-        f"fleet (d) SIGKILL of a replica mid-retrain: {lost} failed requests with {held} in"
-        f" flight on it ({after['retries']} retried, {after['redispatches']} redispatched);"
+        f"fleet (d) SIGKILL of a replica mid-retrain: {lost} failed requests {dict(kinds)} with"
+        f" {held} in flight on it ({after['retries']} retried, {after['redispatches']}"
+        " redispatched by HAProxy);"
         f" HAProxy marked it down in {down_s:.1f} s; its job reported failed"
         f" ({job['error'].split(':')[0]}) {reported_s:.1f} s after the kill, via the balancer;"
         f" {result.summary()}"
