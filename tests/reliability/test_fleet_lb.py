@@ -160,7 +160,7 @@ def kill_one(lb: Balancer, replicas: dict[str, Server]) -> str:
     with Load(lb.url, CLIENTS, max_seconds=PHASE_S, pause_s=PAUSE_S) as load:
         job_id = start_retrain(victim.url, TOKEN)
         time.sleep(2)  # the retrain is under way, with the load all around it
-        held = int(lb.stats()[name]["scur"])
+        held_before = int(lb.stats()[name]["scur"])
         failed_before = len(load.result.failed)
         # The whole replica, as when its machine dies: BentoML's arbiter, its workers (each
         # in a session of its own) and the retrain child of the worker that took the job.
@@ -168,6 +168,9 @@ def kill_one(lb: Balancer, replicas: dict[str, Server]) -> str:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
+        # In flight on it at the kill: HAProxy's count just before, or just after if more
+        # arrived in between (the sessions it holds to a dead server until they fail).
+        held = max(held_before, int(lb.stats()[name]["scur"]))
         down_s = lb.wait_status(name, "DOWN", timeout=15)
         with httpx.Client(base_url=lb.url, headers=auth(TOKEN), timeout=30) as client:
             while (job := client.get(f"/jobs/{job_id}").json())["state"] == "running":
