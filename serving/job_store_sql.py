@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -74,6 +75,8 @@ class JobStore:
             self.url = self.url.set(drivername="postgresql+psycopg2")
         self.lease_s = lease_s
         self._engine: sa.Engine | None = None
+        self._engine_lock = threading.Lock()
+        self._schema_ready = False
 
     def __repr__(self) -> str:
         return f"JobStore({self.url.render_as_string(hide_password=True)})"
@@ -81,34 +84,40 @@ class JobStore:
     # -- connection ----------------------------------------------------------------
 
     def _make_engine(self) -> sa.Engine:
+        """The engine (no connection yet); SQLite files get their folder and WAL mode."""
         if self.url.get_backend_name() == "sqlite":
             Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
             engine = sa.create_engine(self.url, connect_args={"timeout": 30})
             sa.event.listen(engine, "connect", _sqlite_wal)
-        else:
-            engine = sa.create_engine(
-                self.url,
-                pool_pre_ping=True,  # a database restart must not cost a failed request
-                pool_size=2,
-                max_overflow=4,
-                pool_timeout=5,
-                connect_args={"connect_timeout": 5},
-            )
+            return engine
+        return sa.create_engine(
+            self.url,
+            pool_pre_ping=True,  # replace connections a database restart has dropped
+            pool_size=2,
+            max_overflow=4,
+            pool_timeout=5,
+            connect_args={"connect_timeout": 5},
+        )
+
+    def _ensure_schema(self, engine: sa.Engine) -> None:
         try:
             metadata.create_all(engine, checkfirst=True)
         except exc.DBAPIError:
-            # Replicas starting together race to create the table: losing is fine.
+            # Replicas starting together race to create the table: losing is fine. (An
+            # unreachable database fails the check below too, and is reported as such.)
             if not sa.inspect(engine).has_table(jobs_table.name):
-                engine.dispose()
                 raise
-        return engine
+        self._schema_ready = True
 
     @contextmanager
     def _begin(self) -> Iterator[sa.Connection]:
         """A transaction; an unreachable database becomes :class:`JobsUnavailableError`."""
         try:
-            if self._engine is None:
-                self._engine = self._make_engine()
+            with self._engine_lock:
+                if self._engine is None:
+                    self._engine = self._make_engine()
+            if not self._schema_ready:
+                self._ensure_schema(self._engine)
             with self._engine.begin() as conn:
                 yield conn
         except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError) as e:
