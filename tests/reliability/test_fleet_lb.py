@@ -192,7 +192,8 @@ def kill_one(lb: Balancer, replicas: dict[str, Server]) -> str:
         f" {held} in flight on it ({after['retries']} retried, {after['redispatches']}"
         " redispatched by HAProxy);"
         f" HAProxy marked it down in {down_s:.1f} s; its job reported failed"
-        f" ({job['error'].split(':')[0]}) {reported_s:.1f} s after the kill, via the balancer;"
+        f" ({job['error'].split('(')[0].strip()}) {reported_s:.1f} s after the kill, via the"
+        " balancer;"
         f" {result.summary()}"
     )
 
