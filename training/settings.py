@@ -10,11 +10,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 """The checkout (or, inside a Bento, the ``src`` folder) that holds ``training/``."""
+
+JOBS_SCHEMES = ("postgresql", "postgresql+psycopg2", "sqlite")
+"""Databases the retrain job store supports (``IRIS_JOBS_URI``)."""
 
 SelectionMetric = Literal["test_accuracy", "test_f1_macro", "test_log_loss"]
 
@@ -75,6 +78,21 @@ class Settings(BaseSettings):
         " shutting down (let a load balancer take the replica out first).",
     )
     retrain_timeout_s: float = Field(900.0, gt=0, description="Kill a retrain after this long.")
+
+    @field_validator("jobs_uri")
+    @classmethod
+    def _jobs_database(cls, value: SecretStr | None) -> SecretStr | None:
+        """Only the databases the job store is tested on; the message names the variable."""
+        if value is not None and not value.get_secret_value():
+            return None  # IRIS_JOBS_URI="" means unset: the embedded SQLite file
+        if value is not None:
+            scheme = value.get_secret_value().partition("://")[0]
+            if scheme not in JOBS_SCHEMES:
+                raise ValueError(
+                    f"IRIS_JOBS_URI must start with one of {', '.join(JOBS_SCHEMES)}://"
+                    f" (got {scheme or 'no scheme'!r})"
+                )
+        return value
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:

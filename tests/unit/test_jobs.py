@@ -142,3 +142,15 @@ def test_unreachable_database_is_a_clear_error_not_a_hang():
         store.create(__import__("pathlib").Path("a.csv"))
     assert time.monotonic() - started < 15
     assert "secret" not in repr(store)
+
+
+@pytest.mark.parametrize("uri", ["mysql://u:pw@db/jobs", "db.example:5432/jobs"])
+def test_a_jobs_uri_of_another_kind_is_refused_by_name(uri):
+    from pydantic import ValidationError
+
+    from training.settings import Settings
+
+    with pytest.raises(ValidationError, match="IRIS_JOBS_URI must start with one of postgresql"):
+        Settings(jobs_uri=uri)
+    assert Settings(jobs_uri="postgresql://u:pw@db/jobs").jobs_url.startswith("postgresql://")
+    assert Settings(jobs_uri="").jobs_url.startswith("sqlite:///")  # empty: the embedded default
