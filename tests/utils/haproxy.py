@@ -12,6 +12,7 @@ import csv
 import os
 import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,9 +28,8 @@ TEMPLATE = Path(__file__).with_name("haproxy.cfg.tmpl")
 
 
 def haproxy_bin() -> str | None:
-    return shutil.which("haproxy") or next(
-        (p for p in ("/usr/sbin/haproxy",) if os.access(p, os.X_OK)), None
-    )
+    """Debian installs it in /usr/sbin, which is not on every user's PATH."""
+    return shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
 
 
 @dataclass
@@ -94,7 +94,9 @@ def haproxy(replicas: dict[str, str], root: Path) -> Iterator[Balancer]:
     servers = "\n".join(
         f"    server {name} {urlsplit(url).netloc}" for name, url in replicas.items()
     )
-    balancer = Balancer(f"http://127.0.0.1:{port}", root / "admin.sock", root / "haproxy.log")
+    # A UNIX socket path must fit in 108 bytes: keep it short, whatever ``root`` is.
+    sockets = Path(tempfile.mkdtemp(prefix="iris-haproxy-"))
+    balancer = Balancer(f"http://127.0.0.1:{port}", sockets / "admin.sock", root / "haproxy.log")
     config = root / "haproxy.cfg"
     config.write_text(
         Template(TEMPLATE.read_text()).substitute(
@@ -114,3 +116,4 @@ def haproxy(replicas: dict[str, str], root: Path) -> Iterator[Balancer]:
         yield balancer
     finally:
         stop_group(proc)
+        shutil.rmtree(sockets, ignore_errors=True)
