@@ -18,7 +18,7 @@ from training.settings import Settings
 APP_UID = 1034  # the `bentoml` user of BentoML's generated Dockerfile
 IMAGE_COMPONENT = k8s.K8S_DIR / "components" / "image" / "kustomization.yaml"
 # Settings that the fleet's job store adds (issue 12, merged from another branch).
-PENDING_SETTINGS = {"jobs_uri"}
+PENDING_SETTINGS: set[str] = set()  # settings named in manifests before they exist
 SECRET_WORDS = re.compile(r"token|password|secret|passwd", re.IGNORECASE)
 
 
