@@ -13,6 +13,7 @@ import bentoml
 import numpy as np
 from bentoml.models import BentoModel
 
+from serving import drain
 from serving.bentoml_fixes import configure_server
 from serving.core import IrisRuntime, feature_rows
 from serving.errors import GuardMiddleware, json_error
@@ -74,6 +75,7 @@ class IrisClassifier:
     @bentoml.on_startup
     async def _on_worker_start(self) -> None:
         settings = self.runtime.settings
+        drain.install(settings.drain_s)  # uvicorn's SIGTERM handler is in place by now
         if settings.grpc_port:
             self.grpc = await grpc_server.start(settings.grpc_host, settings.grpc_port)
         # Everything loaded so far (frameworks, the model) lives as long as the worker:
@@ -129,3 +131,4 @@ IrisClassifier.add_asgi_middleware(
     max_body_bytes=get_settings().max_body_bytes,
     body_timeout_s=get_settings().body_timeout_s,
 )
+IrisClassifier.add_asgi_middleware(drain.DrainMiddleware)

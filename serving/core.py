@@ -25,7 +25,8 @@ from serving.auth import check_bearer
 from serving.capture import CaptureWriter, Chunk, new_id, row_ids
 from serving.child_env import retrain_env
 from serving.errors import error_body, json_error, json_response
-from serving.jobs import ConflictError, Job, JobStore
+from serving.job_store_sql import JobStore
+from serving.jobs import ConflictError, Job, JobsUnavailableError
 from serving.loop_monitor import LoopMonitor
 from serving.metrics import forget_dead_workers, get_metrics
 from serving.reloader import ChampionWatcher
@@ -75,8 +76,8 @@ class IrisRuntime:
         self.settings = settings
         self.holder = ModelHolder(model)
         self.metrics = get_metrics()
-        self.jobs = JobStore(settings.jobs_db)
-        self.feedback_store = FeedbackStore(settings.loop_uri)
+        self.jobs = JobStore(settings.jobs_url, lease_s=settings.jobs_lease_s)
+        self.feedback_store = FeedbackStore(settings.loop_url)
         self.capturer = (
             _capture_writer(settings, self.metrics, self.feedback_store)
             if settings.capture
@@ -235,6 +236,8 @@ class IrisRuntime:
             job = await asyncio.to_thread(self._spawn)
         except ConflictError as c:
             return _conflict(c.job)
+        except JobsUnavailableError as e:
+            return jobs_unavailable(e)
         payload = {"job_id": job.id, "state": job.state, "status_url": f"/jobs/{job.id}"}
         return json_response(payload, 202)
 
@@ -258,6 +261,12 @@ class IrisRuntime:
         return self.jobs.get(job.id) or job
 
     def _wait(self, job_id: str, proc: subprocess.Popen) -> None:
+        try:
+            self._reap(job_id, proc)
+        except JobsUnavailableError:
+            logger.exception("Retrain job %s: outcome not read (job database unreachable)", job_id)
+
+    def _reap(self, job_id: str, proc: subprocess.Popen) -> None:
         try:
             code = proc.wait(timeout=self.settings.retrain_timeout_s)
         except subprocess.TimeoutExpired:
@@ -332,6 +341,11 @@ def _capture_writer(settings: Settings, metrics, store: FeedbackStore) -> Captur
         on_written=metrics.captured.inc,
         on_dropped=metrics.capture_dropped.inc,
     )
+
+
+def jobs_unavailable(error: JobsUnavailableError):
+    """503 in the documented error shape: the job database is down, serving is not."""
+    return json_error(503, str(error), code="jobs_unavailable")
 
 
 def _conflict(job: Job):

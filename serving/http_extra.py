@@ -12,8 +12,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from serving.core import get_runtime
+from serving.core import get_runtime, jobs_unavailable
 from serving.errors import json_error
+from serving.jobs import JobsUnavailableError
 
 
 async def job_status(request: Request):
@@ -22,7 +23,10 @@ async def job_status(request: Request):
     if denied is not None:
         return denied
     job_id = request.path_params["job_id"]
-    job = await asyncio.to_thread(runtime.jobs.get, job_id)
+    try:
+        job = await asyncio.to_thread(runtime.jobs.get, job_id)
+    except JobsUnavailableError as e:
+        return jobs_unavailable(e)
     if job is None:
         return json_error(404, f"no retrain job {job_id!r}")
     return JSONResponse(job.public())
@@ -33,7 +37,10 @@ async def list_jobs(request: Request):
     denied = runtime.authorize(request.headers.get("authorization"))
     if denied is not None:
         return denied
-    jobs = await asyncio.to_thread(runtime.jobs.recent)
+    try:
+        jobs = await asyncio.to_thread(runtime.jobs.recent)
+    except JobsUnavailableError as e:
+        return jobs_unavailable(e)
     return JSONResponse({"jobs": [job.public() for job in jobs]})
 
 

@@ -1,7 +1,8 @@
 """``python -m serving.retrain_job JOB_ID``: the retrain subprocess started by the service.
 
 It runs the whole pipeline on the job's data and records its own outcome, so the record
-is right even if the worker that started it has died meanwhile.
+is right even if the worker that started it has died meanwhile. While it runs it renews the
+job's heartbeat, which is how other replicas of a fleet tell a running job from a dead one.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
-from serving.jobs import JobStore
+from serving.job_store_sql import JobStore
+from serving.jobs import JobsUnavailableError
 from training.logs import configure_logging
 from training.settings import get_settings
 
@@ -26,16 +29,42 @@ def public_error(exc: BaseException, data_path: Path) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+def keep_alive(store: JobStore, job_id: str, done: threading.Event) -> threading.Thread:
+    """Renew the job's lease every sixth of it until ``done`` (a missed beat is tolerated)."""
+
+    def beat() -> None:
+        while not done.wait(store.lease_s / 6):
+            try:
+                if not store.heartbeat(job_id):
+                    return  # finished, or marked interrupted by someone else
+            except JobsUnavailableError:
+                logger.warning(
+                    "Retrain job %s: heartbeat missed (job database unreachable)", job_id
+                )
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{job_id[:8]}", daemon=True)
+    thread.start()
+    return thread
+
+
 def main(job_id: str) -> int:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_dir, "training.log")
-    store = JobStore(settings.jobs_db)
+    store = JobStore(settings.jobs_url, lease_s=settings.jobs_lease_s)
     job = store.get(job_id)
     if job is None:
-        logger.error("No retrain job %s in %s", job_id, settings.jobs_db)
+        logger.error("No retrain job %s in %r", job_id, store)
         return 2
     store.mark_running(job_id, os.getpid())
-    data_path = Path(job.data_path)
+    done = threading.Event()
+    keep_alive(store, job_id, done)
+    try:
+        return _train(store, job_id, Path(job.data_path), settings)
+    finally:
+        done.set()
+
+
+def _train(store: JobStore, job_id: str, data_path: Path, settings) -> int:
     logger.info(
         "Retrain job %s started on %s (MLflow HTTP: %s retries, %s s timeout)",
         job_id,

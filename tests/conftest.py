@@ -97,6 +97,29 @@ def built_bento(trained_home: TrainedHome) -> str:
     return match.group(0)
 
 
+@pytest.fixture(scope="session")
+def backend():
+    """What builds and runs OCI images here (Docker, or buildah + podman); skips without
+    one, fails under CI."""
+    from tests.utils import containers as ct
+
+    return ct.require_backend()
+
+
+@pytest.fixture(scope="session")
+def image(backend, built_bento: str, trained_home: TrainedHome):
+    """The real service's image, built from ``built_bento`` once per session (and worker)
+    and removed at the end. Used by tests/container and tests/deploy (podman kube play)."""
+    import uuid
+
+    from tests.utils import containers as ct
+
+    tag = f"iris-classifier:test-{uuid.uuid4().hex[:8]}"
+    ref = ct.containerize(backend, built_bento, tag, bentoml_home=trained_home.bentoml_home)
+    yield ref
+    backend.command("rmi", "-f", ref, timeout=300, check=False)
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     """End with what the reliability tests measured (recorded with record_property).
 

@@ -85,7 +85,7 @@ def build(
     drift = reference_profile.drift(profile, values)
     since = time.time() - settings.capture_retention_days * 86400
     try:
-        history = FeedbackStore(settings.loop_uri).labelled_history(since)
+        history = FeedbackStore(settings.loop_url).labelled_history(since)
     except Exception as e:  # noqa: BLE001 - the report still shows drift without labels
         history, note = [], f"ground truth unavailable: {type(e).__name__}"
     else:

@@ -75,7 +75,10 @@ class FeedbackStore:
     """Thread-safe; one per worker process, on the shared database."""
 
     def __init__(self, uri: str):
-        self.uri = uri
+        url = sa.engine.make_url(uri)
+        if url.drivername == "postgresql":  # SQLAlchemy 2.1 would pick psycopg 3
+            url = url.set(drivername="postgresql+psycopg2")
+        self.uri = url
         self._engine: sa.Engine | None = None
         self._lock = threading.Lock()
 
@@ -85,7 +88,7 @@ class FeedbackStore:
             if self._engine is None:
                 engine = sa.create_engine(self.uri, pool_pre_ping=True)
                 if engine.dialect.name == "sqlite":
-                    if engine.url.database:
+                    if engine.url.database and engine.url.database != ":memory:":
                         Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
                     sa.event.listen(engine, "connect", _sqlite_pragmas)
                 _meta.create_all(engine)

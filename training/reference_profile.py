@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from training.schema import FEATURES, SPECIES, TARGET
+
+if TYPE_CHECKING:  # serving workers read profiles without importing pandas (~40 MiB)
+    import pandas as pd
 
 PROFILE_DIR = "reference"
 PROFILE_FILE = "profile.json"

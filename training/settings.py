@@ -10,11 +10,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 """The checkout (or, inside a Bento, the ``src`` folder) that holds ``training/``."""
+
+JOBS_SCHEMES = ("postgresql", "postgresql+psycopg2", "sqlite")
+"""Databases the retrain job store supports (``IRIS_JOBS_URI``)."""
 
 SelectionMetric = Literal["test_accuracy", "test_f1_macro", "test_log_loss"]
 
@@ -60,6 +63,20 @@ class Settings(BaseSettings):
     grpc_host: str = Field("0.0.0.0", description="Interface for the gRPC (Open Inference) server.")
     grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC port; 0 disables gRPC.")
     jobs_db: Path | None = Field(None, description="SQLite file holding retrain job records.")
+    jobs_uri: SecretStr | None = Field(
+        None,
+        description="Database for retrain job records shared by a fleet, e.g."
+        " postgresql://user:password@host:5432/db (default: the SQLite file jobs_db).",
+    )
+    jobs_lease_s: float = Field(
+        30.0, gt=0, description="A retrain whose heartbeat is older than this is interrupted."
+    )
+    drain_s: float = Field(
+        0.0,
+        ge=0,
+        description="At SIGTERM, answer /readyz 503 and keep serving this long before"
+        " shutting down (let a load balancer take the replica out first).",
+    )
     retrain_timeout_s: float = Field(900.0, gt=0, description="Kill a retrain after this long.")
     # Capture of every answered prediction (serving/capture.py).
     capture: bool = Field(True, description="Capture every prediction to Parquet files.")
@@ -73,10 +90,10 @@ class Settings(BaseSettings):
         1 << 30, ge=1 << 20, description="Delete the oldest captures beyond this size."
     )
     # Ground truth, live quality and drift (training/loop_store.py, serving/loop_monitor.py).
-    loop_uri: str | None = Field(
+    loop_uri: SecretStr | None = Field(
         None,
-        description="Database of served predictions and feedback (SQLAlchemy URL; default "
-        "a SQLite file in var/; a fleet shares one PostgreSQL).",
+        description="Database of served predictions and feedback (SQLAlchemy URL; default: "
+        "IRIS_JOBS_URI if set, so a fleet shares one PostgreSQL, else a SQLite file in var/).",
     )
     feedback_token: SecretStr | None = Field(
         None, description="Bearer token for POST /feedback (default: the admin token)."
@@ -116,6 +133,21 @@ class Settings(BaseSettings):
         2, ge=0, description="Non-champion versions a worker keeps loaded for /versions/{v}."
     )
 
+    @field_validator("jobs_uri")
+    @classmethod
+    def _jobs_database(cls, value: SecretStr | None) -> SecretStr | None:
+        """Only the databases the job store is tested on; the message names the variable."""
+        if value is not None and not value.get_secret_value():
+            return None  # IRIS_JOBS_URI="" means unset: the embedded SQLite file
+        if value is not None:
+            scheme = value.get_secret_value().partition("://")[0]
+            if scheme not in JOBS_SCHEMES:
+                raise ValueError(
+                    f"IRIS_JOBS_URI must start with one of {', '.join(JOBS_SCHEMES)}://"
+                    f" (got {scheme or 'no scheme'!r})"
+                )
+        return value
+
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:
         home = self.home
@@ -125,8 +157,6 @@ class Settings(BaseSettings):
             self.log_dir = home / "logs"
         if self.jobs_db is None:
             self.jobs_db = home / "var" / "jobs.sqlite"
-        if self.loop_uri is None:
-            self.loop_uri = f"sqlite:///{home / 'var' / 'loop.sqlite'}"
         if self.capture_dir is None:
             self.capture_dir = home / "var" / "captures"
         if self.tracking_uri is None:
@@ -134,6 +164,19 @@ class Settings(BaseSettings):
         if self.artifact_root is None:
             self.artifact_root = (home / "mlruns").as_uri()
         return self
+
+    @property
+    def jobs_url(self) -> str:
+        """SQLAlchemy URL of the job records: ``jobs_uri`` if set, else the SQLite file."""
+        return self.jobs_uri.get_secret_value() if self.jobs_uri else f"sqlite:///{self.jobs_db}"
+
+    @property
+    def loop_url(self) -> str:
+        """SQLAlchemy URL of served predictions and feedback (see ``loop_uri``)."""
+        for uri in (self.loop_uri, self.jobs_uri):
+            if uri is not None and uri.get_secret_value():
+                return uri.get_secret_value()
+        return f"sqlite:///{self.home / 'var' / 'loop.sqlite'}"
 
     @property
     def train_csv(self) -> Path:

@@ -3,7 +3,8 @@
 # Debian/Ubuntu only; needs root (or sudo). Safe to run again: apt skips what is there.
 set -euo pipefail
 
-packages=(buildah podman runc debootstrap uidmap fuse-overlayfs slirp4netns)
+# catatonit: the pause process of the pods `podman kube play` creates (tests/deploy).
+packages=(buildah podman runc debootstrap uidmap fuse-overlayfs slirp4netns catatonit)
 
 missing=()
 for pkg in "${packages[@]}"; do

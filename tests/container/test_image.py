@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
 import httpx
 import pandas as pd
@@ -21,19 +20,6 @@ from training.schema import FEATURES
 pytestmark = [pytest.mark.container, pytest.mark.integration, pytest.mark.timeout(2400)]
 
 TOKEN = "container-token-3c9e"
-
-
-@pytest.fixture(scope="module")
-def backend() -> ct.Backend:
-    return ct.require_backend()
-
-
-@pytest.fixture(scope="module")
-def image(backend, built_bento, trained_home):
-    tag = f"iris-classifier:test-{uuid.uuid4().hex[:8]}"
-    ref = ct.containerize(backend, built_bento, tag, bentoml_home=trained_home.bentoml_home)
-    yield ref
-    backend.command("rmi", "-f", ref, timeout=300, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -122,7 +122,9 @@ def test_retrain_killed_halfway_changes_nothing_and_next_succeeds(tmp_path, reco
         pid = None
         while pid is None and time.monotonic() < deadline:
             with sqlite3.connect(jobs_db) as conn:
-                pid = conn.execute("SELECT pid FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+                pid = conn.execute(
+                    "SELECT pid FROM iris_retrain_jobs WHERE id = ?", (job_id,)
+                ).fetchone()[0]
             time.sleep(0.1)
         time.sleep(3)  # into training: MLflow runs exist, nothing registered or promoted yet
         os.kill(pid, signal.SIGKILL)

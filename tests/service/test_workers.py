@@ -14,7 +14,9 @@ pytestmark = pytest.mark.integration
 # Packages with native libraries, so that /proc/PID/maps shows them once imported (pure
 # Python ones such as mlflow never appear there: tests/training/test_onnx_export.py checks
 # sys.modules of a worker-style process instead).
-HEAVY = ("sklearn", "scipy", "pyarrow", "pandas")
+# pyarrow is not among them: the capture writer needs it to write Parquet (about 28 MiB
+# per worker; IRIS_CAPTURE=false never imports it).
+HEAVY = ("sklearn", "scipy", "pandas")
 
 
 def _mapped(pid: int) -> str:

@@ -38,3 +38,12 @@ def retrain_and_wait(url: str, token: str, timeout: float = 240) -> dict:
 def served_version(url: str) -> str:
     """The registry version named in a /predict answer."""
     return httpx.post(url + "/predict", json=GOOD, timeout=30).json()["model"]["version"]
+
+
+def wait_version(url: str, version: str, timeout: float) -> float:
+    """Wait until /predict at ``url`` names ``version``; returns the seconds it took."""
+    started = time.monotonic()
+    while (served := served_version(url)) != version:
+        assert time.monotonic() - started < timeout, f"{url} still serves {served}"
+        time.sleep(0.1)
+    return time.monotonic() - started

@@ -18,6 +18,8 @@ class LoadResult:
     ok: int = 0
     failed: list[str] = field(default_factory=list)
     versions: Counter = field(default_factory=Counter)
+    replicas: Counter = field(default_factory=Counter)
+    """Answers per replica, when a load balancer names it (``X-Replica``)."""
     latencies_ms: list[float] = field(default_factory=list)
     failure_times: list[float] = field(default_factory=list)
 
@@ -34,12 +36,20 @@ class LoadResult:
 class Load:
     """``clients`` threads POSTing /predict until ``stop()`` or ``max_seconds``.
 
-    Every answer is checked: status 200, a species, probabilities summing to 1, and a
+    Each client waits ``pause_s`` between requests (0: closed loop, as fast as answers
+    come). Every answer is checked: status 200, a species, probabilities summing to 1, and a
     model version. Anything else is a failure, with its text.
     """
 
-    def __init__(self, url: str, clients: int = 32, max_seconds: float = 120, timeout: float = 10):
-        self.url, self.clients, self.timeout = url, clients, timeout
+    def __init__(
+        self,
+        url: str,
+        clients: int = 32,
+        max_seconds: float = 120,
+        timeout: float = 10,
+        pause_s: float = 0.0,
+    ):
+        self.url, self.clients, self.timeout, self.pause_s = url, clients, timeout, pause_s
         self.deadline = time.monotonic() + max_seconds
         self.result = LoadResult()
         self._stop = threading.Event()
@@ -86,3 +96,6 @@ class Load:
                         self.result.ok += 1
                         self.result.versions[version] += 1
                         self.result.latencies_ms.append(elapsed)
+                        self.result.replicas[response.headers.get("x-replica")] += 1
+                if self.pause_s:
+                    self._stop.wait(self.pause_s)
