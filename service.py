@@ -117,10 +117,17 @@ class IrisClassifier:
 
     @bentoml.api(output_spec=RetrainResponse, route="/retrain")
     async def retrain(self, ctx: bentoml.Context) -> dict:
-        """Start retraining in the background (202 + job id). Needs the admin bearer token."""
+        """Start retraining in the background (202 + job id). Needs the admin bearer token.
+
+        ``?include_feedback=true`` also trains on served predictions that got ground truth.
+        """
         response = self.runtime.authorize(ctx.request.headers.get("authorization"))
         if response is None:
-            response = await self.runtime.submit_retrain()
+            query = ctx.request.query_params.get("include_feedback", "false").lower()
+            if query not in ("true", "false", "1", "0"):
+                response = json_error(422, "include_feedback must be true or false")
+            else:
+                response = await self.runtime.submit_retrain(query in ("true", "1"))
         # BentoML copies the context's status onto responses of APIs that take ctx.
         ctx.response.status_code = response.status_code
         return response

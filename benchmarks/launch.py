@@ -101,6 +101,23 @@ def build_peers(
             "follow_registry": "on (default, polls every 10 s, without MLflow in workers)",
         },
     )
+    for key, loop_env, loop_settings in (
+        (
+            "loop_on",
+            {"IRIS_SHADOW_RATE": "1.0"},
+            "capture on (Parquet + prediction index), every request also scored in shadow by "
+            "the challenger",
+        ),
+        ("loop_off", {"IRIS_CAPTURE": "false"}, "capture off, no shadow"),
+    ):
+        port = str(free_port())
+        bento(
+            key,
+            TITLES[key],
+            OUR_TARGET,
+            {"IRIS_GRPC_PORT": port, "IRIS_GRPC_HOST": "127.0.0.1", **loop_env},
+            {"workers": f"cpu_count ({cpus})", "loop": loop_settings},
+        )
     bento(
         "noop",
         TITLES["noop"],

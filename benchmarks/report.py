@@ -26,9 +26,11 @@ PACKAGES = (
     "scikit-learn",
     "py-spy",
 )
-PEER_ORDER = ("ours", "noop", "seed", "mlflow")
+PEER_ORDER = ("ours", "loop_on", "loop_off", "noop", "seed", "mlflow")
 TITLES = {
     "ours": "our service",
+    "loop_on": "ours, capture + shadow on",
+    "loop_off": "ours, capture off",
     "noop": "no-op BentoML",
     "seed": "seed-style FastAPI",
     "mlflow": "mlflow models serve",
@@ -95,6 +97,13 @@ def targets(result: dict) -> list[dict]:
     noop = load("noop")
     ratio = ours["p99_ms"] / noop["p99_ms"] if ours and noop else None
     rows.append(_target(f"p99 at c={c}: ours / no-op BentoML", ratio, 1.5, higher=False))
+    # The closed loop's cost: capture of every answer plus shadow scoring of every request
+    # by the challenger, against the same service with capture off and no shadow.
+    on, off = load("loop_on"), load("loop_off")
+    ratio = on["rps"] / off["rps"] if on and off else None
+    rows.append(_target(f"/predict rps at c={c}: capture+shadow on / off", ratio, 0.9))
+    ratio = on["p99_ms"] / off["p99_ms"] if on and off else None
+    rows.append(_target(f"p99 at c={c}: capture+shadow on / off", ratio, 1.2, higher=False))
     for shape, batch in peers.get("ours", {}).get("batch", {}).items():
         rows.append(
             _target(

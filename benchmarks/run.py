@@ -22,7 +22,7 @@ import typer
 
 from benchmarks import launch, load, profile, report
 from tests.utils.servers import BIN
-from tests.utils.training import train_home
+from tests.utils.training import iris_train, train_home
 from training.schema import SPECIES
 
 app = typer.Typer(help=__doc__, add_completion=False)
@@ -124,6 +124,7 @@ def run(work: Path, **opts) -> dict:
     champion = trained.result
     if champion["best_candidate"] != "random_forest" or not champion["promoted"]:
         raise AssertionError(f"expected a Random Forest champion, got {champion}")
+    _add_challenger(trained)
     row = load.iris_rows(1)[0]
     peers = launch.build_peers(trained.env, work, row, opts["mlflow_workers"])
     result: dict = {
@@ -166,6 +167,30 @@ def run(work: Path, **opts) -> dict:
     return result
 
 
+def loop_counters(url: str) -> dict[str, float]:
+    """What the loop did during the load: captured, dropped and shadow-scored answers."""
+    import re
+
+    text = httpx.get(url + "/metrics", timeout=10).text
+    totals = {}
+    for name in ("captured", "capture_dropped", "shadow_scored", "shadow_agreed"):
+        values = re.findall(rf"^iris_{name}_total(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M)
+        totals[name] = sum(float(v) for v in values)
+    return totals
+
+
+def _add_challenger(trained) -> None:
+    """A second version (another seed and split) as ``@challenger``, v1 staying champion:
+    what the shadow-scoring peer compares against."""
+    from mlflow import MlflowClient
+
+    typer.echo("training a challenger (v2) ...")
+    iris_train({**trained.env, "IRIS_SEED": "5", "IRIS_TEST_SIZE": "0.3"}, "run")
+    iris_train(trained.env, "promote", trained.result["version"])
+    client = MlflowClient(tracking_uri=trained.tracking_uri, registry_uri=trained.tracking_uri)
+    client.set_registered_model_alias(trained.settings.model_name, "challenger", "2")
+
+
 def measure(peer: launch.Peer, work: Path, entry: dict, opts: dict, version: str) -> None:
     body_file = work / f"body-{peer.key}.json"
     body_file.write_text(json.dumps(peer.body))
@@ -201,6 +226,9 @@ def measure(peer: launch.Peer, work: Path, entry: dict, opts: dict, version: str
                     f"   batch {shape}: client {b['client_median_ms']} ms, "
                     f"server {b['server_median_ms']} ms"
                 )
+        if peer.key.startswith("loop_"):
+            entry["loop"] = loop_counters(live.server.url)
+            typer.echo(f"   loop: {entry['loop']}")
         entry["memory"] = launch.memory(live.server)
     if peer.key == "ours" and opts["profile_seconds"] > 0:
         typer.echo("   profiling a fresh instance (py-spy + GC probe) ...")

@@ -231,9 +231,9 @@ class IrisRuntime:
             )
         )
 
-    async def submit_retrain(self):
+    async def submit_retrain(self, with_feedback: bool = False):
         try:
-            job = await asyncio.to_thread(self._spawn)
+            job = await asyncio.to_thread(self._spawn, with_feedback)
         except ConflictError as c:
             return _conflict(c.job)
         except JobsUnavailableError as e:
@@ -241,12 +241,15 @@ class IrisRuntime:
         payload = {"job_id": job.id, "state": job.state, "status_url": f"/jobs/{job.id}"}
         return json_response(payload, 202)
 
-    def _spawn(self) -> Job:
+    def _spawn(self, with_feedback: bool = False) -> Job:
         data_path = self.settings.retrain_data or self.settings.raw_data
         job = self.jobs.create(data_path)
+        argv = [sys.executable, "-m", "serving.retrain_job", job.id]
+        if with_feedback:
+            argv.append("--with-feedback")
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "serving.retrain_job", job.id],
+                argv,
                 cwd=PROJECT_DIR,
                 env=retrain_env(self.settings),
             )

@@ -47,7 +47,7 @@ def keep_alive(store: JobStore, job_id: str, done: threading.Event) -> threading
     return thread
 
 
-def main(job_id: str) -> int:
+def main(job_id: str, with_feedback: bool = False) -> int:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_dir, "training.log")
     store = JobStore(settings.jobs_url, lease_s=settings.jobs_lease_s)
@@ -59,23 +59,26 @@ def main(job_id: str) -> int:
     done = threading.Event()
     keep_alive(store, job_id, done)
     try:
-        return _train(store, job_id, Path(job.data_path), settings)
+        return _train(store, job_id, Path(job.data_path), settings, with_feedback)
     finally:
         done.set()
 
 
-def _train(store: JobStore, job_id: str, data_path: Path, settings) -> int:
+def _train(
+    store: JobStore, job_id: str, data_path: Path, settings, with_feedback: bool = False
+) -> int:
     logger.info(
-        "Retrain job %s started on %s (MLflow HTTP: %s retries, %s s timeout)",
+        "Retrain job %s started on %s%s (MLflow HTTP: %s retries, %s s timeout)",
         job_id,
         data_path,
+        " plus the labelled predictions" if with_feedback else "",
         os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "default"),
         os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "default"),
     )
     try:
         from training.pipeline import run
 
-        result = run(settings, data_path)
+        result = run(settings, data_path, with_feedback=with_feedback)
     except Exception as e:
         logger.exception("Retrain job %s failed", job_id)
         store.finish(job_id, error=public_error(e, data_path))
@@ -86,4 +89,4 @@ def _train(store: JobStore, job_id: str, data_path: Path, settings) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1], with_feedback="--with-feedback" in sys.argv[2:]))

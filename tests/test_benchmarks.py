@@ -28,6 +28,7 @@ def test_benchmark_smoke_run_reports_every_measure(tmp_path: Path) -> None:
     readme_before = README.read_bytes()
     argv = [sys.executable, "-m", "benchmarks.run", "--duration", "1", "--warmup", "1"]
     argv += ["--concurrency", "1", "--concurrency", "4", "--peers", "ours", "--peers", "noop"]
+    argv += ["--peers", "loop_on", "--peers", "loop_off"]
     argv += ["--rounds", "2"]
     argv += ["--batch-rows", "2000", "--batch-repeats", "2", "--profile-seconds", "0"]
     argv += ["--out", str(tmp_path), "--no-readme"]
@@ -38,7 +39,7 @@ def test_benchmark_smoke_run_reports_every_measure(tmp_path: Path) -> None:
 
     result = json.loads((tmp_path / "latest.json").read_text())
     assert result["kind"].startswith("SMOKE RUN")
-    assert set(result["peers"]) == {"ours", "noop"}
+    assert set(result["peers"]) == {"ours", "noop", "loop_on", "loop_off"}
     for key, peer in result["peers"].items():
         assert "error" not in peer, f"{key}: {peer.get('error')}"
         for c in ("1", "4"):
@@ -55,6 +56,12 @@ def test_benchmark_smoke_run_reports_every_measure(tmp_path: Path) -> None:
     noop_ratio = next(t for name, t in measured.items() if "ours / no-op" in name and "rps" in name)
     assert noop_ratio["measured"] > 0
     assert any("2,000-row batch (records)" in name for name in measured)
+    # The loop peer really captured and shadow-scored under load; the other captured nothing.
+    on, off = result["peers"]["loop_on"]["loop"], result["peers"]["loop_off"]["loop"]
+    assert on["captured"] > 100 and on["shadow_scored"] > 100, on
+    assert off["captured"] == 0 and off["shadow_scored"] == 0, off
+    loop = next(t for name, t in measured.items() if "capture+shadow on / off" in name)
+    assert loop["measured"] > 0
     assert README.read_bytes() == readme_before, "--no-readme must leave the README alone"
 
 

@@ -149,12 +149,24 @@ def run(
     result_json: Annotated[
         Path | None, typer.Option(help="Also write the result as JSON to this file (atomically).")
     ] = None,
+    with_feedback: Annotated[
+        bool,
+        typer.Option(
+            "--with-feedback",
+            help="Also train on served predictions that got ground truth (POST /feedback).",
+        ),
+    ] = False,
 ) -> None:
     """Run the whole pipeline: preprocess, train, register, gate, import."""
     from training.pipeline import run as run_pipeline
 
     settings = _setup()
-    result = _guarded("pipeline", lambda: run_pipeline(settings, raw, import_to_bento=bento_import))
+    result = _guarded(
+        "pipeline",
+        lambda: run_pipeline(
+            settings, raw, import_to_bento=bento_import, with_feedback=with_feedback
+        ),
+    )
     text = json.dumps(result.to_dict(), indent=2)
     if result_json is not None:
         write_atomic(result_json, text)
@@ -172,6 +184,18 @@ def champion() -> None:
         typer.echo("no champion", err=True)
         raise typer.Exit(1)
     typer.echo(version)
+
+
+@app.command("export-feedback")
+def export_feedback(
+    out: Annotated[Path, typer.Option(help="CSV to write, in the raw data layout.")],
+) -> None:
+    """Write served predictions that got ground truth as a raw-layout CSV (Species = label)."""
+    from training import feedback_data
+
+    settings = _setup()
+    rows = _guarded("export-feedback", lambda: feedback_data.export(settings, out))
+    typer.echo(f"{out}: {rows} labelled predictions")
 
 
 @app.command("drift-report")

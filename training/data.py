@@ -10,7 +10,7 @@ import os
 import shutil
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -52,6 +52,7 @@ class Split:
     test: pd.DataFrame
     source: Path
     digest: str
+    lineage: dict[str, str] = field(default_factory=dict)  # run tags: where the rows came from
 
 
 def load_raw(path: Path) -> pd.DataFrame:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from training import bento_store, data, registry, train
+from training import bento_store, data, feedback_data, registry, train
 from training.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -60,13 +60,32 @@ def train_and_register(split: data.Split, settings: Settings) -> PipelineResult:
 
 
 def run(
-    settings: Settings, raw_path: Path | None = None, *, import_to_bento: bool = True
+    settings: Settings,
+    raw_path: Path | None = None,
+    *,
+    import_to_bento: bool = True,
+    with_feedback: bool = False,
 ) -> PipelineResult:
-    """Run every stage; the champion (new or unchanged) ends up in the BentoML store."""
-    logger.info(
-        "Pipeline start: data=%s registry=%s", raw_path or settings.raw_data, _safe_uri(settings)
-    )
-    split = preprocess(settings, raw_path)
+    """Run every stage; the champion (new or unchanged) ends up in the BentoML store.
+
+    With ``with_feedback``, the labelled captures (training.feedback_data) are added to
+    the raw CSV first, and both sources' digests are recorded on the run.
+    """
+    source = raw_path or settings.raw_data
+    lineage: dict[str, str] = {}
+    if with_feedback:
+        combined = feedback_data.combine(settings, source, settings.home / "var" / "retrain-data")
+        logger.info(
+            "Training on %s (%d rows) plus %d labelled predictions",
+            source.name,
+            combined.base_rows,
+            combined.feedback_rows,
+        )
+        source, lineage = combined.path, combined.lineage
+    logger.info("Pipeline start: data=%s registry=%s", source, _safe_uri(settings))
+    split = preprocess(settings, source)
+    if lineage:
+        split = replace(split, lineage=lineage)
     result = train_and_register(split, settings)
     if import_to_bento:
         result.bento_tag = bento_store.import_champion(settings).tag

@@ -113,6 +113,8 @@ def train_candidates(data: Split, settings: Settings) -> tuple[str, list[Candida
     with mlflow.start_run(run_name="training", tags=tags) as parent:
         mlflow.log_params({"seed": settings.seed, "test_size": settings.test_size})
         mlflow.set_tag("data_sha256_16", data.digest)
+        if data.lineage:
+            mlflow.set_tags(data.lineage)
         for name, (priority, build) in CANDIDATES.items():
             with mlflow.start_run(
                 run_name=name, nested=True, tags={**tags, PRIORITY_TAG: str(priority)}

@@ -101,6 +101,13 @@ def test_retrain_refuses_without_the_right_token(server2, headers):
     assert httpx.get(server2.url + "/jobs/", headers=headers).status_code == 401
 
 
+def test_retrain_option_must_be_a_boolean(server2):
+    response = httpx.post(server2.url + "/retrain?include_feedback=maybe", headers=AUTH)
+    assert response.status_code == 422
+    assert "include_feedback" in ErrorResponse.model_validate(response.json()).error.message
+    assert httpx.get(server2.url + "/jobs/", headers=AUTH).json()["jobs"] == []  # none started
+
+
 def test_retrain_runs_in_background_single_flight_and_all_workers_reload(server2, own_home):
     assert set(served_versions(server2).values()) == {"1"}
     started = httpx.post(server2.url + "/retrain", headers=AUTH)

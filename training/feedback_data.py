@@ -1,0 +1,109 @@
+"""Labelled captures as training data: what the served model learned after deployment.
+
+Every served prediction that got ground truth through ``POST /feedback`` becomes a row in
+the raw CSV layout (``Id``, the four ``*Cm`` columns, ``Species`` = the label), so it goes
+through exactly the validation the shipped CSV does (training.data.load_raw: every bad
+value named by file, line and column). A retrain with feedback trains on the base CSV plus
+these rows; both files' digests go into the run's tags, so the lineage says which
+shipped data and which labels a version learned from.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from training.data import file_digest
+from training.loop_store import FeedbackStore, feedback, predictions
+from training.schema import FEATURES, RAW_COLUMNS, RAW_ID, RAW_TO_FEATURE
+from training.settings import Settings
+
+
+@dataclass(frozen=True)
+class Combined:
+    path: Path
+    base_rows: int
+    feedback_rows: int
+    lineage: dict[str, str]
+
+
+def labelled(settings: Settings) -> list[tuple[float, float, float, float, str]]:
+    """``(four measurements, true species)`` of every served prediction with feedback, in
+    the order they were served."""
+    p, f = predictions, feedback
+    query = (
+        sa.select(*(p.c[name] for name in FEATURES), f.c.species)
+        .select_from(p.join(f, f.c.prediction_id == p.c.prediction_id))
+        .order_by(p.c.time, p.c.prediction_id)
+    )
+    with FeedbackStore(settings.loop_url).engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(query)]
+
+
+def export(settings: Settings, out: Path) -> int:
+    """Write the labelled captures alone as a raw-layout CSV (atomically); returns rows."""
+    rows = labelled(settings)
+    _write(out, [_raw_row(i + 1, row) for i, row in enumerate(rows)])
+    return len(rows)
+
+
+def combine(settings: Settings, base: Path, out_dir: Path) -> Combined:
+    """The base raw CSV followed by the labelled captures (Ids continue after the base's),
+    written to a new file in ``out_dir``.
+
+    Raises:
+        ValueError: there is no labelled capture to add.
+    """
+    rows = labelled(settings)
+    if not rows:
+        raise ValueError(
+            "no labelled predictions to train on: send ground truth to POST /feedback first"
+        )
+    with base.open(newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        base_rows = list(reader)
+    if header != list(RAW_COLUMNS):
+        raise ValueError(f"{base.name}: expected columns {', '.join(RAW_COLUMNS)}")
+    start = max((int(r[0]) for r in base_rows if r and r[0].isdigit()), default=0) + 1
+    extra = [_raw_row(start + i, row) for i, row in enumerate(rows)]
+    labels_digest = _digest_rows(extra)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{base.stem}+feedback-{labels_digest}.csv"
+    _write(path, base_rows + extra)
+    lineage = {
+        "data.base_source": base.name,
+        "data.base_sha256_16": file_digest(base),
+        "data.feedback_rows": str(len(extra)),
+        "data.feedback_sha256_16": labels_digest,
+    }
+    return Combined(path, len(base_rows), len(extra), lineage)
+
+
+def _raw_row(row_id: int, row) -> list[str]:
+    *values, species = row
+    return [str(row_id), *(f"{v:.4g}" for v in values), species]
+
+
+def _digest_rows(rows: list[list[str]]) -> str:
+    import hashlib
+
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return hashlib.sha256(buffer.getvalue().encode()).hexdigest()[:16]
+
+
+def _write(path: Path, rows: list[list[str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow([RAW_ID, *RAW_TO_FEATURE, "Species"])
+        writer.writerows(rows)
+    os.replace(tmp, path)
