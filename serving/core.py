@@ -162,9 +162,8 @@ class IrisRuntime:
         model, names, proba = await self.classify_async(rows, chosen)
         classes = model.class_names
         info = model.identity.public()
-        base = new_id()
+        base, ids = self.answered(model, rows, names, proba, "http", started, single=single)
         if single:
-            ids: list[str] = [base]
             payload = {
                 "prediction_id": base,
                 "species": names[0],
@@ -172,12 +171,33 @@ class IrisRuntime:
                 "model": info,
             }
         else:
-            ids = row_ids(base, len(names))
             payload = {"model": info, "predictions": _predictions(classes, ids, names, proba)}
-        self.capture(model, ids, rows, names, proba, "http", started, model.identity.alias)
-        if model is champion:
-            self.shadow.maybe(self.holder.challenger, model, ids, rows, names, "http")
         return json_response(payload, headers={"X-Prediction-Id": base})
+
+    def answered(
+        self,
+        model: ServedModel,
+        rows: np.ndarray,
+        names: list[str],
+        proba: np.ndarray,
+        protocol: str,
+        started: float,
+        *,
+        single: bool = False,
+    ) -> tuple[str, list[str]]:
+        """What every protocol does with an answer: give it ids, capture it, and let the
+        challenger shadow-score a champion answer.
+
+        Returns:
+            The answer's prediction id and one id per row (``<id>-<row>``; the id itself
+            for a ``single`` flower).
+        """
+        base = new_id()
+        ids = [base] if single else row_ids(base, len(names))
+        self.capture(model, ids, rows, names, proba, protocol, started, model.identity.alias)
+        if model is self.holder.current:
+            self.shadow.maybe(self.holder.challenger, model, ids, rows, names, protocol)
+        return base, ids
 
     def capture(
         self,

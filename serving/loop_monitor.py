@@ -88,6 +88,9 @@ class LoopMonitor:
         profile = self.holder.current.profile
         values, species = self.store.recent_inputs(self.settings.drift_window_rows)
         self.metrics.drift_rows.set(len(species))
+        if profile is not None:
+            for name, share in profile["class_shares"].items():
+                self.metrics.class_share.labels(species=name, source="training").set(share)
         if profile is None or not species:
             for name in FEATURES:  # nothing measured: 0, and drift_rows says why
                 self.metrics.drift_psi.labels(feature=name).set(0.0)
@@ -99,8 +102,7 @@ class LoopMonitor:
             self.metrics.drift_ks.labels(feature=name).set(ks)
         names, counts = np.unique(np.asarray(species), return_counts=True)
         shares = dict(zip(names.tolist(), (counts / counts.sum()).tolist(), strict=True))
-        for name, share in profile["class_shares"].items():
-            self.metrics.class_share.labels(species=name, source="training").set(share)
+        for name in profile["class_shares"]:
             self.metrics.class_share.labels(species=name, source="predicted").set(
                 shares.get(name, 0.0)
             )

@@ -89,10 +89,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             wanted = oip.requested([o.name for o in request.outputs])
         except oip.InferError as e:
             await context.abort(CODES[e.kind], str(e))
-        species, proba = await versions.classify(model, rows)
+        species, proba, prediction_id = await versions.classify(model, rows, "oip_grpc")
         response = pb.ModelInferResponse(
             model_name=model.identity.name, model_version=model.identity.version, id=request.id
         )
+        # For POST /feedback (rows: "<id>-<row>"), as over REST.
+        response.parameters["prediction_id"].string_param = prediction_id
         for tensor in oip.outputs(species, proba, wanted):
             out = response.outputs.add(
                 name=tensor.name, datatype=tensor.datatype, shape=tensor.shape

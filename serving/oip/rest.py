@@ -69,11 +69,16 @@ async def infer(request: Request) -> Response:
         as_binary = binary.binary_outputs(body)
     except oip.InferError as e:
         return _error(e)
-    species, proba = await versions.classify(model, rows)
+    species, proba, prediction_id = await versions.classify(model, rows, "oip_rest")
     payload = {"model_name": model.identity.name, "model_version": model.identity.version}
     if isinstance(body.get("id"), str):
         payload["id"] = body["id"]
-    return _answer(payload, oip.outputs(species, proba, wanted), as_binary)
+    # The protocol's response parameters carry our prediction id (rows: "<id>-<row>"),
+    # for POST /feedback; so does the X-Prediction-Id header, as on /predict.
+    payload["parameters"] = {"prediction_id": prediction_id}
+    response = _answer(payload, oip.outputs(species, proba, wanted), as_binary)
+    response.headers["X-Prediction-Id"] = prediction_id
+    return response
 
 
 def _answer(payload: dict, tensors: list[oip.Tensor], as_binary: dict[str, bool]) -> Response:

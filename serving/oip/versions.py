@@ -139,13 +139,17 @@ async def resolve(name: str, version: str) -> ServedModel:
     return await cache.get(version)
 
 
-async def classify(model: ServedModel, rows) -> tuple[list[str], object]:
-    """Species and probabilities from exactly ``model`` (counted like every prediction)."""
-    from serving.metrics import get_metrics
+async def classify(model: ServedModel, rows, protocol: str) -> tuple[list[str], object, str]:
+    """Species, probabilities and prediction id from exactly ``model``: the same path as
+    every HTTP prediction (counted, captured, and shadow-scored when it is the champion).
 
-    if model.fast:  # ONNX: microseconds, cheaper than a thread hop
-        names, proba = model.predict(rows)
-    else:
-        names, proba = await asyncio.to_thread(model.predict, rows)
-    get_metrics().record(names, model.identity.version)
-    return names, proba
+    Returns:
+        (species, probabilities, prediction id; rows are ``<id>-<row>``).
+    """
+    from serving.core import get_runtime
+
+    runtime = get_runtime()
+    started = time.perf_counter()
+    model, names, proba = await runtime.classify_async(rows, model)
+    base, _ = runtime.answered(model, rows, names, proba, protocol, started)
+    return names, proba, base

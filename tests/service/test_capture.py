@@ -17,6 +17,20 @@ GOOD = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_wid
 ROW = [6.7, 3.0, 5.2, 2.3]
 
 
+def grpc_infer(server, rows):
+    import grpc
+
+    from serving.oip.proto import grpc_predict_v2_pb2 as pb
+    from serving.oip.proto import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    request = pb.ModelInferRequest(model_name="iris-classifier")
+    request.inputs.add(
+        name="features", datatype="FP32", shape=[len(rows), 4]
+    ).contents.fp32_contents.extend(v for row in rows for v in row)
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        return pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+
+
 def test_mixed_requests_on_two_workers_are_captured_exactly_once(trained_home, tmp_path):
     captures = tmp_path / "captures"
     env = {
@@ -43,13 +57,42 @@ def test_mixed_requests_on_two_workers_are_captured_exactly_once(trained_home, t
                     assert p["prediction_id"] == f"{base}-{row}"
                     expected[p["prediction_id"]] = p["species"]
         version = r.json()["model"]["version"]
+        # The Open Inference Protocol, over REST and gRPC, goes through the same capture.
+        for _ in range(5):
+            r = httpx.post(
+                server.url + "/v2/models/iris-classifier/infer",
+                json={
+                    "inputs": [
+                        {
+                            "name": "features",
+                            "shape": [2, 4],
+                            "datatype": "FP32",
+                            "data": [ROW, ROW],
+                        }
+                    ]
+                },
+            )
+            assert r.status_code == 200, r.text
+            base = r.json()["parameters"]["prediction_id"]
+            assert r.headers["x-prediction-id"] == base
+            for row, species in enumerate(r.json()["outputs"][0]["data"]):
+                expected[f"{base}-{row}"] = species
+            response = grpc_infer(server, [ROW, ROW, ROW])
+            base = response.parameters["prediction_id"].string_param
+            for row, species in enumerate(response.outputs[0].contents.bytes_contents):
+                expected[f"{base}-{row}"] = species.decode()
         assert not list(captures.rglob("*.parquet"))  # all still queued in the workers
     # The server has stopped cleanly: everything it answered is on disk.
     frame = pd.read_parquet(captures)
-    assert len(frame) == len(expected) == 30 + 10 * 3
+    assert len(frame) == len(expected) == 30 + 10 * 3 + 5 * 2 + 5 * 3
     assert dict(zip(frame["prediction_id"], frame["species"], strict=True)) == expected
     assert set(frame["model_version"].astype(str)) == {version}
-    assert set(frame["role"]) == {"champion"} and set(frame["protocol"]) == {"http"}
+    assert set(frame["role"]) == {"champion"}
+    assert frame["protocol"].value_counts().to_dict() == {
+        "http": 60,
+        "oip_rest": 10,
+        "oip_grpc": 15,
+    }
     pids = {re.search(r"part-(\d+)-", p.name).group(1) for p in captures.rglob("part-*.parquet")}
     assert len(pids) == 2  # one writer per worker process, each with its own files
 
