@@ -3,11 +3,12 @@
 With a ``@challenger`` in the registry, every worker holds it beside the champion
 (serving.reloader). Two ways to try it, both set without a restart:
 
-- **Canary**: the registered model's ``canary_percent`` tag (``iris-train canary 10``) sends
-  that share of ``/predict`` to the challenger, which answers (the response's ``model.alias``
-  says ``challenger``). The choice is sticky per client: requests with the same
-  ``X-Client-Key`` header (``IRIS_CANARY_KEY_HEADER``) always land on the same side, by a
-  hash of the key; requests without one are split at random.
+- **Canary**: the registered model's ``canary_percent`` tag (``iris-train canary 10``, stored
+  as ``10@v<challenger version>``) sends that share of ``/predict`` to that challenger (a
+  different ``@challenger`` gets nothing until a new split names it), which answers (the
+  response's ``model.alias`` says ``challenger``). The choice is sticky per client:
+  requests with the same ``X-Client-Key`` header (``IRIS_CANARY_KEY_HEADER``) always land
+  on the same side, by a hash of the key; requests without one are split at random.
 - **Shadow** (``IRIS_SHADOW_RATE``, a share of requests): the challenger also scores
   requests the champion answered, after the answer has gone: its outputs are captured
   (role ``shadow``) and compared with the champion's (``iris_shadow_agreed_total`` over
@@ -28,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from serving.runtime import ModelHolder, ServedModel
+from serving.runtime import BULK_ROWS, ModelHolder, ServedModel
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,11 @@ def in_canary(percent: float, client_key: str | None) -> bool:
 def choose(holder: ModelHolder, client_key: str | None) -> ServedModel:
     """The model that answers this ``/predict``: the challenger for the canary share."""
     challenger = holder.challenger
-    if challenger is not None and in_canary(holder.canary_percent, client_key):
+    if (
+        challenger is not None
+        and challenger.identity.version == holder.canary_version
+        and in_canary(holder.canary_percent, client_key)
+    ):
         return challenger
     return holder.current
 
@@ -79,9 +84,9 @@ class Shadow:
         if challenger is None or self.rate <= 0 or random.random() >= self.rate:
             return
         args = (challenger, champion, ids, rows, names, protocol)
-        if challenger.fast:
+        if challenger.fast and len(rows) < BULK_ROWS:
             # After the current request's response: the callback runs once the handler
-            # has returned and the event loop moves on.
+            # has returned and the event loop moves on (microseconds for a few rows).
             asyncio.get_running_loop().call_soon(self._score, *args)
             return
         with self._lock:

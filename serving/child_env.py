@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from training.settings import Settings
 
-SECRETS = ("IRIS_ADMIN_TOKEN",)
+SECRETS = ("IRIS_ADMIN_TOKEN", "IRIS_FEEDBACK_TOKEN")
 """Never handed to a child: the pipeline does not need them, and children log freely."""
 
 

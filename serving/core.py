@@ -89,7 +89,7 @@ class IrisRuntime:
             settings,
             self.holder,
             on_swap=self._on_swap,
-            on_failure=self.metrics.model_reload_failures.inc,
+            on_failure=lambda alias: self.metrics.model_reload_failures.labels(alias=alias).inc(),
             on_poll=forget_dead_workers,
         )
         self.metrics.start(model.identity.name, model.identity.version)

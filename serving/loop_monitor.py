@@ -41,6 +41,7 @@ class LoopMonitor:
         self._stop = threading.Event()
         self._last_error: str | None = None
         self._last_cleanup = 0.0
+        self._exported: set[str] = set()
         self._thread = threading.Thread(target=self._loop, name="loop-monitor", daemon=True)
 
     def start(self) -> None:
@@ -75,7 +76,11 @@ class LoopMonitor:
         since = time.time() - self.settings.live_window_s
         found = {q.model_version: q for q in self.store.quality(since)}
         served = self.holder.current.identity.version
-        found.setdefault(served, VersionQuality(served, 0, 0, 0))
+        # Versions exported before that have no prediction in the window any more (a
+        # rolled-back version) go to 0 labelled and NaN accuracy, so no alert outlives them.
+        for version in (self._exported - found.keys()) | {served}:
+            found.setdefault(version, VersionQuality(version, 0, 0, 0))
+        self._exported = set(found)
         for version, q in found.items():
             self.metrics.labelled.labels(model_version=version).set(q.labelled)
             self.metrics.unlabelled.labels(model_version=version).set(q.unlabelled)

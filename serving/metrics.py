@@ -24,6 +24,8 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
+from training.schema import CHALLENGER, CHAMPION
+
 logger = logging.getLogger(__name__)
 
 RETRAIN_OUTCOMES = (("succeeded", "true"), ("succeeded", "false"), ("failed", "false"))
@@ -50,7 +52,9 @@ class Metrics:
         )
         self.model_reload_failures = bentoml.metrics.Counter(
             name="iris_model_reload_failures_total",
-            documentation="Attempts to load a new champion that failed (the old one kept serving).",
+            documentation="Attempts to load a new registry version that failed, by alias "
+            "(champion: the old one kept serving; challenger: no shadow or canary).",
+            labelnames=["alias"],
         )
         self.captured = bentoml.metrics.Counter(
             name="iris_captured_total",
@@ -145,7 +149,8 @@ class Metrics:
         for outcome, promoted in RETRAIN_OUTCOMES:
             self.retrain_jobs.labels(outcome=outcome, promoted=promoted)
         self.model_reloads.inc(0)
-        self.model_reload_failures.inc(0)
+        for alias in (CHAMPION, CHALLENGER):
+            self.model_reload_failures.labels(alias=alias)
         self.captured.inc(0)
         self.shadow_skipped.inc(0)
         self.capture_dropped.inc(0)
@@ -234,6 +239,8 @@ _ROUTES = frozenset(
         "/predict",
         "/predict_batch",
         "/retrain",
+        "/feedback",
+        "/feedback/",
         "/jobs",
         "/jobs/",
         "/livez",

@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from serving import champion_lookup
@@ -113,12 +114,12 @@ class ChampionWatcher:
         settings: Settings,
         holder: ModelHolder,
         on_swap: Callable[[ServedModel, ServedModel], None] | None = None,
-        on_failure: Callable[[], None] | None = None,
+        on_failure: Callable[[str], None] | None = None,
         on_poll: Callable[[], object] | None = None,
     ):
         """Args:
         on_swap: called with (previous, new) after a new champion is swapped in.
-        on_failure: called when a new champion could not be loaded.
+        on_failure: called with the alias when a new version could not be loaded.
         on_poll: called at every poll, before the registry check (housekeeping).
         """
         self.settings = settings
@@ -198,7 +199,13 @@ class ChampionWatcher:
         logger.info(
             "Champion moved to v%s (serving v%s); loading it", found.version, current.version
         )
-        model = self._load(found, CHAMPION)
+        held = self.holder.challenger
+        if held is not None and (held.identity.version, held.identity.run_id) == key:
+            # The challenger was promoted: it is loaded and checked already.
+            model = replace(held, identity=replace(held.identity, alias=CHAMPION))
+            self.holder.set_challenger(None)
+        else:
+            model = self._load(found, CHAMPION)
         if model is None:
             return False
         previous = self.holder.swap(model)
@@ -216,10 +223,10 @@ class ChampionWatcher:
         champion, which is what a missing challenger means.
         """
         uri, name = self.settings.tracking_uri, self.settings.model_name
-        percent = _percent(champion_lookup.model_tag(uri, name, CANARY_TAG))
-        if percent != self.holder.canary_percent:
-            logger.info("Canary split: %g%% of /predict to the challenger", percent)
-            self.holder.canary_percent = percent
+        percent, version = parse_canary(champion_lookup.model_tag(uri, name, CANARY_TAG))
+        if (percent, version) != (self.holder.canary_percent, self.holder.canary_version):
+            logger.info("Canary split: %g%% of /predict to challenger v%s", percent, version)
+            self.holder.canary_percent, self.holder.canary_version = percent, version
         found = champion_lookup.champion(uri, name, CHALLENGER)
         held = self.holder.challenger
         champion = self.holder.current.identity
@@ -255,7 +262,7 @@ class ChampionWatcher:
             wait = RETRY_REFUSED_S if permanent else RETRY_FAILED_S
             self._refused[alias], self._retry_at[alias] = key, time.monotonic() + wait
             if self.on_failure:
-                self.on_failure()
+                self.on_failure(alias)
             logger.error(
                 "Could not load %s v%s; still serving v%s (next try in %.0f s): %s",
                 alias,
@@ -293,10 +300,19 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
-def _percent(value: str | None) -> float:
-    """The canary tag as a percentage in [0, 100]; unset or unreadable means 0."""
+def parse_canary(value: str | None) -> tuple[float, str | None]:
+    """The canary tag (``<percent>@v<version>``) as (percent in [0, 100], version).
+
+    Unset, unreadable or without a version means no canary: (0, None).
+    """
+    if not value:
+        return 0.0, None
+    percent, _, version = value.partition("@v")
     try:
-        return min(max(float(value), 0.0), 100.0) if value is not None else 0.0
+        share = min(max(float(percent), 0.0), 100.0)
     except ValueError:
-        logger.warning("Ignoring canary_percent tag %r: not a number", value)
-        return 0.0
+        share = -1.0
+    if share < 0 or not version:
+        logger.warning("Ignoring canary tag %r: expected <percent>@v<version>", value)
+        return 0.0, None
+    return share, version

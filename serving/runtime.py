@@ -214,6 +214,7 @@ class ModelHolder:
         self._current = model
         self.challenger: ServedModel | None = None
         self.canary_percent = 0.0
+        self.canary_version: str | None = None  # the split applies to this challenger only
         self._lock = threading.Lock()
 
     @property

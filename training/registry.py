@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -222,10 +221,15 @@ def set_canary(percent: float, settings: Settings) -> str | None:
 
     if not 0 <= percent <= 100:
         raise RegistryError(f"canary percent must be between 0 and 100, not {percent:g}")
+    from mlflow.exceptions import MlflowException
+
     client = MlflowClient()
     if percent == 0:
-        with contextlib.suppress(Exception):
+        try:
             client.delete_registered_model_tag(settings.model_name, CANARY_TAG)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":  # an outage is not "ended"
+                raise
         logger.info("Canary ended: the champion answers all of /predict")
         return None
     challenger = challenger_version(settings)
@@ -233,9 +237,18 @@ def set_canary(percent: float, settings: Settings) -> str | None:
         raise RegistryError(
             f"{settings.model_name} has no challenger: a retrain that is not promoted makes one"
         )
-    client.set_registered_model_tag(settings.model_name, CANARY_TAG, f"{percent:g}")
+    # Bound to this version: if @challenger later moves (a retrain that is not promoted),
+    # workers stop the split instead of sending traffic to a version nobody chose.
+    client.set_registered_model_tag(
+        settings.model_name, CANARY_TAG, canary_value(percent, challenger)
+    )
     logger.info("Canary: %g%% of /predict to challenger v%s", percent, challenger)
     return challenger
+
+
+def canary_value(percent: float, version: str) -> str:
+    """The canary tag's value: ``<percent>@v<version>`` (parsed by serving.reloader)."""
+    return f"{percent:g}@v{version}"
 
 
 def promote_challenger(settings: Settings) -> Decision:

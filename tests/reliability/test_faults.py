@@ -191,7 +191,9 @@ def test_tampered_model_is_refused_and_previous_keeps_serving(tmp_path, record_p
         assert not (tmp_path / "pwned").exists()
         # ...and an operator sees it: the reload-failure counter that IrisModelReloadFailing reads.
         metrics = httpx.get(server.url + "/metrics", timeout=10).text
-        failures = re.search(r"^iris_model_reload_failures_total ([0-9.]+)$", metrics, re.M)
+        failures = re.search(
+            r'^iris_model_reload_failures_total\{alias="champion"\} ([0-9.]+)$', metrics, re.M
+        )
         assert failures and float(failures.group(1)) == 1.0, failures
     record_property(
         "reliability",

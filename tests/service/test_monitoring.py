@@ -37,7 +37,8 @@ def test_every_metric_in_dashboard_and_alerts_is_exported(server):
     assert used - exported == set()
     for outcome, promoted in (("failed", "false"), ("succeeded", "true"), ("succeeded", "false")):
         assert f'iris_retrain_jobs_total{{outcome="{outcome}",promoted="{promoted}"}} 0.0' in text
-    assert re.search(r"^iris_model_reload_failures_total 0\.0$", text, re.M)
+    for alias in ("champion", "challenger"):
+        assert f'iris_model_reload_failures_total{{alias="{alias}"}} 0.0' in text
     assert re.search(r"^iris_model_reloads_total 0\.0$", text, re.M)
 
 

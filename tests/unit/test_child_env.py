@@ -24,6 +24,7 @@ def test_retrain_and_fetch_get_their_own_mlflow_http_settings(tmp_path):
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
         "IRIS_ADMIN_TOKEN": "secret",
+        "IRIS_FEEDBACK_TOKEN": "secret-too",
         "PATH": "/usr/bin",
     }
     retrain = retrain_env(settings, inherited)
@@ -32,7 +33,8 @@ def test_retrain_and_fetch_get_their_own_mlflow_http_settings(tmp_path):
     assert retrain["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "45"
     assert fetch["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
     assert fetch["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "2.5"
-    assert "IRIS_ADMIN_TOKEN" not in retrain and "IRIS_ADMIN_TOKEN" not in fetch
+    for env in (retrain, fetch):
+        assert "IRIS_ADMIN_TOKEN" not in env and "IRIS_FEEDBACK_TOKEN" not in env
     assert retrain["PATH"] == fetch["PATH"] == "/usr/bin"
 
 

@@ -16,6 +16,7 @@ from serving.metrics import endpoint_label, forget_dead_workers
     ("path", "label"),
     [
         ("/predict", "/predict"),
+        ("/feedback", "/feedback"),
         ("/jobs/", "/jobs/"),
         ("/jobs/3f0c9a1e-2b7d-4c55-9d1e-0a2b3c4d5e6f", "/jobs/{job_id}"),
         ("/v2/models/iris-classifier/infer", "/v2/models/{model_name}/infer"),

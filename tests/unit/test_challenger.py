@@ -1,0 +1,44 @@
+"""Canary routing: sticky per client key, and only to the challenger the split names."""
+
+from __future__ import annotations
+
+import pytest
+
+from serving.challenger import choose, in_canary
+from serving.reloader import parse_canary
+from serving.runtime import ModelHolder
+from tests.unit.test_champion_watch import _served
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [
+        ("10@v5", (10.0, "5")),
+        ("150@v2", (100.0, "2")),
+        ("0@v2", (0.0, "2")),
+        ("10", (0.0, None)),  # an old, unbound tag: no canary
+        ("abc@v3", (0.0, None)),
+        ("", (0.0, None)),
+        (None, (0.0, None)),
+    ],
+)
+def test_canary_tag_parsing(value, parsed):
+    assert parse_canary(value) == parsed
+
+
+def test_the_split_goes_only_to_the_challenger_it_names():
+    holder = ModelHolder(_served("1"))
+    holder.challenger = _served("5")
+    holder.canary_percent, holder.canary_version = 100.0, "4"  # @challenger moved to v5
+    assert choose(holder, "client-a").identity.version == "1"
+    holder.canary_version = "5"
+    assert choose(holder, "client-a").identity.version == "5"
+
+
+def test_a_client_key_always_lands_on_the_same_side():
+    keys = [f"client-{i}" for i in range(2000)]
+    first = [in_canary(10, k) for k in keys]
+    assert first == [in_canary(10, k) for k in keys]
+    assert 0.07 <= sum(first) / len(first) <= 0.13
+    assert not any(in_canary(0, k) for k in keys)
+    assert all(in_canary(100, k) for k in keys)
