@@ -7,7 +7,8 @@ thread per worker process flushes every ``IRIS_CAPTURE_FLUSH_S`` seconds:
 - to Parquet, partitioned Hive-style as
   ``<dir>/date=YYYY-MM-DD/model_version=V/part-<pid>-<seq>.parquet``. Each worker writes
   only files named with its own PID, each written to a temporary name and renamed when
-  complete, so workers never touch each other's files and a reader never sees half a file;
+  complete, so workers never touch each other's files and a reader never sees half a file.
+  Once an hour each worker merges its own files of the past hour into one;
 - to every extra sink given (the prediction index that feedback is checked against).
 
 The queue is bounded (``IRIS_CAPTURE_MAX_PENDING`` rows): when the writer falls behind,
@@ -95,6 +96,9 @@ class CaptureWriter:
         self._stop = threading.Event()
         self._seq = 0
         self._last_retention = 0.0
+        self._sink_backlog: list[Chunk] = []
+        self._compacted_hour = int(time.time() // 3600)
+        self._last_error: str | None = None
         self._thread = threading.Thread(target=self._loop, name="capture-writer", daemon=True)
 
     # -- request path ----------------------------------------------------------------
@@ -145,25 +149,63 @@ class CaptureWriter:
             chunks = list(self._pending)
             self._pending.clear()
             self._pending_rows = 0
-        if not chunks:
+        if not chunks and not self._sink_backlog:
             return 0
-        written = self._write_parquet(chunks)
-        for sink in self.sinks:
-            try:
-                sink(chunks)
-            except Exception:  # a sink's outage must not stop the files being written
-                logger.exception("Capture sink %s failed for %d chunk(s)", sink, len(chunks))
-        if self.on_written:
+        written = 0
+        try:
+            written = self._write_parquet(chunks)
+        except Exception as e:  # noqa: BLE001 - disk full, permissions: logged, sinks still run
+            self._log_once("Capture files not written", e)
+        self._to_sinks(chunks)
+        if self.on_written and written:
             self.on_written(written)
+        hour = int(time.time() // 3600)
+        if hour != self._compacted_hour:
+            self._compacted_hour = hour
+            try:
+                self.compact(before=hour * 3600.0)
+            except Exception as e:  # noqa: BLE001 - small files are only slower to read
+                self._log_once("Capture compaction failed", e)
         if time.monotonic() - self._last_retention > self.retention_every_s:
             self._last_retention = time.monotonic()
             self.enforce_retention()
         return written
 
+    def _to_sinks(self, chunks: list[Chunk]) -> None:
+        """Hand chunks to every sink; on a failure keep them (bounded) for the next flush,
+        so a database blip delays indexing instead of losing it."""
+        if not self.sinks:
+            return
+        batch = self._sink_backlog + chunks
+        try:
+            for sink in self.sinks:
+                sink(batch)
+        except Exception as e:  # noqa: BLE001 - a sink's outage never stops capture
+            self._log_once(f"Capture sink failed; {len(batch)} chunk(s) kept for retry", e)
+            while sum(len(c) for c in batch) > self.max_pending_rows and batch:
+                dropped = batch.pop(0)
+                if self.on_dropped:
+                    self.on_dropped(len(dropped))
+            self._sink_backlog = batch
+            return
+        self._sink_backlog = []
+        if self._last_error is not None:
+            logger.info("Capture sinks are working again")
+            self._last_error = None
+
+    def _log_once(self, what: str, e: BaseException) -> None:
+        message = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if message != self._last_error:
+            logger.error("%s: %s", what, message)
+            logger.debug("Capture failure", exc_info=True)
+        self._last_error = message
+
     def _write_parquet(self, chunks: list[Chunk]) -> int:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        if not chunks:
+            return 0
         groups: dict[tuple[str, str], list[Chunk]] = {}
         for chunk in chunks:
             day = datetime.fromtimestamp(chunk.time, UTC).strftime("%Y-%m-%d")
@@ -180,6 +222,40 @@ class CaptureWriter:
             os.replace(partial, folder / name)
             total += table.num_rows
         return total
+
+    def compact(self, before: float) -> int:
+        """Merge this process's files written before ``before`` into one file per partition.
+
+        A flush every second makes thousands of small files an hour; once an hour each
+        worker rewrites its own finished ones (never another process's) as one file,
+        written under a temporary name and renamed before the small ones are deleted.
+
+        Returns:
+            The number of small files merged away.
+        """
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        merged = 0
+        pid = os.getpid()
+        for folder in self.directory.glob("date=*/model_version=*"):
+            small = [
+                p
+                for p in folder.glob(f"part-{pid}-*.parquet")
+                if not p.name.endswith("-h.parquet") and p.stat().st_mtime < before
+            ]
+            if len(small) < 2:
+                continue
+            table = pa.concat_tables(pq.read_table(p) for p in sorted(small))
+            self._seq += 1
+            name = f"part-{pid}-{int(time.time() * 1000)}-{self._seq:06d}-h.parquet"
+            partial = folder / f".{name}.tmp"
+            pq.write_table(table, partial)
+            os.replace(partial, folder / name)
+            for p in small:
+                p.unlink(missing_ok=True)
+            merged += len(small)
+        return merged
 
     def enforce_retention(self, now: float | None = None) -> list[Path]:
         """Delete day partitions past retention, then oldest files over the size cap."""

@@ -48,11 +48,20 @@ class DriftReport:
 
 def recent_captures(capture_dir: Path, rows: int) -> pd.DataFrame:
     """The newest ``rows`` answered predictions (shadow scores left out)."""
-    if not capture_dir.is_dir() or not any(capture_dir.glob("date=*/*/part-*.parquet")):
+    days = sorted(capture_dir.glob("date=*"), reverse=True) if capture_dir.is_dir() else []
+    frames, found = [], 0
+    for day in days:  # newest days first, and only as many as the window needs
+        if not any(day.glob("*/part-*.parquet")):
+            continue
+        frame = pd.read_parquet(day)
+        frame = frame[frame["role"] != "shadow"]
+        frames.append(frame)
+        found += len(frame)
+        if found >= rows:
+            break
+    if not found:
         raise ReportError(f"no captured predictions in {capture_dir} (IRIS_CAPTURE_DIR)")
-    frame = pd.read_parquet(capture_dir)
-    frame = frame[frame["role"] != "shadow"].sort_values("time")
-    return frame.tail(rows)
+    return pd.concat(frames).sort_values("time").tail(rows)
 
 
 def champion_profile(settings: Settings, version: str | None) -> tuple[str, dict]:

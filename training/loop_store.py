@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 _meta = sa.MetaData()
 predictions = sa.Table(
-    "predictions",
+    "iris_predictions",
     _meta,
     sa.Column("prediction_id", sa.String(80), primary_key=True),
     sa.Column("time", sa.Float, nullable=False, index=True),
@@ -42,7 +42,7 @@ predictions = sa.Table(
     *(sa.Column(name, sa.Float, nullable=False) for name in FEATURES),
 )
 feedback = sa.Table(
-    "feedback",
+    "iris_feedback",
     _meta,
     sa.Column("prediction_id", sa.String(80), primary_key=True),
     sa.Column("species", sa.String(64), nullable=False),
@@ -74,11 +74,12 @@ class VersionQuality:
 class FeedbackStore:
     """Thread-safe; one per worker process, on the shared database."""
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, timeout_s: float = 5.0):
         url = sa.engine.make_url(uri)
         if url.drivername == "postgresql":  # SQLAlchemy 2.1 would pick psycopg 3
             url = url.set(drivername="postgresql+psycopg2")
         self.uri = url
+        self.timeout_s = timeout_s
         self._engine: sa.Engine | None = None
         self._lock = threading.Lock()
 
@@ -86,7 +87,16 @@ class FeedbackStore:
     def engine(self) -> sa.Engine:
         with self._lock:
             if self._engine is None:
-                engine = sa.create_engine(self.uri, pool_pre_ping=True)
+                # Bounded waits: a database that drops packets must not hold the capture
+                # thread (or a /feedback call) for minutes.
+                connect = (
+                    {"timeout": self.timeout_s}
+                    if self.uri.get_backend_name() == "sqlite"
+                    else {"connect_timeout": max(1, int(self.timeout_s))}
+                )
+                engine = sa.create_engine(
+                    self.uri, pool_pre_ping=True, pool_timeout=self.timeout_s, connect_args=connect
+                )
                 if engine.dialect.name == "sqlite":
                     if engine.url.database and engine.url.database != ":memory:":
                         Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
@@ -136,23 +146,28 @@ class FeedbackStore:
                     )
                 ).all()
             )
-            added, updated, unchanged = [], 0, 0
-            for pid, species in dict(labels).items():
-                if pid not in existing:
-                    conn.execute(
-                        feedback.insert().values(prediction_id=pid, species=species, time=now)
-                    )
-                    row = served[pid]
-                    added.append((row.model_version, row.role, row.species == species))
-                elif existing[pid] != species:
-                    conn.execute(
-                        feedback.update()
-                        .where(feedback.c.prediction_id == pid)
-                        .values(species=species, time=now)
-                    )
-                    updated += 1
-                else:
-                    unchanged += 1
+            wanted = dict(labels)
+            new = [pid for pid in wanted if pid not in existing]
+            changed = [pid for pid in wanted if pid in existing and existing[pid] != wanted[pid]]
+            if new:
+                # A concurrent call may label the same ids first: its row stands, and this
+                # call then counts them as unchanged or corrected below, never fails.
+                conn.execute(
+                    _insert_ignore(conn, feedback),
+                    [{"prediction_id": p, "species": wanted[p], "time": now} for p in new],
+                )
+            if changed:
+                conn.execute(
+                    feedback.update()
+                    .where(feedback.c.prediction_id == sa.bindparam("pid"))
+                    .values(species=sa.bindparam("label"), time=now),
+                    [{"pid": p, "label": wanted[p]} for p in changed],
+                )
+            added = [
+                (served[p].model_version, served[p].role, served[p].species == wanted[p])
+                for p in new
+            ]
+            updated, unchanged = len(changed), len(wanted) - len(new) - len(changed)
         return Labelled(added, updated, unchanged)
 
     def quality(self, since: float) -> list[VersionQuality]:

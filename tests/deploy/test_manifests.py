@@ -285,3 +285,31 @@ def test_network_policies_name_ports_that_exist(rendered, overlay):
         for rule in policy["spec"].get("ingress", []):
             for port in rule.get("ports", []):
                 assert port["port"] in named_ports, (policy["metadata"]["name"], port)
+
+
+_UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+
+
+def _bytes(quantity: str) -> int:
+    number, unit = quantity[:-2], quantity[-2:]
+    return int(float(number) * _UNITS[unit]) if unit in _UNITS else int(quantity)
+
+
+@pytest.mark.parametrize("overlay", k8s.OVERLAYS)
+def test_captures_fit_the_state_volume_with_room_to_spare(rendered, overlay):
+    """Prediction captures live under IRIS_HOME; their size cap must leave the volume
+    room for logs, job records and retrain scratch, or the kubelet evicts the pod."""
+    docs = rendered[overlay]
+    deployment, _ = _serving(docs)
+    config = _config(docs)
+    cap = int(config["IRIS_CAPTURE_MAX_BYTES"])
+    assert int(config["IRIS_CAPTURE_RETENTION_DAYS"]) >= 1
+    state = next(
+        v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "state"
+    )
+    if "emptyDir" in state:
+        size = _bytes(state["emptyDir"]["sizeLimit"])
+    else:
+        claim = k8s.find(docs, "PersistentVolumeClaim", state["persistentVolumeClaim"]["claimName"])
+        size = _bytes(claim["spec"]["resources"]["requests"]["storage"])
+    assert cap <= size // 2, (overlay, cap, size)

@@ -89,3 +89,41 @@ def test_retention_by_age_then_by_size(tmp_path):
     assert old_day in removed and not old_day.exists()  # past 2 days: the whole day goes
     left = sorted(tmp_path.rglob("part-*.parquet"))
     assert newest in left and recent[-2] in left and len(left) == 2  # oldest over the cap go
+
+
+def test_a_failing_sink_keeps_its_chunks_for_the_next_flush(tmp_path, caplog):
+    calls = {"n": 0}
+    indexed: list[str] = []
+
+    def flaky(chunks):
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise ConnectionError("database unreachable")
+        indexed.extend(i for c in chunks for i in c.ids)
+
+    writer = CaptureWriter(tmp_path, sinks=[flaky])
+    first, second = chunk(2), chunk(3)
+    writer.submit(first)
+    assert writer.flush() == 2  # the files are written even though the sink failed
+    writer.submit(second)
+    writer.flush()
+    assert indexed == []
+    writer.flush()  # nothing new, but the backlog is retried
+    assert indexed == [*first.ids, *second.ids]
+    assert caplog.text.count("database unreachable") == 1  # logged once, not every flush
+
+
+def test_compaction_merges_a_workers_finished_files_and_loses_nothing(tmp_path):
+    writer = CaptureWriter(tmp_path)
+    chunks = [chunk(n) for n in (1, 2, 3, 4)]
+    for c in chunks:
+        writer.submit(c)
+        writer.flush()
+    before = sorted(tmp_path.rglob("part-*.parquet"))
+    assert len(before) == 4
+    assert writer.compact(before=time.time() + 1) == 4
+    after = list(tmp_path.rglob("part-*.parquet"))
+    assert len(after) == 1 and after[0].name.endswith("-h.parquet")
+    frame = pd.read_parquet(tmp_path)
+    assert sorted(frame["prediction_id"]) == sorted(i for c in chunks for i in c.ids)
+    assert writer.compact(before=time.time() + 1) == 0  # a merged file is not merged again
