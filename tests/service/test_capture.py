@@ -9,7 +9,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from tests.utils.servers import bento_server
+from tests.utils.servers import bento_server, worker_pids
 
 pytestmark = pytest.mark.integration
 
@@ -82,6 +82,7 @@ def test_mixed_requests_on_two_workers_are_captured_exactly_once(trained_home, t
             for row, species in enumerate(response.outputs[0].contents.bytes_contents):
                 expected[f"{base}-{row}"] = species.decode()
         assert not list(captures.rglob("*.parquet"))  # all still queued in the workers
+        workers = {str(pid) for pid in worker_pids(server)}
     # The server has stopped cleanly: everything it answered is on disk.
     frame = pd.read_parquet(captures)
     assert len(frame) == len(expected) == 30 + 10 * 3 + 5 * 2 + 5 * 3
@@ -94,7 +95,7 @@ def test_mixed_requests_on_two_workers_are_captured_exactly_once(trained_home, t
         "oip_grpc": 15,
     }
     pids = {re.search(r"part-(\d+)-", p.name).group(1) for p in captures.rglob("part-*.parquet")}
-    assert len(pids) == 2  # one writer per worker process, each with its own files
+    assert pids and pids <= workers  # each file is written by one worker, named by its PID
 
 
 def test_a_stalled_writer_drops_and_counts_but_answers_every_request(trained_home, tmp_path):

@@ -54,11 +54,17 @@ def test_feedback_drives_live_accuracy_whichever_worker_takes_it(loop_server, tr
     # Also label a few answers wrongly on purpose, so accuracy is not trivially 1.
     for pid in list(truth)[:5]:
         truth[pid] = next(s for s in SPECIES if s != answered[pid])
-    time.sleep(0.5)  # one capture flush: the predictions are indexed
     items = [{"prediction_id": pid, "species": s} for pid, s in truth.items()]
     half = len(items) // 2
     for chunk in (items[:half], items[half:]):  # two calls, two connections
-        r = httpx.post(loop_server.url + "/feedback", json=chunk, headers=AUTH)
+        deadline = time.monotonic() + 15
+        # The ids are indexed when the capture writer flushes (every 0.2 s here): until
+        # then /feedback answers 404 and stores nothing, so asking again is safe.
+        while (
+            r := httpx.post(loop_server.url + "/feedback", json=chunk, headers=AUTH)
+        ).status_code == 404:
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.2)
         assert r.status_code == 200, r.text
         assert r.json() == {"added": len(chunk), "updated": 0, "unchanged": 0}
     # Expected accuracy, from the capture files (what was answered) and the labels sent.
@@ -154,7 +160,7 @@ def test_drift_gauge_stays_low_in_distribution_and_crosses_on_a_shift(
 
     send(normal)
     calm = settled(lambda g: g["rows"] == 2000 and g.get("petal_length", 1) < 0.1)
-    assert max(calm[f] for f in FEATURES) < 0.25, calm
+    assert max(calm[f] for f in FEATURES) < 0.1, calm  # "stable" on every feature
     shifted = normal.copy()
     shifted[:, FEATURES.index("petal_length")] += 2.0
     send(shifted)
@@ -172,7 +178,13 @@ def test_drift_report_is_one_self_contained_page(loop_server, trained_home, tmp_
     shifted[:, FEATURES.index("petal_length")] += 2.0
     r = httpx.post(loop_server.url + "/predict_batch", json={"instances": shifted.tolist()})
     assert r.status_code == 200
-    time.sleep(0.6)  # one capture flush
+    base = r.headers["x-prediction-id"]
+    deadline = time.monotonic() + 15
+    while not any(  # until the batch is in the capture files (flushed every 0.2 s)
+        _holds(path, base) for path in loop_server.captures.rglob("*.parquet")
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
     out = tmp_path / "report" / "drift.html"
     proc = iris_train(loop_server.loop_env, "drift-report", "--out", str(out), "--rows", "600")
     assert "largest PSI" in proc.stdout and "(petal_length)" in proc.stdout, proc.stdout
@@ -193,3 +205,14 @@ def test_drift_report_without_captures_names_what_is_missing(trained_home, tmp_p
     assert proc.returncode == 1
     assert "no captured predictions in" in proc.stderr and "IRIS_CAPTURE_DIR" in proc.stderr
     assert not out.exists()
+
+
+def _holds(path, base: str) -> bool:
+    try:
+        return bool(
+            pd.read_parquet(path, columns=["prediction_id"])["prediction_id"]
+            .str.startswith(base)
+            .any()
+        )
+    except (OSError, ValueError):  # renamed or merged meanwhile
+        return False

@@ -67,10 +67,17 @@ def test_a_bad_labelled_row_is_named_and_nothing_is_trained(tmp_path):
     home = train_home(tmp_path / "home")
     loop = f"sqlite:///{tmp_path / 'loop.sqlite'}"
     serve_and_label(FeedbackStore(loop), [([60.0, 2.9, 4.5, 1.5], "Iris-virginica", "Iris-setosa")])
+    client = home.client()
+    runs_before = len(client.search_runs([r.experiment_id for r in client.search_experiments()]))
     proc = iris_train({**home.env, "IRIS_LOOP_URI": loop}, "run", "--with-feedback", check=False)
     assert proc.returncode == 1
     assert "line 152" in proc.stderr and "SepalLengthCm" in proc.stderr, proc.stderr
     assert iris_train(home.env, "champion").stdout.strip() == "1"
+    # Nothing was trained or registered: the validation stopped it first.
+    assert len(client.search_runs([r.experiment_id for r in client.search_experiments()])) == (
+        runs_before
+    )
+    assert [str(v.version) for v in client.search_model_versions("name='iris-classifier'")] == ["1"]
 
 
 def test_without_labels_the_retrain_says_so(tmp_path):
