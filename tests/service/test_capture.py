@@ -126,3 +126,45 @@ def test_capture_off_writes_nothing(trained_home, tmp_path):
         r = httpx.post(server.url + "/predict", json=GOOD)
         assert r.status_code == 200 and r.json()["prediction_id"]
     assert not list(captures.rglob("*.parquet"))
+
+
+def test_a_hard_kill_loses_at_most_the_last_flush_interval(trained_home, tmp_path, record_property):
+    """SIGKILL a worker under steady traffic: every answer missing from the files was given
+    in the last IRIS_CAPTURE_FLUSH_S before the kill (plus the time a flush takes)."""
+    import os
+    import signal
+    import time
+
+    flush_s = 1.0
+    captures = tmp_path / "captures"
+    env = {
+        **trained_home.env,
+        "IRIS_CAPTURE_DIR": str(captures),
+        "IRIS_CAPTURE_FLUSH_S": str(flush_s),
+        "IRIS_FOLLOW_REGISTRY": "false",
+    }
+    answered: dict[str, float] = {}  # prediction id -> when the answer arrived
+    with bento_server(env, tmp_path / "logs", workers=1) as server, httpx.Client() as client:
+        (worker,) = worker_pids(server)
+        started = time.monotonic()
+        while time.monotonic() - started < 4.3:  # steady traffic across several flushes
+            r = client.post(server.url + "/predict", json=GOOD)
+            answered[r.json()["prediction_id"]] = time.monotonic()
+        os.kill(worker, signal.SIGKILL)
+        killed = time.monotonic()
+        deadline = killed + 60
+        while worker_pids(server) in ([], [worker]):  # the arbiter starts a new worker
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    stored = set(pd.read_parquet(captures)["prediction_id"])
+    lost = {pid: at for pid, at in answered.items() if pid not in stored}
+    assert stored <= set(answered)
+    assert len(lost) < len(answered) / 2  # most answers were flushed before the kill
+    oldest = min(lost.values(), default=killed)
+    window = killed - oldest
+    assert window <= flush_s + 0.5, (window, len(lost))
+    record_property(
+        "reliability",
+        f"capture under SIGKILL: {len(lost)} of {len(answered)} answers lost, all from the"
+        f" last {window:.2f} s before the kill (flush interval {flush_s:g} s)",
+    )
