@@ -32,6 +32,7 @@ from serving.jobs import (
     node_id,
     process_start_time,
 )
+from training.sql import database_url, make_engine
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +69,7 @@ class JobStore:
     """
 
     def __init__(self, url: str | Path, lease_s: float = 30.0):
-        if isinstance(url, Path):
-            url = f"sqlite:///{url}"
-        self.url = sa.engine.make_url(url)
-        if self.url.drivername == "postgresql":  # SQLAlchemy 2.1 would pick psycopg 3
-            self.url = self.url.set(drivername="postgresql+psycopg2")
+        self.url = database_url(url)
         self.lease_s = lease_s
         self._engine: sa.Engine | None = None
         self._engine_lock = threading.Lock()
@@ -84,20 +81,8 @@ class JobStore:
     # -- connection ----------------------------------------------------------------
 
     def _make_engine(self) -> sa.Engine:
-        """The engine (no connection yet); SQLite files get their folder and WAL mode."""
-        if self.url.get_backend_name() == "sqlite":
-            Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
-            engine = sa.create_engine(self.url, connect_args={"timeout": 30})
-            sa.event.listen(engine, "connect", _sqlite_wal)
-            return engine
-        return sa.create_engine(
-            self.url,
-            pool_pre_ping=True,  # replace connections a database restart has dropped
-            pool_size=2,
-            max_overflow=4,
-            pool_timeout=5,
-            connect_args={"connect_timeout": 5},
-        )
+        """The engine (no connection yet): training.sql's bounded waits."""
+        return make_engine(self.url)
 
     def _ensure_schema(self, engine: sa.Engine) -> None:
         try:
@@ -237,11 +222,6 @@ class JobStore:
         where = sa.and_(T.id == job_id, T.state.in_(states))
         with self._begin() as conn:
             return conn.execute(jobs_table.update().where(where).values(**values)).rowcount == 1
-
-
-def _sqlite_wal(dbapi_conn, _record) -> None:
-    """WAL lets the workers read while the training process writes its record."""
-    dbapi_conn.execute("PRAGMA journal_mode=WAL")
 
 
 def _job(row) -> Job:

@@ -211,11 +211,9 @@ def forget_dead_workers(directory: str | None = None) -> list[int]:
 
 def _running(pid: int) -> bool:
     """True if ``pid`` is a live process (a zombie counts as dead)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    from serving.jobs import process_start_time
+
+    return process_start_time(pid) is not None
 
 
 _ROUTE_TEMPLATES = (

@@ -21,12 +21,12 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
 
 from training.schema import FEATURES
+from training.sql import database_url, make_engine
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +75,7 @@ class FeedbackStore:
     """Thread-safe; one per worker process, on the shared database."""
 
     def __init__(self, uri: str, timeout_s: float = 5.0):
-        url = sa.engine.make_url(uri)
-        if url.drivername == "postgresql":  # SQLAlchemy 2.1 would pick psycopg 3
-            url = url.set(drivername="postgresql+psycopg2")
-        self.uri = url
+        self.uri = database_url(uri)
         self.timeout_s = timeout_s
         self._engine: sa.Engine | None = None
         self._lock = threading.Lock()
@@ -87,20 +84,7 @@ class FeedbackStore:
     def engine(self) -> sa.Engine:
         with self._lock:
             if self._engine is None:
-                # Bounded waits: a database that drops packets must not hold the capture
-                # thread (or a /feedback call) for minutes.
-                connect = (
-                    {"timeout": self.timeout_s}
-                    if self.uri.get_backend_name() == "sqlite"
-                    else {"connect_timeout": max(1, int(self.timeout_s))}
-                )
-                engine = sa.create_engine(
-                    self.uri, pool_pre_ping=True, pool_timeout=self.timeout_s, connect_args=connect
-                )
-                if engine.dialect.name == "sqlite":
-                    if engine.url.database and engine.url.database != ":memory:":
-                        Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
-                    sa.event.listen(engine, "connect", _sqlite_pragmas)
+                engine = make_engine(self.uri, timeout_s=self.timeout_s, sqlite_busy_s=5.0)
                 _meta.create_all(engine)
                 self._engine = engine
             return self._engine
@@ -256,10 +240,3 @@ def _insert_ignore(conn: sa.Connection, table: sa.Table):
 
         return insert(table).on_conflict_do_nothing()
     return table.insert()
-
-
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.close()

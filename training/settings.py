@@ -133,18 +133,18 @@ class Settings(BaseSettings):
         2, ge=0, description="Non-champion versions a worker keeps loaded for /versions/{v}."
     )
 
-    @field_validator("jobs_uri")
+    @field_validator("jobs_uri", "loop_uri")
     @classmethod
-    def _jobs_database(cls, value: SecretStr | None) -> SecretStr | None:
-        """Only the databases the job store is tested on; the message names the variable."""
+    def _our_database(cls, value: SecretStr | None, info) -> SecretStr | None:
+        """Only the databases our stores are tested on; the message names the variable."""
         if value is not None and not value.get_secret_value():
-            return None  # IRIS_JOBS_URI="" means unset: the embedded SQLite file
+            return None  # "" means unset: the default
         if value is not None:
             scheme = value.get_secret_value().partition("://")[0]
             if scheme not in JOBS_SCHEMES:
                 raise ValueError(
-                    f"IRIS_JOBS_URI must start with one of {', '.join(JOBS_SCHEMES)}://"
-                    f" (got {scheme or 'no scheme'!r})"
+                    f"IRIS_{info.field_name.upper()} must start with one of"
+                    f" {', '.join(JOBS_SCHEMES)}:// (got {scheme or 'no scheme'!r})"
                 )
         return value
 

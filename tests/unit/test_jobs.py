@@ -154,3 +154,17 @@ def test_a_jobs_uri_of_another_kind_is_refused_by_name(uri):
         Settings(jobs_uri=uri)
     assert Settings(jobs_uri="postgresql://u:pw@db/jobs").jobs_url.startswith("postgresql://")
     assert Settings(jobs_uri="").jobs_url.startswith("sqlite:///")  # empty: the embedded default
+
+
+def test_a_loop_uri_of_another_kind_is_refused_and_defaults_follow_the_jobs_database():
+    from pydantic import ValidationError
+
+    from training.settings import Settings
+
+    with pytest.raises(ValidationError, match="IRIS_LOOP_URI must start with one of postgresql"):
+        Settings(loop_uri="postgres://u:pw@db/loop")
+    assert Settings(jobs_uri="postgresql://u@db/jobs").loop_url == "postgresql://u@db/jobs"
+    assert Settings(loop_uri="sqlite:////x/loop.db", jobs_uri="postgresql://u@db/j").loop_url == (
+        "sqlite:////x/loop.db"
+    )
+    assert Settings().loop_url.endswith("/var/loop.sqlite")
