@@ -14,9 +14,11 @@ pytestmark = pytest.mark.integration
 # Packages with native libraries, so that /proc/PID/maps shows them once imported (pure
 # Python ones such as mlflow never appear there: tests/training/test_onnx_export.py checks
 # sys.modules of a worker-style process instead).
-# pyarrow is not among them: the capture writer needs it to write Parquet (about 28 MiB
-# per worker; IRIS_CAPTURE=false never imports it).
-HEAVY = ("sklearn", "scipy", "pandas")
+# pyarrow and pandas are not among them: the capture writer needs pyarrow to write Parquet,
+# and pyarrow imports pandas as soon as it converts an array (about 70 MiB per worker
+# together, measured by `make bench`'s loop_on / loop_off peers; IRIS_CAPTURE=false never
+# imports either).
+HEAVY = ("sklearn", "scipy")
 
 
 def _mapped(pid: int) -> str:
