@@ -42,3 +42,60 @@ def test_a_client_key_always_lands_on_the_same_side():
     assert 0.07 <= sum(first) / len(first) <= 0.13
     assert not any(in_canary(0, k) for k in keys)
     assert all(in_canary(100, k) for k in keys)
+
+
+class _Counters:
+    def __init__(self):
+        self.counts: dict[tuple, float] = {}
+
+    def __getattr__(self, name):
+        counts = self.counts
+
+        class _Metric:
+            def labels(self, **labels):
+                key = (name, *sorted(labels.items()))
+
+                class _Child:
+                    def inc(self, n=1):
+                        counts[key] = counts.get(key, 0) + n
+
+                return _Child()
+
+            def inc(self, n=1):
+                counts[(name,)] = counts.get((name,), 0) + n
+
+        return _Metric()
+
+
+def test_a_failing_challenger_is_counted_and_never_reaches_the_answer():
+    import asyncio
+    from dataclasses import replace
+
+    import numpy as np
+
+    from serving.challenger import Shadow
+
+    class _Broken:
+        def predict_proba(self, rows):
+            raise RuntimeError("challenger exploded")
+
+    champion = _served("1")
+    challenger = replace(_served("2"), predictor=_Broken())
+    metrics, captured = _Counters(), []
+    shadow = Shadow(1.0, metrics, lambda *args: captured.append(args))
+
+    async def answer() -> str:
+        shadow.maybe(challenger, champion, ["id"], np.ones((1, 4), np.float32), ["a"], "http")
+        return "answered"
+
+    async def scenario() -> str:
+        result = await answer()
+        await asyncio.sleep(0.05)  # let the scheduled shadow run
+        return result
+
+    assert asyncio.run(scenario()) == "answered"
+    shadow.close()
+    assert metrics.counts == {
+        ("shadow_failed", ("challenger", "2"), ("champion", "1")): 1,
+    }
+    assert captured == []  # nothing captured for the broken challenger
