@@ -86,9 +86,10 @@ class IrisClassifier:
 
     @bentoml.on_shutdown
     async def _stop(self) -> None:
-        self.runtime.stop()
+        # gRPC first: its last answers still reach the capture writer, which then flushes.
         if self.grpc is not None:
             await self.grpc.stop(grace=2)
+        self.runtime.stop()
 
     @bentoml.api(input_spec=IrisFeatures, output_spec=PredictResponse, route="/predict")
     async def predict(

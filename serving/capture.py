@@ -151,11 +151,7 @@ class CaptureWriter:
             self._pending_rows = 0
         if not chunks and not self._sink_backlog:
             return 0
-        written = 0
-        try:
-            written = self._write_parquet(chunks)
-        except Exception as e:  # noqa: BLE001 - disk full, permissions: logged, sinks still run
-            self._log_once("Capture files not written", e)
+        written = self._write_parquet(chunks)
         self._to_sinks(chunks)
         if self.on_written and written:
             self.on_written(written)
@@ -212,15 +208,23 @@ class CaptureWriter:
             groups.setdefault((day, chunk.model_version), []).append(chunk)
         total = 0
         for (day, version), group in groups.items():
-            table = pa.table(_columns(group))
+            rows = sum(len(c) for c in group)
             folder = self.directory / f"date={day}" / f"model_version={version}"
-            folder.mkdir(parents=True, exist_ok=True)
             self._seq += 1
             name = f"part-{os.getpid()}-{int(time.time() * 1000)}-{self._seq:06d}.parquet"
             partial = folder / f".{name}.tmp"
-            pq.write_table(table, partial)
-            os.replace(partial, folder / name)
-            total += table.num_rows
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                pq.write_table(pa.table(_columns(group)), partial)
+                os.replace(partial, folder / name)
+            except Exception as e:  # noqa: BLE001 - disk full, permissions: counted, not raised
+                with contextlib.suppress(OSError):
+                    partial.unlink(missing_ok=True)
+                self._log_once(f"Capture file not written; {rows} answers dropped", e)
+                if self.on_dropped:
+                    self.on_dropped(rows)
+                continue
+            total += rows
         return total
 
     def compact(self, before: float) -> int:
@@ -233,29 +237,40 @@ class CaptureWriter:
         Returns:
             The number of small files merged away.
         """
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         merged = 0
         pid = os.getpid()
         for folder in self.directory.glob("date=*/model_version=*"):
-            small = [
-                p
-                for p in folder.glob(f"part-{pid}-*.parquet")
-                if not p.name.endswith("-h.parquet") and p.stat().st_mtime < before
-            ]
-            if len(small) < 2:
-                continue
-            table = pa.concat_tables(pq.read_table(p) for p in sorted(small))
-            self._seq += 1
-            name = f"part-{pid}-{int(time.time() * 1000)}-{self._seq:06d}-h.parquet"
-            partial = folder / f".{name}.tmp"
+            try:
+                merged += self._compact_folder(folder, pid, before)
+            except Exception as e:  # noqa: BLE001 - this folder stays as it is; others go on
+                self._log_once(f"Capture compaction of {folder.name} failed", e)
+        return merged
+
+    def _compact_folder(self, folder: Path, pid: int, before: float) -> int:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        small = []
+        for p in folder.glob(f"part-{pid}-*.parquet"):
+            with contextlib.suppress(FileNotFoundError):  # retention removed it meanwhile
+                if not p.name.endswith("-h.parquet") and p.stat().st_mtime < before:
+                    small.append(p)
+        if len(small) < 2:
+            return 0
+        table = pa.concat_tables(pq.read_table(p) for p in sorted(small))
+        self._seq += 1
+        name = f"part-{pid}-{int(time.time() * 1000)}-{self._seq:06d}-h.parquet"
+        partial = folder / f".{name}.tmp"
+        try:
             pq.write_table(table, partial)
             os.replace(partial, folder / name)
-            for p in small:
-                p.unlink(missing_ok=True)
-            merged += len(small)
-        return merged
+        finally:
+            partial.unlink(missing_ok=True)
+        # A reader listing files right now may see rows twice (the merged file and a small
+        # one not yet removed): readers that need exact counts drop duplicate prediction ids.
+        for p in small:
+            p.unlink(missing_ok=True)
+        return len(small)
 
     def enforce_retention(self, now: float | None = None) -> list[Path]:
         """Delete day partitions past retention, then oldest files over the size cap."""
@@ -267,6 +282,10 @@ class CaptureWriter:
                 if (today - day).days > self.retention_days:
                     shutil.rmtree(day_dir, ignore_errors=True)
                     removed.append(day_dir)
+        for stale in self.directory.glob("date=*/model_version=*/.part-*.tmp"):
+            with contextlib.suppress(FileNotFoundError):  # a write that died half-way
+                if stale.stat().st_mtime < time.time() - 3600:
+                    stale.unlink()
         files = []
         for path in self.directory.glob("date=*/model_version=*/part-*.parquet"):
             with contextlib.suppress(FileNotFoundError):  # another worker removed it

@@ -94,7 +94,12 @@ class Shadow:
                 self.metrics.shadow_skipped.inc()
                 return
             self._backlog += 1
-        self._executor.submit(self._in_thread, *args)
+        try:
+            self._executor.submit(self._in_thread, *args)
+        except RuntimeError:  # shutting down: the answer is not affected, the score skipped
+            with self._lock:
+                self._backlog -= 1
+            self.metrics.shadow_skipped.inc()
 
     def _in_thread(self, *args) -> None:
         try:

@@ -61,7 +61,9 @@ def recent_captures(capture_dir: Path, rows: int) -> pd.DataFrame:
             break
     if not found:
         raise ReportError(f"no captured predictions in {capture_dir} (IRIS_CAPTURE_DIR)")
-    return pd.concat(frames).sort_values("time").tail(rows)
+    # A worker merging its files may briefly leave a row in two files: count it once.
+    frame = pd.concat(frames).drop_duplicates("prediction_id")
+    return frame.sort_values("time").tail(rows)
 
 
 def champion_profile(settings: Settings, version: str | None) -> tuple[str, dict]:

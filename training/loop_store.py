@@ -133,13 +133,25 @@ class FeedbackStore:
             wanted = dict(labels)
             new = [pid for pid in wanted if pid not in existing]
             changed = [pid for pid in wanted if pid in existing and existing[pid] != wanted[pid]]
+            inserted: set[str] = set()
             if new:
-                # A concurrent call may label the same ids first: its row stands, and this
-                # call then counts them as unchanged or corrected below, never fails.
-                conn.execute(
-                    _insert_ignore(conn, feedback),
+                result = conn.execute(
+                    _insert_ignore(conn, feedback).returning(feedback.c.prediction_id),
                     [{"prediction_id": p, "species": wanted[p], "time": now} for p in new],
                 )
+                inserted = set(result.scalars().all())
+                # Ids a concurrent call labelled between our read and our insert: its row
+                # stands, and ours counts as unchanged, or as a correction if it differs.
+                raced = [p for p in new if p not in inserted]
+                if raced:
+                    theirs = dict(
+                        conn.execute(
+                            sa.select(feedback.c.prediction_id, feedback.c.species).where(
+                                feedback.c.prediction_id.in_(raced)
+                            )
+                        ).all()
+                    )
+                    changed += [p for p in raced if theirs.get(p) != wanted[p]]
             if changed:
                 conn.execute(
                     feedback.update()
@@ -150,8 +162,10 @@ class FeedbackStore:
             added = [
                 (served[p].model_version, served[p].role, served[p].species == wanted[p])
                 for p in new
+                if p in inserted
             ]
-            updated, unchanged = len(changed), len(wanted) - len(new) - len(changed)
+            updated = len(changed)
+            unchanged = len(wanted) - len(added) - updated
         return Labelled(added, updated, unchanged)
 
     def quality(self, since: float) -> list[VersionQuality]:

@@ -18,6 +18,8 @@ that overrun, leave bytes over, or disagree with the shape) is an :class:`InferE
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,8 +36,10 @@ def split_body(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return raw, b""
     text = header_length.strip()
-    if not text.isdigit():
-        raise InferError(f"Inference-Header-Content-Length {header_length!r} is not a number")
+    # ASCII digits only, and a sane length: str.isdigit() also takes "²", and int() refuses
+    # numbers of more than 4,300 digits; either would have been a 500.
+    if not re.fullmatch(r"[0-9]{1,15}", text):
+        raise InferError(f"Inference-Header-Content-Length {header_length[:40]!r} is not a number")
     n = int(text)
     if n > len(raw):
         raise InferError(
@@ -84,7 +88,7 @@ def _values(tensor: dict, chunk: bytes) -> np.ndarray:
     if isinstance(shape, list) and all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
-        needed = int(np.prod(shape)) * dtype.itemsize
+        needed = int(math.prod(shape)) * dtype.itemsize
         if needed != len(chunk):
             raise InferError(
                 f"input {tensor.get('name')!r} has {len(chunk)} bytes of binary data but shape"
@@ -102,11 +106,25 @@ def _parameters(obj: dict, what: str) -> dict:
     return parameters
 
 
+def outputs_of(body: dict) -> list:
+    """The request's ``outputs`` list (empty when absent).
+
+    Raises:
+        InferError: ``outputs`` is not a list of objects.
+    """
+    outputs = body.get("outputs")
+    if outputs is None:
+        return []
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+        raise InferError("'outputs' must be a list of objects")
+    return outputs
+
+
 def binary_outputs(body: dict) -> dict[str, bool]:
     """Which outputs the request wants as binary data: name -> flag ("" = the default)."""
     default = _flag(_parameters(body, "request"), "binary_data_output")
     wanted = {"": default}
-    for output in body.get("outputs") or []:
+    for output in outputs_of(body):
         if isinstance(output, dict):
             flag = _flag(_parameters(output, "output"), "binary_data")
             wanted[str(output.get("name", ""))] = default if flag is None else flag

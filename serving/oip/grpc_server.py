@@ -173,7 +173,8 @@ def _decode(request) -> tuple[np.ndarray, bool]:
         )
         values = np.asarray(contents, dtype=np.float64)
         raw = False
-    return oip.rows_from(tensor.datatype, shape, values.astype(np.float64)), raw
+    limit = get_runtime().settings.max_batch_size
+    return oip.rows_from(tensor.datatype, shape, values.astype(np.float64), limit), raw
 
 
 PORT_BUSY_EXIT = 3
@@ -187,21 +188,23 @@ class GrpcPortBusyError(SystemExit):
 def ensure_port_free(host: str, port: int) -> None:
     """Exit the server (status PORT_BUSY_EXIT) if ``host:port`` cannot be bound for gRPC.
 
-    Binds the way gRPC does (SO_REUSEADDR and SO_REUSEPORT), so our own workers sharing
-    the port are no obstacle, but any other listening socket is.
+    Runs before any of our workers exists, so it binds *without* SO_REUSEPORT: any
+    listener on the port makes the bind fail, including another gRPC server (Triton,
+    MLServer, a second copy of this one), which sets SO_REUSEPORT itself and would
+    otherwise silently share the port's traffic with our workers.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
         try:
             probe.bind((host, port))
         except OSError as e:
-            if e.errno not in (errno.EADDRINUSE, errno.EACCES):
-                raise
+            busy = e.errno in (errno.EADDRINUSE, errno.EACCES)
             message = (
                 f"gRPC port {host}:{port} is already in use by another process ({e.strerror}); "
                 "free it or set IRIS_GRPC_PORT to another port (0 disables gRPC)"
+                if busy
+                else f"gRPC cannot bind {host}:{port} ({e.strerror or e}); check IRIS_GRPC_HOST"
             )
             logger.critical(message)
             raise GrpcPortBusyError(PORT_BUSY_EXIT) from None

@@ -64,12 +64,21 @@ def model_metadata(name: str, served_version: str, runtime: str) -> dict:
     }
 
 
-def rows_from(datatype: str, shape: list[int], values: np.ndarray) -> np.ndarray:
-    """Validate one input tensor and return it as an (N, 4) float array."""
+def rows_from(
+    datatype: str, shape: list[int], values: np.ndarray, max_rows: int | None = None
+) -> np.ndarray:
+    """Validate one input tensor and return it as an (N, 4) float array.
+
+    ``max_rows`` is the server's batch limit (IRIS_MAX_BATCH_SIZE), as on /predict_batch.
+    """
     if datatype not in INPUT_DTYPES:
         raise InferError(f"input datatype {datatype!r} is not supported; use FP32 or FP64")
     if len(shape) != 2 or shape[1] != len(FEATURES) or shape[0] < 1:
         raise InferError(f"input shape {list(shape)} is not [N, {len(FEATURES)}] with N >= 1")
+    if max_rows is not None and shape[0] > max_rows:
+        raise InferError(
+            f"input has {shape[0]} rows; the limit is {max_rows} (IRIS_MAX_BATCH_SIZE)"
+        )
     if values.size != shape[0] * shape[1]:
         raise InferError(
             f"input has {values.size} values but shape {list(shape)} needs {shape[0] * shape[1]}"

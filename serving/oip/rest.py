@@ -63,9 +63,7 @@ async def infer(request: Request) -> Response:
         header, tail = binary.split_body(await request.body(), request.headers.get(binary.HEADER))
         body = _parse(header)
         rows = _decode(body, binary.BinaryReader(tail))
-        wanted = oip.requested(
-            [o.get("name", "") for o in body.get("outputs") or [] if isinstance(o, dict)]
-        )
+        wanted = oip.requested([o.get("name", "") for o in binary.outputs_of(body)])
         as_binary = binary.binary_outputs(body)
     except oip.InferError as e:
         return _error(e)
@@ -126,7 +124,7 @@ def _decode(body: dict, tail: binary.BinaryReader) -> np.ndarray:
     raw = tail.take(tensor)
     tail.finish()
     if raw is not None:
-        return oip.rows_from(str(datatype), shape, raw)
+        return oip.rows_from(str(datatype), shape, raw, _max_rows())
     if not isinstance(data, list):
         raise oip.InferError("input 'data' must be a (flat or nested) list of numbers")
     try:
@@ -135,7 +133,11 @@ def _decode(body: dict, tail: binary.BinaryReader) -> np.ndarray:
         raise oip.InferError("input 'data' is ragged; nested lists must match the shape") from None
     if values.dtype.kind not in "fi":  # rejects strings, booleans, nulls, mixed types
         raise oip.InferError(f"input 'data' must hold only numbers for datatype {datatype!r}")
-    return oip.rows_from(str(datatype), shape, values.astype(np.float64).ravel())
+    return oip.rows_from(str(datatype), shape, values.astype(np.float64).ravel(), _max_rows())
+
+
+def _max_rows() -> int:
+    return get_runtime().settings.max_batch_size
 
 
 async def repository_index(request: Request) -> Response:

@@ -69,10 +69,17 @@ def test_grpc_calls_are_counted_by_code_and_timed(server):
     assert next(v for k, v in timed.items() if INFER in k) == timed_before + 2
 
 
-def test_busy_grpc_port_fails_the_server_fast_with_one_clear_line(trained_home, tmp_path):
-    """A plain listening socket on the gRPC port: the server exits, it does not loop."""
+@pytest.mark.parametrize("reuseport", [False, True], ids=["plain socket", "SO_REUSEPORT"])
+def test_busy_grpc_port_fails_the_server_fast_with_one_clear_line(
+    trained_home, tmp_path, reuseport
+):
+    """A listening socket on the gRPC port: the server exits, it does not loop. Also when the
+    holder sets SO_REUSEPORT, as every gRPC server does (Triton, MLServer, another copy of
+    this one): the port would otherwise be silently shared."""
     port = free_port()
     with socket.socket() as holder:
+        if reuseport:
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         holder.bind(("127.0.0.1", port))
         holder.listen()
         server = start_bento({**trained_home.env, "IRIS_GRPC_PORT": str(port)}, tmp_path)
@@ -86,5 +93,4 @@ def test_busy_grpc_port_fails_the_server_fast_with_one_clear_line(trained_home, 
     lines = [line for line in server.log().splitlines() if "already in use" in line]
     assert len(lines) == 1, server.log()[-3000:]
     assert f"127.0.0.1:{port}" in lines[0] and "IRIS_GRPC_PORT" in lines[0]
-    print(lines[0])
     assert "_bentoml_impl.worker" not in server.log()  # no worker was started at all

@@ -127,3 +127,14 @@ def test_compaction_merges_a_workers_finished_files_and_loses_nothing(tmp_path):
     frame = pd.read_parquet(tmp_path)
     assert sorted(frame["prediction_id"]) == sorted(i for c in chunks for i in c.ids)
     assert writer.compact(before=time.time() + 1) == 0  # a merged file is not merged again
+
+
+def test_a_file_that_cannot_be_written_is_counted_as_dropped(tmp_path):
+    dropped = []
+    blocker = tmp_path / "captures"
+    blocker.write_text("not a folder")  # every partition folder under it fails to be made
+    writer = CaptureWriter(blocker, on_dropped=dropped.append)
+    writer.submit(chunk(3))
+    assert writer.flush() == 0
+    assert dropped == [3]
+    assert writer.submit(chunk(1))  # and the writer goes on

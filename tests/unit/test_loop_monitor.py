@@ -68,3 +68,38 @@ def test_a_version_that_leaves_the_window_stops_reporting_its_accuracy(tmp_path)
     monitor.update_quality()
     assert metrics.labelled.values[key] == 0
     assert math.isnan(metrics.live_accuracy.values[key])
+
+
+def test_concurrent_labels_for_the_same_ids_count_once(tmp_path):
+    """Two /feedback calls racing on one id (a retry after a timeout, two workers): one
+    label is added, the other call reports it unchanged or corrected, never both added."""
+    import threading
+
+    uri = f"sqlite:///{tmp_path / 'loop.sqlite'}"
+    FeedbackStore(uri).index(
+        {
+            **dict.fromkeys(FEATURES, 1.0),
+            "prediction_id": f"{i:032x}",
+            "time": time.time(),
+            "model_version": "1",
+            "role": "champion",
+            "species": "Iris-setosa",
+        }
+        for i in range(200)
+    )
+    labels = [(f"{i:032x}", "Iris-setosa") for i in range(200)]
+    results, barrier = [], threading.Barrier(4)
+
+    def call():
+        store = FeedbackStore(uri)  # each as its own worker would
+        barrier.wait()
+        results.append(store.label(labels))
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(len(r.added) for r in results) == 200
+    assert sum(r.unchanged for r in results) == 3 * 200
+    assert all(r.updated == 0 for r in results)

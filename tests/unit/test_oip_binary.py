@@ -24,7 +24,14 @@ def test_split_body_uses_the_header_length():
 
 
 @pytest.mark.parametrize(
-    ("value", "text"), [("x", "not a number"), ("-1", "not a number"), ("99", "only 3 bytes")]
+    ("value", "text"),
+    [
+        ("x", "not a number"),
+        ("-1", "not a number"),
+        ("99", "only 3 bytes"),
+        ("\u00b2", "not a number"),  # str.isdigit() says yes; int() says no
+        ("9" * 5000, "not a number"),  # more digits than int() accepts
+    ],
 )
 def test_split_body_rejects_bad_header_lengths(value, text):
     with pytest.raises(InferError, match=text) as error:
@@ -96,3 +103,9 @@ def test_tensor_bytes_numbers_and_length_prefixed_strings():
     assert binary.tensor_bytes(proba) == np.array([0.5, 0.25, 0.25], dtype="<f4").tobytes()
     species = Tensor("predicted_species", "BYTES", [2], np.array(["ab", "é"], dtype=object))
     assert binary.tensor_bytes(species) == b"\x02\0\0\0ab\x02\0\0\0\xc3\xa9"
+
+
+@pytest.mark.parametrize("outputs", [5, True, "x", [1], [{"name": "a"}, "b"]])
+def test_outputs_that_are_not_a_list_of_objects_are_refused(outputs):
+    with pytest.raises(InferError, match="'outputs' must be a list of objects"):
+        binary.binary_outputs({"outputs": outputs})
