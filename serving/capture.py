@@ -40,7 +40,7 @@ from training.schema import CHALLENGER, CHAMPION, FEATURES
 
 logger = logging.getLogger(__name__)
 
-ROLES = (CHAMPION, CHALLENGER, "shadow")
+ROLES = (CHAMPION, CHALLENGER, "shadow", "version")
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,6 +91,7 @@ class IrisRuntime:
             on_swap=self._on_swap,
             on_failure=lambda alias: self.metrics.model_reload_failures.labels(alias=alias).inc(),
             on_poll=forget_dead_workers,
+            on_challenger=self.metrics.challenger_loads.inc,
         )
         self.metrics.start(model.identity.name, model.identity.version)
 

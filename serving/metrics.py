@@ -136,6 +136,10 @@ class Metrics:
             name="iris_shadow_skipped_total",
             documentation="Shadow scores skipped because the shadow thread had a backlog.",
         )
+        self.challenger_loads = bentoml.metrics.Counter(
+            name="iris_challenger_loads_total",
+            documentation="New registry challengers loaded beside the champion.",
+        )
         self.served_version = bentoml.metrics.Gauge(
             name="iris_served_model_version",
             documentation="Registry version each worker serves (one series per worker process).",
@@ -153,6 +157,7 @@ class Metrics:
             self.model_reload_failures.labels(alias=alias)
         self.captured.inc(0)
         self.shadow_skipped.inc(0)
+        self.challenger_loads.inc(0)
         self.capture_dropped.inc(0)
         # The loop gauges are set by serving.loop_monitor, first at worker start.
         self.serving(name, version)

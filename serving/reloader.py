@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import subprocess
 import sys
 import tempfile
@@ -116,17 +117,20 @@ class ChampionWatcher:
         on_swap: Callable[[ServedModel, ServedModel], None] | None = None,
         on_failure: Callable[[str], None] | None = None,
         on_poll: Callable[[], object] | None = None,
+        on_challenger: Callable[[], None] | None = None,
     ):
         """Args:
         on_swap: called with (previous, new) after a new champion is swapped in.
         on_failure: called with the alias when a new version could not be loaded.
         on_poll: called at every poll, before the registry check (housekeeping).
+        on_challenger: called when a new challenger has been loaded.
         """
         self.settings = settings
         self.holder = holder
         self.on_swap = on_swap
         self.on_failure = on_failure
         self.on_poll = on_poll
+        self.on_challenger = on_challenger
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -242,6 +246,8 @@ class ChampionWatcher:
         model = self._load(found, CHALLENGER)
         if model is not None:
             self.holder.set_challenger(model)
+            if self.on_challenger:
+                self.on_challenger()
 
     def _load(self, found: champion_lookup.Champion, alias: str) -> ServedModel | None:
         """Load a registry version (local store, else a fetch subprocess); None on failure,
@@ -309,9 +315,10 @@ def parse_canary(value: str | None) -> tuple[float, str | None]:
         return 0.0, None
     percent, _, version = value.partition("@v")
     try:
-        share = min(max(float(percent), 0.0), 100.0)
+        share = float(percent)
     except ValueError:
-        share = -1.0
+        share = math.nan
+    share = min(max(share, 0.0), 100.0) if math.isfinite(share) else -1.0
     if share < 0 or not version:
         logger.warning("Ignoring canary tag %r: expected <percent>@v<version>", value)
         return 0.0, None

@@ -54,7 +54,12 @@ class Repository:
             )
 
     def authorize(self, authorization: str | None) -> Denied | None:
-        return check_bearer(authorization, self.settings.admin_token)
+        return check_bearer(
+            authorization,
+            self.settings.admin_token,
+            disabled="model load/unload is disabled on this server: set IRIS_ADMIN_TOKEN"
+            " to enable it",
+        )
 
     def check_name(self, requested: str, served: str) -> None:
         if requested != served:

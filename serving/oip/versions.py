@@ -29,6 +29,10 @@ from training.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+TRANSIENT_RETRY_S = 5.0
+"""Back-off after a fetch failure that may pass (registry down, timeout)."""
+MAX_REMEMBERED = 1000
+"""Failed versions remembered per worker (the oldest are forgotten first)."""
 RETRY_S = 60.0
 
 
@@ -57,7 +61,17 @@ class VersionCache:
         current = self.holder.current
         if not version or version == current.identity.version:
             return current
-        if not version.isdigit() or self.capacity == 0:
+        # Registry versions are positive integers: "01" and "1" are one version, and
+        # anything else is refused before any process is started for it.
+        if not (version.isascii() and version.isdigit() and len(version) <= 9):
+            raise _not_served(current, version)
+        version = str(int(version))
+        if version == current.identity.version:
+            return current
+        challenger = self.holder.challenger
+        if challenger is not None and version == challenger.identity.version:
+            return challenger  # already loaded and checked beside the champion
+        if self.capacity == 0:
             raise _not_served(current, version)
         model = self._hit(version)
         if model is not None:
@@ -82,13 +96,23 @@ class VersionCache:
         try:
             model = await asyncio.to_thread(self._fetch_and_load, version)
         except FetchError as e:
-            error = InferError(
-                f"model {self.settings.model_name!r} has no version {version!r}"
-                if e.missing
-                else f"version {version!r} cannot be served: {e}",
-                "not_found",
-            )
-            self._failed[version] = (time.monotonic() + RETRY_S, error)
+            if e.missing or e.permanent:
+                error = InferError(
+                    f"model {self.settings.model_name!r} has no version {version!r}"
+                    if e.missing
+                    else f"version {version!r} cannot be served: {e}",
+                    "not_found",
+                )
+                wait = RETRY_S
+            else:  # the registry or the network: it may pass, so 503 and a short back-off
+                error = InferError(
+                    f"version {version!r} could not be fetched now; retry shortly ({e})",
+                    "unavailable",
+                )
+                wait = TRANSIENT_RETRY_S
+            self._failed[version] = (time.monotonic() + wait, error)
+            while len(self._failed) > MAX_REMEMBERED:
+                self._failed.pop(next(iter(self._failed)))
             logger.warning("Version %s not loaded: %s", version, e)
             raise error from None
         self._models[version] = model
@@ -99,7 +123,7 @@ class VersionCache:
 
     def _fetch_and_load(self, version: str) -> ServedModel:
         name = self.settings.model_name
-        identity = ModelIdentity(name, version, "", "", "registry")
+        identity = ModelIdentity(name, version, "version", "", "registry")
         with tempfile.TemporaryDirectory(prefix="iris-version-") as tmp:
             path = fetch(name, version, Path(tmp) / "model", fetch_env(self.settings))
             model = load_model_dir(path, identity)

@@ -157,12 +157,15 @@ def test_a_hard_kill_loses_at_most_the_last_flush_interval(trained_home, tmp_pat
             assert time.monotonic() < deadline
             time.sleep(0.2)
     stored = set(pd.read_parquet(captures)["prediction_id"])
-    lost = {pid: at for pid, at in answered.items() if pid not in stored}
-    assert stored <= set(answered)
+    order = list(answered)  # one worker, one client, one request at a time
+    kept = [pid in stored for pid in order]
+    # What survives is exactly everything up to the last flush: a prefix of the answers.
+    assert kept == sorted(kept, reverse=True), "a capture was lost before a later one was kept"
+    lost = {pid: answered[pid] for pid in order if pid not in stored}
     assert len(lost) < len(answered) / 2  # most answers were flushed before the kill
-    oldest = min(lost.values(), default=killed)
-    window = killed - oldest
-    assert window <= flush_s + 0.5, (window, len(lost))
+    window = killed - min(lost.values(), default=killed)
+    # At most one flush interval, plus the time a flush itself takes on a busy machine.
+    assert window <= flush_s + 1.0, (window, len(lost))
     record_property(
         "reliability",
         f"capture under SIGKILL: {len(lost)} of {len(answered)} answers lost, all from the"

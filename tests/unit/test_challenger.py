@@ -18,6 +18,8 @@ from tests.unit.test_champion_watch import _served
         ("0@v2", (0.0, "2")),
         ("10", (0.0, None)),  # an old, unbound tag: no canary
         ("abc@v3", (0.0, None)),
+        ("nan@v3", (0.0, None)),
+        ("inf@v3", (0.0, None)),
         ("", (0.0, None)),
         (None, (0.0, None)),
     ],

@@ -133,3 +133,26 @@ def test_a_failure_that_may_pass_is_retried_sooner(watcher):
     clock["now"] += reloader.RETRY_FAILED_S + 1
     assert w.check_once() is False and calls == ["2", "2"]
     assert reloader.RETRY_FAILED_S < reloader.RETRY_REFUSED_S
+
+
+def test_a_promoted_challenger_is_swapped_in_from_memory(watcher, monkeypatch):
+    """promote-challenger: the champion moves to the version already held as challenger;
+    the worker serves it at once, with no fetch subprocess and no store lookup."""
+    w, _, calls, failure = watcher
+    failure["error"] = AssertionError("must not fetch")
+    monkeypatch.setattr(
+        reloader.ChampionWatcher,
+        "_from_local_store",
+        lambda *a: (_ for _ in ()).throw(AssertionError("must not look up the store")),
+    )
+    challenger = _served("2")
+    w.holder.set_challenger(
+        reloader.replace(
+            challenger, identity=reloader.replace(challenger.identity, alias="challenger")
+        )
+    )
+    assert w.check_once() is True
+    assert calls == []
+    current = w.holder.current.identity
+    assert (current.version, current.alias) == ("2", "champion")
+    assert w.holder.challenger is None
