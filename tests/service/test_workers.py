@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 # Python ones such as mlflow never appear there: tests/training/test_onnx_export.py checks
 # sys.modules of a worker-style process instead).
 # pyarrow and pandas are not among them: the capture writer needs pyarrow to write Parquet,
-# and pyarrow imports pandas as soon as it converts an array (about 70 MiB per worker
+# and pyarrow imports pandas as soon as it converts an array (about 80 MiB per worker
 # together, measured by `make bench`'s loop_on / loop_off peers; IRIS_CAPTURE=false never
 # imports either).
 HEAVY = ("sklearn", "scipy")
