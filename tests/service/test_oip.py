@@ -498,6 +498,11 @@ def test_rest_binary_body_cap_still_holds(server):
     response = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", content=content, headers=headers)
     assert response.status_code == 413
     assert "IRIS_MAX_BODY_BYTES" in response.json()["error"]
-    content, headers = binary_body(rows)
+    # Under the body cap, the batch limit (IRIS_MAX_BATCH_SIZE=4000 here) still holds, as on
+    # /predict_batch; at the limit the request is answered.
+    content, headers = binary_body(np.tile(ROW, (4001, 1)))
+    response = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", content=content, headers=headers)
+    assert response.status_code == 400 and "IRIS_MAX_BATCH_SIZE" in response.json()["error"]
+    content, headers = binary_body(np.tile(ROW, (4000, 1)))
     response = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", content=content, headers=headers)
     assert response.status_code == 200, response.text
