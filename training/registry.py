@@ -93,17 +93,22 @@ def register(best: CandidateResult, settings: Settings) -> str:
     return str(version.version)
 
 
-def champion_version(settings: Settings) -> str | None:
-    """The version the ``champion`` alias points at, or None when there is none."""
+def alias_version(settings: Settings, alias: str) -> str | None:
+    """The version ``alias`` points at, or None when the model or the alias does not exist."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     try:
-        return str(MlflowClient().get_model_version_by_alias(settings.model_name, CHAMPION).version)
+        return str(MlflowClient().get_model_version_by_alias(settings.model_name, alias).version)
     except MlflowException as e:
         if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
         raise
+
+
+def champion_version(settings: Settings) -> str | None:
+    """The version the ``champion`` alias points at, or None when there is none."""
+    return alias_version(settings, CHAMPION)
 
 
 def score_version(version: str, test: pd.DataFrame, settings: Settings) -> dict[str, float]:
@@ -193,17 +198,7 @@ def promote(version: str, settings: Settings) -> Decision:
 
 def challenger_version(settings: Settings) -> str | None:
     """The version the ``challenger`` alias points at, or None."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(
-            MlflowClient().get_model_version_by_alias(settings.model_name, CHALLENGER).version
-        )
-    except MlflowException as e:
-        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
+    return alias_version(settings, CHALLENGER)
 
 
 def set_canary(percent: float, settings: Settings) -> str | None:
