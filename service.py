@@ -1,7 +1,7 @@
 """BentoML service: predict (single and batch) and background retrain for the Iris model.
 
 Thin on purpose: request/response models live in serving.schemas, the per-worker runtime
-(model, hot reload, metrics, jobs) in serving.core. Run it with
+(model, hot reload, metrics, jobs) in serving.runtime. Run it with
 ``bentoml serve service:IrisClassifier``.
 """
 
@@ -15,12 +15,12 @@ from bentoml.models import BentoModel
 
 from serving import drain
 from serving.bentoml_fixes import configure_server
-from serving.core import IrisRuntime, feature_rows
 from serving.errors import GuardMiddleware, json_error
 from serving.feedback_api import feedback_app
-from serving.http_extra import jobs_app
+from serving.jobs_api import jobs_app
 from serving.oip import grpc_server, repository
 from serving.oip.rest import oip_app
+from serving.runtime import IrisRuntime, feature_rows
 from serving.schemas import (
     BatchRequest,
     BatchResponse,

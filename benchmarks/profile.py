@@ -56,8 +56,8 @@ WAITING = {"Condition.wait", "Event.wait", "Thread.run", "EpollSelector.select",
 py-spy reports some of them as active; they use no CPU, so they are counted apart."""
 KEY_FUNCTIONS = {
     "IrisClassifier.predict": "service.py",
-    "IrisRuntime.predict_rows": "serving/core.py",
-    "OnnxPredictor.predict_proba": "serving/runtime.py",
+    "IrisRuntime.predict_rows": "serving/runtime.py",
+    "OnnxPredictor.predict_proba": "serving/served_model.py",
     "json_response": "serving/errors.py",
     "Metrics.record": "serving/metrics.py",
     "AccessLogMiddleware.__call__": "access.py",

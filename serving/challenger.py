@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from serving.runtime import BULK_ROWS, ModelHolder, ServedModel
+from serving.served_model import BULK_ROWS, ModelHolder, ServedModel
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from serving.core import get_runtime
 from serving.errors import json_error, json_response, validation_details
+from serving.runtime import get_runtime
 from training.schema import SPECIES
 
 logger = logging.getLogger(__name__)

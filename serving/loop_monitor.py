@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from serving.runtime import ModelHolder
+from serving.served_model import ModelHolder
 from training import reference_profile
 from training.loop_store import FeedbackStore, VersionQuality
 from training.schema import FEATURES

@@ -25,7 +25,7 @@ from pathlib import Path
 from serving import champion_lookup
 from serving.child_env import fetch_env
 from serving.fetch_model import MISSING_EXIT, REFUSED_EXIT
-from serving.runtime import ModelHolder, ModelIdentity, ServedModel, load_model_dir
+from serving.served_model import ModelHolder, ModelIdentity, ServedModel, load_model_dir
 from training.schema import CANARY_TAG, CHALLENGER, CHAMPION, store_tag
 from training.settings import PROJECT_DIR, Settings
 

@@ -9,7 +9,7 @@ version that lacks it), so a serving worker never imports scikit-learn or skl2on
 - ``onnx/export.json``: the model file's SHA-256, versions, and the check's result.
 
 A worker replays ``parity.npz`` through the ONNX file before serving it
-(:func:`serving.runtime.load_model_dir`): the same check, against scikit-learn's recorded
+(:func:`serving.served_model.load_model_dir`): the same check, against scikit-learn's recorded
 answers, without loading scikit-learn.
 """
 

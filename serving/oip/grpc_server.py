@@ -32,13 +32,13 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from serving.core import get_runtime
 from serving.oip import binary, versions
 from serving.oip import protocol as oip
 from serving.oip.grpc_metrics import MetricsInterceptor, get_grpc_metrics, method_names
 from serving.oip.proto import grpc_predict_v2_pb2 as pb
 from serving.oip.proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from serving.oip.repository import get_repository
+from serving.runtime import get_runtime
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from serving.auth import Denied, check_bearer
 from serving.oip.protocol import InferError
-from serving.runtime import ServedModel
+from serving.served_model import ServedModel
 from training.settings import Settings, get_settings
 
 RECHECK_S = 0.5

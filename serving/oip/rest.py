@@ -9,10 +9,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from serving.core import get_runtime
 from serving.oip import binary, versions
 from serving.oip import protocol as oip
 from serving.oip.repository import get_repository
+from serving.runtime import get_runtime
 
 STATUS = {"invalid": 400, "not_found": 404, "unavailable": 503}
 

@@ -24,7 +24,7 @@ from serving.child_env import fetch_env
 from serving.oip.protocol import InferError
 from serving.oip.repository import get_repository
 from serving.reloader import FetchError, fetch
-from serving.runtime import ModelHolder, ModelIdentity, ServedModel, load_model_dir
+from serving.served_model import ModelHolder, ModelIdentity, ServedModel, load_model_dir
 from training.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def get_versions() -> VersionCache:
     """This worker's cache (created on first use, once the runtime exists)."""
     global _cache
     if _cache is None:
-        from serving.core import get_runtime
+        from serving.runtime import get_runtime
 
         runtime = get_runtime()
         _cache = VersionCache(runtime.settings, runtime.holder, runtime.settings.loaded_versions)
@@ -170,7 +170,7 @@ async def classify(model: ServedModel, rows, protocol: str) -> tuple[list[str], 
     Returns:
         (species, probabilities, prediction id; rows are ``<id>-<row>``).
     """
-    from serving.core import get_runtime
+    from serving.runtime import get_runtime
 
     runtime = get_runtime()
     started = time.perf_counter()

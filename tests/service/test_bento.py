@@ -18,7 +18,7 @@ def test_bento_packs_code_data_and_pins_the_champion(trained_home, built_bento):
     version = built_bento.split(":")[1]
     root = trained_home.bentoml_home / "bentos" / "iris_classifier" / version
     src = root / "src"
-    for path in ("service.py", "training/pipeline.py", "serving/core.py", "data/raw/Iris.csv"):
+    for path in ("service.py", "training/pipeline.py", "serving/runtime.py", "data/raw/Iris.csv"):
         assert (src / path).is_file(), path
     assert not (src / "tests").exists() and not (src / "notebooks").exists()
     manifest = (root / "bento.yaml").read_text()

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.runtime import BULK_ROWS, probe_inputs
 from serving.schemas import BatchResponse, PredictResponse
+from serving.served_model import BULK_ROWS, probe_inputs
 from training.model_io import load_classifier
 from training.schema import FEATURES
 

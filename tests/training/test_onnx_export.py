@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from serving.champion_lookup import RegistryUnreachableError, champion
-from serving.runtime import ModelIdentity, load_model_dir
+from serving.served_model import ModelIdentity, load_model_dir
 from tests.utils.homes import TrainedHome
 from training import onnx_export
 from training.model_io import load_classifier
@@ -70,7 +70,7 @@ def test_every_registered_version_carries_a_checked_export(champion_dir, trained
 def test_a_worker_serves_the_export_without_scikit_learn_or_mlflow(champion_dir) -> None:
     code = (
         "import sys; from pathlib import Path\n"
-        "from serving.runtime import ModelIdentity, load_model_dir\n"
+        "from serving.served_model import ModelIdentity, load_model_dir\n"
         f"m = load_model_dir(Path({str(champion_dir)!r}), "
         "ModelIdentity('iris-classifier', '1', 'champion', 'r', 'bento'))\n"
         + HEAVY_IMPORTED
@@ -185,7 +185,7 @@ def test_the_watcher_swaps_in_a_new_champion_without_mlflow_in_process(
     code = (
         "import sys; from pathlib import Path\n"
         "from serving.reloader import ChampionWatcher\n"
-        "from serving.runtime import ModelHolder, ModelIdentity, load_model_dir\n"
+        "from serving.served_model import ModelHolder, ModelIdentity, load_model_dir\n"
         "from training.settings import get_settings\n"
         "old = ModelIdentity('iris-classifier', '0', 'champion', 'old-run', 'bento')\n"
         f"holder = ModelHolder(load_model_dir(Path({str(champion_dir)!r}), old))\n"

@@ -6,7 +6,7 @@ import pytest
 
 from serving.challenger import choose, in_canary
 from serving.reloader import parse_canary
-from serving.runtime import ModelHolder
+from serving.served_model import ModelHolder
 from tests.unit.test_champion_watch import _served
 
 

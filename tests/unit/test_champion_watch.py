@@ -12,7 +12,7 @@ import pytest
 
 from serving import reloader
 from serving.champion_lookup import Champion, RegistryUnreachableError, champion
-from serving.runtime import ModelHolder, ModelIdentity, ServedModel
+from serving.served_model import ModelHolder, ModelIdentity, ServedModel
 from tests.utils.processes import serve_in_thread
 from training.onnx_export import compare, normalized
 from training.settings import Settings

@@ -6,7 +6,7 @@ import os
 
 from serving.child_env import fetch_env, retrain_env
 from serving.reloader import ChampionWatcher
-from serving.runtime import ModelHolder
+from serving.served_model import ModelHolder
 from tests.unit.test_champion_watch import _served
 from training.settings import Settings
 

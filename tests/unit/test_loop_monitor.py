@@ -6,7 +6,7 @@ import math
 import time
 
 from serving.loop_monitor import LoopMonitor
-from serving.runtime import ModelHolder
+from serving.served_model import ModelHolder
 from tests.unit.test_champion_watch import _served
 from training.loop_store import FeedbackStore
 from training.schema import FEATURES

@@ -10,7 +10,7 @@ import pytest
 from serving.oip.protocol import InferError
 from serving.oip.versions import VersionCache
 from serving.reloader import FetchError
-from serving.runtime import ModelHolder, ModelIdentity, ServedModel
+from serving.served_model import ModelHolder, ModelIdentity, ServedModel
 from training.settings import Settings
 
 

@@ -108,7 +108,7 @@ print(json.dumps({"file": serving.__file__, "modules": mods, "proto": proto.is_f
         "serving.oip.grpc_server",
         "serving.oip.proto.grpc_predict_v2_pb2_grpc",
         "serving.oip.rest",
-        "serving.core",
+        "serving.runtime",
         "training.pipeline",
     ):
         assert module in report["modules"], module

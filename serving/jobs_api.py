@@ -12,9 +12,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from serving.core import get_runtime, jobs_unavailable
 from serving.errors import json_error
 from serving.jobs import JobsUnavailableError
+from serving.runtime import get_runtime, jobs_unavailable
 
 
 async def job_status(request: Request):

@@ -9,7 +9,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from serving.runtime import (
+from serving.served_model import (
     BULK_ROWS,
     ModelHolder,
     ModelIdentity,
