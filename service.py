@@ -15,11 +15,13 @@ from bentoml.models import BentoModel
 
 from serving import drain
 from serving.bentoml_fixes import configure_server
-from serving.errors import GuardMiddleware, json_error
+from serving.errors import json_error
 from serving.feedback_api import feedback_app
+from serving.guard import GuardMiddleware
 from serving.jobs_api import jobs_app
 from serving.oip import grpc_server, repository
 from serving.oip.rest import oip_app
+from serving.routing import MountRoots, OpenAPIDocument
 from serving.runtime import IrisRuntime, feature_rows
 from serving.schemas import (
     BatchRequest,
@@ -139,4 +141,6 @@ IrisClassifier.add_asgi_middleware(
     max_body_bytes=get_settings().max_body_bytes,
     body_timeout_s=get_settings().body_timeout_s,
 )
+IrisClassifier.add_asgi_middleware(OpenAPIDocument)
+IrisClassifier.add_asgi_middleware(MountRoots, roots=("/v2", "/feedback"))
 IrisClassifier.add_asgi_middleware(drain.DrainMiddleware)

@@ -1,0 +1,78 @@
+"""Two routing concerns BentoML's router cannot express, as small ASGI middlewares.
+
+- :class:`MountRoots`: an app mounted at ``/v2`` or ``/feedback`` answers at that path
+  itself (``GET /v2`` is the protocol's server metadata, ``POST /feedback`` the feedback
+  API) instead of the router redirecting to the path with a slash.
+- :class:`OpenAPIDocument`: ``GET /docs.json`` serves BentoML's document completed by
+  :func:`serving.openapi.enrich`, built once per worker.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+from starlette.responses import Response
+
+from serving.errors import GENERIC, json_error
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class MountRoots:
+    """Route ``<root>`` to the app mounted there, as ``<root>/``, without a redirect."""
+
+    def __init__(self, app: App, roots: Iterable[str] = ()):
+        self.app = app
+        self.roots = frozenset(roots)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in self.roots:
+            scope = {**scope, "path": scope["path"] + "/"}
+            scope["raw_path"] = scope["path"].encode()
+        await self.app(scope, receive, send)
+
+
+class OpenAPIDocument:
+    """Serve ``GET /docs.json`` as BentoML generates it, completed by ``enrich``."""
+
+    PATH = "/docs.json"
+
+    def __init__(self, app: App):
+        self.app = app
+        self._document: bytes | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != self.PATH or scope["method"] != "GET":
+            await self.app(scope, receive, send)
+            return
+        if self._document is None:
+            generated = await self._generated(scope, receive)
+            if generated is None:
+                await json_error(500, GENERIC[500])(scope, receive, send)
+                return
+            from serving.openapi import enrich
+
+            self._document = json.dumps(enrich(generated)).encode()
+        response = Response(self._document, media_type="application/json")
+        await response(scope, receive, send)
+
+    async def _generated(self, scope: Scope, receive: Receive) -> dict | None:
+        """BentoML's own document, or None if it could not produce one."""
+        chunks: list[bytes] = []
+        status = 0
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await self.app(scope, receive, capture)
+        return json.loads(b"".join(chunks)) if status == 200 else None
