@@ -14,21 +14,23 @@ import numpy as np
 from bentoml.models import BentoModel
 
 from serving import drain
+from serving.auth import admin_denied
 from serving.bentoml_fixes import configure_server
 from serving.errors import json_error
 from serving.feedback_api import feedback_app
 from serving.guard import GuardMiddleware
-from serving.jobs_api import jobs_app
+from serving.jobs_api import jobs_app, start_retrain
 from serving.oip import grpc_server, repository
 from serving.oip.rest import oip_app
 from serving.routing import MountRoots, OpenAPIDocument
-from serving.runtime import IrisRuntime, feature_rows
+from serving.runtime import IrisRuntime
 from serving.schemas import (
     BatchRequest,
     BatchResponse,
     IrisFeatures,
     PredictResponse,
     RetrainResponse,
+    feature_rows,
 )
 from training.logs import configure_logging
 from training.settings import get_settings
@@ -124,13 +126,13 @@ class IrisClassifier:
 
         ``?include_feedback=true`` also trains on served predictions that got ground truth.
         """
-        response = self.runtime.authorize(ctx.request.headers.get("authorization"))
+        response = admin_denied(self.runtime.settings, ctx.request.headers.get("authorization"))
         if response is None:
             query = ctx.request.query_params.get("include_feedback", "false").lower()
             if query not in ("true", "false", "1", "0"):
                 response = json_error(422, "include_feedback must be true or false")
             else:
-                response = await self.runtime.submit_retrain(query in ("true", "1"))
+                response = await start_retrain(self.runtime, query in ("true", "1"))
         # BentoML copies the context's status onto responses of APIs that take ctx.
         ctx.response.status_code = response.status_code
         return response

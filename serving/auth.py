@@ -1,4 +1,4 @@
-"""Bearer-token check for admin endpoints: secure by default, constant-time compare."""
+"""Bearer-token checks for the admin and feedback endpoints: secure by default, constant time."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ import hmac
 from dataclasses import dataclass
 
 from pydantic import SecretStr
+from starlette.responses import Response
+
+from serving.errors import json_error
+from training.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -34,3 +38,28 @@ def check_bearer(
     if not hmac.compare_digest(token.strip().encode(), expected.get_secret_value().encode()):
         return Denied(401, "invalid bearer token")
     return None
+
+
+def admin_denied(settings: Settings, authorization: str | None) -> Response | None:
+    """None if the admin token is presented, else the 401/403 response to send."""
+    return denied_response(check_bearer(authorization, settings.admin_token))
+
+
+def feedback_denied(settings: Settings, authorization: str | None) -> Response | None:
+    """Like :func:`admin_denied`, with the feedback token (or else the admin token)."""
+    token = settings.feedback_token or settings.admin_token
+    disabled = (
+        "feedback is disabled on this server: set IRIS_FEEDBACK_TOKEN"
+        " (or IRIS_ADMIN_TOKEN) to enable it"
+    )
+    return denied_response(check_bearer(authorization, token, disabled=disabled))
+
+
+def denied_response(denied: Denied | None) -> Response | None:
+    """None if allowed, else the 401/403 response (with WWW-Authenticate on a 401)."""
+    if denied is None:
+        return None
+    response = json_error(denied.status, denied.message)
+    if denied.status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response

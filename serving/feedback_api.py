@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from serving.auth import feedback_denied
 from serving.errors import json_error, json_response, validation_details
 from serving.runtime import get_runtime
 from training.schema import SPECIES
@@ -55,7 +56,7 @@ _items = TypeAdapter(list[FeedbackItem])
 
 async def post_feedback(request: Request) -> Response:
     runtime = get_runtime()
-    denied = runtime.authorize_feedback(request.headers.get("authorization"))
+    denied = feedback_denied(runtime.settings, request.headers.get("authorization"))
     if denied is not None:
         return denied
     try:

@@ -1,6 +1,7 @@
-"""Routes that BentoML's POST-only API methods cannot express, mounted into the service.
+"""The retrain jobs HTTP API: the answer to ``POST /retrain`` and the mounted ``/jobs`` app.
 
-``GET /jobs/{job_id}`` and ``GET /jobs`` report retrain jobs (admin token required).
+``POST /retrain`` (a BentoML API in ``service.py``) answers with :func:`start_retrain`;
+``GET /jobs/{job_id}`` and ``GET /jobs`` report jobs. All need the admin token.
 """
 
 from __future__ import annotations
@@ -9,17 +10,30 @@ import asyncio
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from serving.errors import json_error
-from serving.jobs import JobsUnavailableError
-from serving.runtime import get_runtime, jobs_unavailable
+from serving.auth import admin_denied
+from serving.errors import error_body, json_error, json_response
+from serving.jobs import ConflictError, Job, JobsUnavailableError
+from serving.runtime import IrisRuntime, get_runtime
+
+
+async def start_retrain(runtime: IrisRuntime, with_feedback: bool = False) -> Response:
+    """202 with the new job's id, 409 if one is running, 503 if the job database is down."""
+    try:
+        job = await asyncio.to_thread(runtime.retrains.launch, with_feedback)
+    except ConflictError as c:
+        return _conflict(c.job)
+    except JobsUnavailableError as e:
+        return jobs_unavailable(e)
+    payload = {"job_id": job.id, "state": job.state, "status_url": f"/jobs/{job.id}"}
+    return json_response(payload, 202)
 
 
 async def job_status(request: Request):
     runtime = get_runtime()
-    denied = runtime.authorize(request.headers.get("authorization"))
+    denied = admin_denied(runtime.settings, request.headers.get("authorization"))
     if denied is not None:
         return denied
     job_id = request.path_params["job_id"]
@@ -34,7 +48,7 @@ async def job_status(request: Request):
 
 async def list_jobs(request: Request):
     runtime = get_runtime()
-    denied = runtime.authorize(request.headers.get("authorization"))
+    denied = admin_denied(runtime.settings, request.headers.get("authorization"))
     if denied is not None:
         return denied
     try:
@@ -45,3 +59,16 @@ async def list_jobs(request: Request):
 
 
 jobs_app = Starlette(routes=[Route("/", list_jobs), Route("/{job_id}", job_status)])
+
+
+def jobs_unavailable(error: JobsUnavailableError) -> Response:
+    """503 in the documented error shape: the job database is down, serving is not."""
+    return json_error(503, str(error), code="jobs_unavailable")
+
+
+def _conflict(job: Job) -> Response:
+    body = error_body(
+        409, f"a retrain is already {job.state}: job {job.id}", code="retrain_in_progress"
+    )
+    body["job"] = job.public()
+    return JSONResponse(body, status_code=409)

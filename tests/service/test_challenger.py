@@ -138,7 +138,7 @@ def _loaded_by(home) -> set[str]:
     """PIDs of the workers that logged loading challenger v2."""
     path = home.home / "logs" / "service.log"
     text = path.read_text() if path.exists() else ""
-    return set(re.findall(r"\[(\d+)\] serving\.runtime: Challenger v2 loaded", text))
+    return set(re.findall(r"\[(\d+)\] serving\.served_model: Challenger v2 loaded", text))
 
 
 def test_promote_challenger_ends_the_canary_and_every_worker_follows(server, two_versions):

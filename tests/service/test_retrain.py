@@ -202,7 +202,7 @@ def test_every_worker_and_the_retrain_log_to_files(server2, own_home):
     gets the retrain subprocess, start to finish."""
     service_log = (own_home.home / "logs" / "service.log").read_text()
     reloaded_by = set(
-        re.findall(r"\[(\d+)\] serving\.runtime: Now serving iris-classifier v2", service_log)
+        re.findall(r"\[(\d+)\] serving\.served_model: Now serving iris-classifier v2", service_log)
     )
     assert len(reloaded_by) == 2, reloaded_by  # both worker processes wrote to the one file
     assert re.search(r"path=/predict,.*status=200", service_log)
