@@ -8,9 +8,7 @@ end, so a reload (a plain reference assignment) can never mix two versions in on
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -18,16 +16,12 @@ from typing import Protocol
 import numpy as np
 
 from training import onnx_export, reference_profile
-from training.model_io import LoadedClassifier, load_classifier, read_class_names
-from training.onnx_export import DECIMALS, PARITY_PROBES, probe_inputs, served_labels
-from training.schema import FEATURES
+from training.model_io import load_classifier, read_class_names
+from training.onnx_model import BULK_ROWS, OnnxClassifier, served
 
 logger = logging.getLogger(__name__)
 
-BULK_ROWS = 1024
-"""From this many rows, a call runs on every core the process may use (see OnnxPredictor)."""
-
-__all__ = ["BULK_ROWS", "DECIMALS", "probe_inputs", "served_labels"]
+__all__ = ["BULK_ROWS", "ModelHolder", "ModelIdentity", "ServedModel", "load_model_dir"]
 
 
 class Predictor(Protocol):
@@ -64,35 +58,9 @@ class ServedModel:
 
     def predict(self, features: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Species names and class probabilities (rows sum to 1) for an (n, 4) array."""
-        proba = self.predictor.predict_proba(features).round(DECIMALS)
+        proba, labels = served(self.predictor.predict_proba(features))
         names = self.class_names
-        return [names[i] for i in proba.argmax(axis=1)], proba  # == served_labels(raw)
-
-
-class OnnxPredictor:
-    """A classifier's ONNX graph run by ONNX Runtime.
-
-    Two sessions share the model. Small calls (every single-flower request) run on one
-    thread: several workers already share the cores, and waking a thread pool costs more
-    than a 15 µs call. Calls of ``BULK_ROWS`` rows or more run on every core the process
-    may use (up to 4), which halves a 10,000-row batch on two cores.
-    """
-
-    def __init__(self, serialized: bytes):
-        self._session = onnx_export.session(serialized, threads=1)
-        cores = len(os.sched_getaffinity(0))
-        self._bulk = (
-            onnx_export.session(serialized, threads=min(cores, 4)) if cores > 1 else self._session
-        )
-        self._input = self._session.get_inputs()[0].name
-        self._outputs = [o.name for o in self._session.get_outputs() if o.name == "probabilities"]
-        if not self._outputs:
-            raise ValueError("ONNX model has no 'probabilities' output")
-
-    def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(features, dtype=np.float32)
-        session = self._bulk if len(x) >= BULK_ROWS else self._session
-        return onnx_export.normalized(session.run(self._outputs, {self._input: x})[0])
+        return [names[i] for i in labels], proba
 
 
 class SklearnPredictor:
@@ -112,49 +80,6 @@ class SklearnPredictor:
         return self.estimator.predict_proba(x)
 
 
-def check_parity(reference: Predictor, candidate: Predictor, probes: np.ndarray) -> str | None:
-    """None if both agree on every probe (same served labels, probabilities within 1e-5)."""
-    return onnx_export.compare(reference.predict_proba(probes), candidate.predict_proba(probes))
-
-
-def build(
-    classifier: LoadedClassifier, identity: ModelIdentity, *, use_onnx: bool = True
-) -> ServedModel:
-    """Wrap a loaded classifier for serving, compiled to ONNX here when that is exact.
-
-    For models without an ONNX export (logged before exports existed, or whose export
-    failed). Falls back to scikit-learn, with a warning, if conversion fails or ONNX and
-    scikit-learn disagree on any probe point.
-    """
-    reference = SklearnPredictor(classifier.estimator)
-    sklearn_model = ServedModel(
-        replace(identity, runtime="sklearn"), classifier.class_names, reference, False
-    )
-    if not use_onnx:
-        return sklearn_model
-    started = time.perf_counter()
-    try:
-        onnx = OnnxPredictor(onnx_export.convert(classifier.estimator, len(FEATURES)))
-    except Exception:
-        logger.warning(
-            "ONNX conversion of v%s failed; serving scikit-learn", identity.version, exc_info=True
-        )
-        return sklearn_model
-    problem = check_parity(reference, onnx, probe_inputs())
-    if problem:
-        logger.warning(
-            "ONNX parity check failed for v%s (%s); serving scikit-learn", identity.version, problem
-        )
-        return sklearn_model
-    logger.info(
-        "Compiled v%s to ONNX in %.0f ms; parity holds on %d probes",
-        identity.version,
-        (time.perf_counter() - started) * 1000,
-        PARITY_PROBES,
-    )
-    return ServedModel(replace(identity, runtime="onnx"), classifier.class_names, onnx, True)
-
-
 def load_exported(model_dir: Path, identity: ModelIdentity) -> ServedModel | None:
     """The model's ONNX export, once it reproduces scikit-learn's recorded answers.
 
@@ -164,9 +89,9 @@ def load_exported(model_dir: Path, identity: ModelIdentity) -> ServedModel | Non
     try:
         packed = onnx_export.read(model_dir)
         if packed is None:
-            logger.info("v%s has no ONNX export; compiling it in this process", identity.version)
+            logger.warning("v%s has no ONNX export; serving scikit-learn", identity.version)
             return None
-        predictor = OnnxPredictor(packed.serialized)
+        predictor = OnnxClassifier(packed.serialized)
         problem = packed.replay(predictor.predict_proba)
         class_names = read_class_names(model_dir)
     except Exception as e:  # noqa: BLE001 - any damage means "do not serve this file"
@@ -189,14 +114,23 @@ def load_exported(model_dir: Path, identity: ModelIdentity) -> ServedModel | Non
     return ServedModel(replace(identity, runtime="onnx"), class_names, predictor, True)
 
 
-def load_model_dir(
-    model_dir: Path, identity: ModelIdentity, *, use_onnx: bool = True
-) -> ServedModel:
-    """Load an MLflow model folder for serving: its verified ONNX export if it has one,
-    else scikit-learn (skops with our trusted types), compiled to ONNX when exact."""
-    model = load_exported(model_dir, identity) if use_onnx else None
+def load_model_dir(model_dir: Path, identity: ModelIdentity) -> ServedModel:
+    """Load an MLflow model folder for serving: its verified ONNX export, else scikit-learn.
+
+    Every folder a worker loads was prepared by ``onnx_export.ensure`` (training, the
+    BentoML import, or the fetch), so a folder without a usable export is a model ONNX
+    cannot reproduce: scikit-learn serves it (skops with our trusted types), and the
+    worker never compiles a graph itself.
+    """
+    model = load_exported(model_dir, identity)
     if model is None:
-        model = build(load_classifier(model_dir), identity, use_onnx=use_onnx)
+        classifier = load_classifier(model_dir)
+        model = ServedModel(
+            replace(identity, runtime="sklearn"),
+            classifier.class_names,
+            SklearnPredictor(classifier.estimator),
+            False,
+        )
     try:
         profile = reference_profile.read(model_dir)
     except (OSError, ValueError) as e:  # drift cannot be measured; serving goes on

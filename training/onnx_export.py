@@ -1,7 +1,10 @@
 """Compile a classifier to ONNX once, beside its MLflow model, with the proof that it matches.
 
-Training writes ``onnx/`` into every logged model (and the BentoML import adds it to any
-version that lacks it), so a serving worker never imports scikit-learn or skl2onnx:
+:func:`ensure` is the one place an export is produced: training calls it for every logged
+model, and the two steps that make a registry version ready to serve (the BentoML import,
+``training.bento_store``, and a worker's fetch, ``serving.fetch_model``) call it for any
+version that lacks a true export. A serving worker never imports scikit-learn or skl2onnx
+to compile one; :class:`OnnxClassifier` is how both the check here and serving run a graph.
 
 - ``onnx/model.onnx``: the classifier as an ONNX graph (probabilities output, no zipmap);
 - ``onnx/parity.npz``: the inputs it was checked on (the test set plus ``PARITY_PROBES``
@@ -27,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from training.onnx_model import OnnxClassifier, served_labels
+
 logger = logging.getLogger(__name__)
 
 ONNX_DIR = "onnx"
@@ -36,20 +41,6 @@ REPORT_FILE = "export.json"
 PARITY_ATOL = 1e-5
 PARITY_PROBES = 2000
 TARGET_OPSET = 17
-DECIMALS = 6
-"""Probabilities are served rounded to 1e-6: ONNX computes in float32, whose noise digits
-(0.9700000286102295) would only lengthen every answer."""
-
-
-def served_labels(proba: np.ndarray) -> np.ndarray:
-    """The class index served for each row: the first of the largest rounded probabilities.
-
-    Rounding first makes ties ties: a forest's 0.5/0.5 comes out of ONNX's float32 sums as
-    0.49999997/0.50000003 in an order that depends on threads, and scikit-learn, like
-    ``argmax``, gives a tie to the first class. The species shown is then always the
-    largest probability shown.
-    """
-    return proba.round(DECIMALS).argmax(axis=1)
 
 
 def probe_inputs(n: int = PARITY_PROBES, seed: int = 0, n_features: int = 4) -> np.ndarray:
@@ -83,42 +74,11 @@ def convert(estimator: object, n_features: int) -> bytes:
     ).SerializeToString()
 
 
-def normalized(proba: np.ndarray) -> np.ndarray:
-    """ONNX's float32 probabilities as float64 rows that sum to 1.
-
-    A forest's float32 sum of 100 trees' 0.01 is 0.9999993 for a sure flower; scaled
-    back, the served (rounded) answer reads 1.0, as scikit-learn's does.
-    """
-    proba = proba.astype(np.float64)
-    total = proba.sum(axis=1, keepdims=True)
-    if total.all():  # the only case in practice, and the cheapest (this runs per request)
-        return proba / total
-    # A row of zeros (no model produces one) stays zeros instead of becoming NaN.
-    return np.divide(proba, total, out=np.zeros_like(proba), where=total > 0)
-
-
-def onnx_probabilities(session, x: np.ndarray) -> np.ndarray:
-    """Run an ONNX Runtime session on an (n, features) array, as serving does."""
-    name = session.get_inputs()[0].name
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    return normalized(session.run(["probabilities"], {name: x})[0])
-
-
-def session(serialized: bytes, *, threads: int = 1):
-    """An ONNX Runtime CPU session on ``threads`` intra-op threads."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
-
-
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def export(
+def _export(
     estimator: object, model_dir: Path, *, n_features: int, extra_inputs: np.ndarray | None = None
 ) -> dict | None:
     """Write ``model_dir/onnx/`` for ``estimator`` if ONNX matches it exactly; else nothing.
@@ -140,7 +100,7 @@ def export(
     probes = probes.astype(np.float32)  # what ONNX computes on; scikit-learn sees the same
     try:
         serialized = convert(estimator, n_features)
-        got = onnx_probabilities(session(serialized), probes)
+        got = OnnxClassifier(serialized, bulk_threads=1).predict_proba(probes)
     except Exception:
         logger.warning(
             "ONNX conversion failed; the model will be served by scikit-learn", exc_info=True
@@ -169,8 +129,13 @@ def export(
     return report
 
 
-def ensure(model_dir: Path, estimator: object, n_features: int) -> bool:
+def ensure(
+    model_dir: Path, estimator: object, n_features: int, extra_inputs: np.ndarray | None = None
+) -> bool:
     """Make sure a model folder carries an export that is true to ``estimator``.
+
+    ``extra_inputs`` (training passes the test set) are checked besides the probes when an
+    export is written.
 
     The folder's own SHA-256 and parity record only prove it is self-consistent: whoever
     can write the model could write all three files. So an existing export is kept only
@@ -188,7 +153,9 @@ def ensure(model_dir: Path, estimator: object, n_features: int) -> bool:
         if problem is None:
             return True
         logger.warning("Replacing an ONNX export that does not match its model: %s", problem)
-    return export(estimator, model_dir, n_features=n_features) is not None
+    return (
+        _export(estimator, model_dir, n_features=n_features, extra_inputs=extra_inputs) is not None
+    )
 
 
 def verify(packed: Packed, estimator: object) -> str | None:
@@ -198,8 +165,7 @@ def verify(packed: Packed, estimator: object) -> str | None:
     if problem:
         return f"recorded answers are not this model's ({problem})"
     try:
-        graph = session(packed.serialized)
-        problem = packed.replay(lambda x: onnx_probabilities(graph, x))
+        problem = packed.replay(OnnxClassifier(packed.serialized, bulk_threads=1).predict_proba)
     except Exception as e:  # noqa: BLE001 - an unloadable graph is a mismatch
         return f"graph does not run ({type(e).__name__}: {e})"
     return None if problem is None else f"graph does not reproduce them ({problem})"

@@ -189,12 +189,13 @@ def _log_onnx_export(model: ClassifierMixin, model_id: str, x_test: pd.DataFrame
     from mlflow import MlflowClient
 
     with tempfile.TemporaryDirectory(prefix="iris-onnx-") as tmp:
-        report = onnx_export.export(
-            model, Path(tmp), n_features=len(FEATURES), extra_inputs=x_test.to_numpy()
+        exported = onnx_export.ensure(
+            Path(tmp), model, len(FEATURES), extra_inputs=x_test.to_numpy()
         )
-        if report is None:
+        if not exported:
             mlflow.set_tag("onnx_export", "failed")
             return
+        report = onnx_export.read(Path(tmp)).report
         MlflowClient().log_model_artifacts(
             model_id, str(Path(tmp) / onnx_export.ONNX_DIR), onnx_export.ONNX_DIR
         )

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from serving.schemas import BatchResponse, PredictResponse
-from serving.served_model import BULK_ROWS, probe_inputs
+from serving.served_model import BULK_ROWS
 from training.model_io import load_classifier
+from training.onnx_export import probe_inputs
 from training.schema import FEATURES
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,8 @@ from serving import reloader
 from serving.champion_lookup import Champion, RegistryUnreachableError, champion
 from serving.served_model import ModelHolder, ModelIdentity, ServedModel
 from tests.utils.processes import serve_in_thread
-from training.onnx_export import compare, normalized
+from training.onnx_export import compare
+from training.onnx_model import normalized
 from training.settings import Settings
 
 

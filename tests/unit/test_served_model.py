@@ -1,4 +1,4 @@
-"""The served model: ONNX parity with scikit-learn, fallback, atomic swaps."""
+"""The served model: ONNX as served matches scikit-learn, no export when it cannot, atomic swaps."""
 
 from __future__ import annotations
 
@@ -13,15 +13,25 @@ from serving.served_model import (
     BULK_ROWS,
     ModelHolder,
     ModelIdentity,
-    build,
-    check_parity,
-    probe_inputs,
-    served_labels,
+    ServedModel,
+    SklearnPredictor,
 )
-from training.model_io import LoadedClassifier
+from training import onnx_export
+from training.onnx_export import compare, probe_inputs
+from training.onnx_model import OnnxClassifier, served_labels
 from training.schema import FEATURES, SPECIES
 
 IDENTITY = ModelIdentity("iris-classifier", "7", "champion", "run", "bento")
+
+
+def onnx_model(estimator, identity: ModelIdentity = IDENTITY) -> ServedModel:
+    """``estimator`` served as a worker serves an export: its graph in OnnxClassifier."""
+    graph = OnnxClassifier(onnx_export.convert(estimator, len(FEATURES)))
+    return ServedModel(identity, SPECIES, graph, True)
+
+
+def sklearn_model(estimator, identity: ModelIdentity = IDENTITY) -> ServedModel:
+    return ServedModel(identity, SPECIES, SklearnPredictor(estimator), False)
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +49,11 @@ def iris():
     ],
     ids=["random_forest", "logistic_regression"],
 )
-def test_onnx_is_used_only_when_it_matches_scikit_learn(iris, estimator):
+def test_onnx_as_served_matches_scikit_learn(iris, estimator):
     x, y = iris
     x = x.set_axis(list(FEATURES), axis=1)
     estimator.fit(x, y)
-    model = build(LoadedClassifier(estimator, SPECIES, FEATURES), IDENTITY)
-    assert model.identity.runtime == "onnx" and model.fast
+    model = onnx_model(estimator)
     names, proba = model.predict(x.to_numpy())
     expected = estimator.predict_proba(x)
     np.testing.assert_allclose(proba, expected, atol=1e-5)
@@ -65,33 +74,28 @@ class _Skewed:
 def test_parity_check_catches_disagreement(iris):
     x, y = iris
     rf = RandomForestClassifier(n_estimators=10, random_state=0).fit(x.to_numpy(), y)
-    assert check_parity(rf, rf, probe_inputs(200)) is None
-    assert "label" in check_parity(rf, _Skewed(rf), probe_inputs(200))
+    probes = probe_inputs(200)
+    assert compare(rf.predict_proba(probes), rf.predict_proba(probes)) is None
+    assert "label" in compare(rf.predict_proba(probes), _Skewed(rf).predict_proba(probes))
 
 
-def test_unconvertible_model_falls_back_to_scikit_learn(iris, caplog):
+def test_unconvertible_model_gets_no_export(iris, tmp_path, caplog):
     x, y = iris
 
     class Odd(LogisticRegression):  # skl2onnx has no converter for unknown classes
         pass
 
     odd = Odd(max_iter=500).fit(x.to_numpy(), y)
-    model = build(LoadedClassifier(odd, SPECIES, FEATURES), IDENTITY)
-    assert model.identity.runtime == "sklearn" and not model.fast
-    assert "serving scikit-learn" in caplog.text
-    names, _ = model.predict(np.array([[5.1, 3.5, 1.4, 0.2]]))
-    assert names == ["Iris-setosa"]
+    assert onnx_export.ensure(tmp_path, odd, len(FEATURES)) is False
+    assert not (tmp_path / onnx_export.ONNX_DIR).exists()
+    assert "ONNX conversion failed" in caplog.text
 
 
 def test_holder_swaps_whole_models(iris):
     x, y = iris
     rf = RandomForestClassifier(n_estimators=5, random_state=0).fit(x.to_numpy(), y)
-    first = build(LoadedClassifier(rf, SPECIES, FEATURES), IDENTITY, use_onnx=False)
-    second = build(
-        LoadedClassifier(rf, SPECIES, FEATURES),
-        ModelIdentity("iris-classifier", "8", "champion", "r2", "registry"),
-        use_onnx=False,
-    )
+    first = sklearn_model(rf)
+    second = sklearn_model(rf, ModelIdentity("iris-classifier", "8", "champion", "r2", "registry"))
     holder = ModelHolder(first)
     snapshot = holder.current
     assert holder.swap(second) is first
@@ -102,8 +106,7 @@ def test_bulk_calls_keep_scikit_learns_labels_on_ties(iris):
     """Big calls run on several threads; forest ties (0.5/0.5) must still go to the first class."""
     x, y = iris
     forest = RandomForestClassifier(random_state=1).fit(x.to_numpy(), y)  # 100 trees
-    model = build(LoadedClassifier(forest, SPECIES, FEATURES), IDENTITY)
-    assert model.identity.runtime == "onnx"
+    model = onnx_model(forest)
     probes = probe_inputs(3 * BULK_ROWS, seed=3)
     expected = forest.predict_proba(probes)
     top = np.sort(expected, axis=1)
@@ -135,4 +138,7 @@ def test_float32_noise_on_a_tie_is_not_a_label_flip():
         def predict_proba(self, features):
             return np.tile([0.5, 0.5, 0.0], (len(features), 1))
 
-    assert check_parity(Ties(), _Float32Noise(Ties()), probe_inputs(50)) is None
+    probes = probe_inputs(50)
+    assert (
+        compare(Ties().predict_proba(probes), _Float32Noise(Ties()).predict_proba(probes)) is None
+    )
