@@ -38,7 +38,7 @@ RESULTS = HERE / "results"
 MLSERVER_REQUIREMENTS = HERE / "mlserver-requirements.txt"
 MODEL = "iris-classifier"
 INFER = f"/v2/models/{MODEL}/infer"
-MARKERS = ("<!-- oip-bench:start -->", "<!-- oip-bench:end -->")
+MARKERS = (report.OIP_START, report.OIP_END)
 # MLServer's sklearn runtime names its outputs after the method; ours returns both by default.
 MLSERVER_OUTPUTS = ("predict", "predict_proba")
 

@@ -16,6 +16,7 @@ from training.settings import PROJECT_DIR
 
 README = Path(__file__).with_name("README.md")
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+OIP_START, OIP_END = "<!-- oip-bench:start -->", "<!-- oip-bench:end -->"
 PACKAGES = (
     "bentoml",
     "mlflow",

@@ -17,8 +17,9 @@ in its page; everything outside the markers is written by hand. The sections:
 
 Run ``make docs`` (``.venv/bin/python -m scripts.gen_docs``) after changing a setting, an
 error code or the committed results; ``make bench`` runs it after a benchmark. ``--check``
-writes nothing and exits 1 naming every stale section, broken link or unknown ``IRIS_*``
-variable; ``tests/unit/test_docs.py`` runs the same checks.
+writes nothing and exits 1 naming every stale section, broken link, unknown ``IRIS_*``
+variable, or table of ``benchmarks/README.md`` that is not the committed results;
+``tests/unit/test_docs.py`` runs the same checks.
 """
 
 from __future__ import annotations
@@ -247,6 +248,24 @@ def oip_bench_tables() -> str:
     return "\n".join([report.oip_header(result), "", *report.oip_ratio_table(result)])
 
 
+def results_readme_mismatches(readme: Path = report.README) -> list[str]:
+    """Tables of ``benchmarks/README.md`` that are not those of the committed results.
+
+    ``make bench`` writes both the JSON and that README; a result committed without its
+    README (or the other way round) shows up here.
+    """
+    text = readme.read_text(encoding="utf-8")
+    expected = {
+        (report.START, report.END): report.markdown(_result("latest.json")),
+        (report.OIP_START, report.OIP_END): report.oip_markdown(_result("oip-latest.json")),
+    }
+    return [
+        f"{_shown(readme)} {start}"
+        for (start, end), body in expected.items()
+        if f"{start}\n{body}\n{end}" not in text
+    ]
+
+
 SECTIONS: dict[str, tuple[Path, Callable[[], str]]] = {
     "settings": (DOCS / "configuration.md", settings_table),
     "errors": (DOCS / "api.md", errors_table),
@@ -376,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         problems = [f"stale: {s} (run make docs)" for s in stale_sections()]
         problems += [f"broken link: {b}" for b in broken_links()]
+        problems += [f"not the committed results: {t}" for t in results_readme_mismatches()]
         problems += [f"unknown variable: {v}" for v in unknown_variables()]
         for problem in problems:
             logger.error(problem)
