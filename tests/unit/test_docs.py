@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from scripts import gen_docs
+from scripts import doc_checks, doc_tables, gen_docs
 from serving.errors import CODES
 from training.settings import Settings
 
-ROOT = gen_docs.ROOT
+ROOT = doc_checks.ROOT
+DOCS = doc_checks.DOCS
 
 
 def table_rows(text: str, name: str) -> list[list[str]]:
@@ -34,10 +35,10 @@ def test_every_generated_section_is_up_to_date() -> None:
 
 def test_a_page_that_differs_from_the_code_is_reported_stale(tmp_path: Path) -> None:
     page = tmp_path / "configuration.md"
-    current = (gen_docs.DOCS / "configuration.md").read_text()
+    current = (DOCS / "configuration.md").read_text()
     page.write_text(current.replace("`IRIS_GRPC_PORT` | `8001`", "`IRIS_GRPC_PORT` | `9001`"))
     assert page.read_text() != current
-    stale = gen_docs.stale_sections({"settings": (page, gen_docs.settings_table)})
+    stale = gen_docs.stale_sections({"settings": (page, doc_tables.settings_table)})
     assert stale == [f"{page} [settings]"]
 
 
@@ -45,11 +46,11 @@ def test_a_page_without_its_markers_is_refused_by_name(tmp_path: Path) -> None:
     page = tmp_path / "api.md"
     page.write_text("# API\n\n<!-- generated:errors -->\nno end marker\n")
     with pytest.raises(ValueError, match="/generated:errors"):
-        gen_docs.stale_sections({"errors": (page, gen_docs.errors_table)})
+        gen_docs.stale_sections({"errors": (page, doc_tables.errors_table)})
 
 
 def test_settings_table_has_every_field_under_the_variable_settings_reads(monkeypatch) -> None:
-    rows = table_rows((gen_docs.DOCS / "configuration.md").read_text(), "settings")
+    rows = table_rows((DOCS / "configuration.md").read_text(), "settings")
     by_variable = {row[0].strip("`"): row for row in rows}
     assert len(by_variable) == len(rows) == len(Settings.model_fields)
     for name, field in Settings.model_fields.items():
@@ -65,38 +66,38 @@ def test_settings_table_has_every_field_under_the_variable_settings_reads(monkey
 
 
 def test_error_table_has_every_status_and_every_code_the_service_returns() -> None:
-    rows = table_rows((gen_docs.DOCS / "api.md").read_text(), "errors")
+    rows = table_rows((DOCS / "api.md").read_text(), "errors")
     listed = {(int(row[0]), row[1].strip("`")) for row in rows}
     assert {(status, code) for status, code in CODES.items()} <= listed
-    found = gen_docs.source_codes()
+    found = doc_tables.source_codes()
     assert {"invalid_json", "retrain_in_progress", "draining"} <= found  # the scan sees them
     assert found - set(CODES.values()) <= {code for _, code in listed}
 
 
 def test_an_error_code_without_a_row_stops_the_generator(tmp_path: Path) -> None:
     source = tmp_path / "serving"
-    shutil.copytree(gen_docs.SERVING, source, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(doc_tables.SERVING, source, ignore=shutil.ignore_patterns("__pycache__"))
     (source / "extra.py").write_text('ERROR = dict(code="quota_exceeded")\n')
     with pytest.raises(ValueError, match="quota_exceeded"):
-        gen_docs.errors_table(source)
+        doc_tables.errors_table(source)
 
 
 def test_cli_table_lists_every_iris_train_command() -> None:
-    rows = table_rows((gen_docs.DOCS / "operations.md").read_text(), "cli")
+    rows = table_rows((DOCS / "operations.md").read_text(), "cli")
     commands = {row[0].strip("`").split()[1] for row in rows}
     assert {"run", "promote", "champion", "canary", "drift-report"} <= commands
     assert len(rows) == len(commands)
 
 
 def test_performance_tables_are_the_committed_results() -> None:
-    result = json.loads((gen_docs.RESULTS / "latest.json").read_text())
-    oip = json.loads((gen_docs.RESULTS / "oip-latest.json").read_text())
-    page = (gen_docs.DOCS / "performance.md").read_text()
+    result = json.loads((doc_tables.RESULTS / "latest.json").read_text())
+    oip = json.loads((doc_tables.RESULTS / "oip-latest.json").read_text())
+    page = (DOCS / "performance.md").read_text()
     assert result["date"] in page and oip["date"] in page
     for target in result["targets"]:
         assert f"| {target['target']} |" in page and f"**{target['verdict']}**" in page
     # benchmarks/README.md shows the same run (make bench writes both).
-    assert gen_docs.results_readme_mismatches() == []
+    assert doc_tables.results_readme_mismatches() == []
 
 
 def test_a_benchmark_readme_from_another_run_is_reported(tmp_path: Path) -> None:
@@ -104,11 +105,11 @@ def test_a_benchmark_readme_from_another_run_is_reported(tmp_path: Path) -> None
     current = (ROOT / "benchmarks" / "README.md").read_text()
     readme.write_text(current.replace("| our service | 1 |", "| our service | 2 |", 1))
     assert readme.read_text() != current
-    assert gen_docs.results_readme_mismatches(readme) == [f"{readme} <!-- bench:start -->"]
+    assert doc_tables.results_readme_mismatches(readme) == [f"{readme} <!-- bench:start -->"]
 
 
 def test_every_relative_link_in_readme_and_docs_leads_to_a_file_and_heading() -> None:
-    assert gen_docs.broken_links() == []
+    assert doc_checks.broken_links() == []
 
 
 def test_link_check_finds_a_missing_file_and_a_missing_heading(tmp_path: Path) -> None:
@@ -119,7 +120,7 @@ def test_link_check_finds_a_missing_file_and_a_missing_heading(tmp_path: Path) -
         "# Title\n[gone](missing.md) [bad anchor](other.md#nowhere)\n"
         "```\n[inside code](ignored.md)\n```\n"
     )
-    broken = gen_docs.broken_links([page])
+    broken = doc_checks.broken_links([page])
     assert [re.search(r"\((.*?)\)", b).group(1) for b in broken] == [
         "missing.md",
         "other.md#nowhere",
@@ -127,10 +128,10 @@ def test_link_check_finds_a_missing_file_and_a_missing_heading(tmp_path: Path) -
 
 
 def test_every_iris_variable_named_in_the_docs_is_a_setting(tmp_path: Path) -> None:
-    assert gen_docs.unknown_variables() == []
+    assert doc_checks.unknown_variables() == []
     page = tmp_path / "page.md"
     page.write_text("Set `IRIS_GRPC_PORT` and `IRIS_MADE_UP_S`.\n")
-    assert gen_docs.unknown_variables([page]) == [f"{page}: IRIS_MADE_UP_S"]
+    assert doc_checks.unknown_variables([page]) == [f"{page}: IRIS_MADE_UP_S"]
 
 
 def test_readme_is_short_and_its_commands_exist() -> None:
