@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PORT   ?= 3000
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run train serve build test lint format bench clean proto conformance
+.PHONY: install run train serve build test lint format bench docs clean proto conformance
 
 install: $(STAMP)
 
@@ -51,6 +51,12 @@ bench: install ## Load our service and its peers with wrk; see benchmarks/README
 	$(BIN)/python -m pip install --quiet -r benchmarks/requirements.txt
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.oip_peer $(OIP_BENCH_ARGS)  # V2 REST/gRPC against MLServer
+	$(BIN)/python -m scripts.gen_docs  # docs/performance.md's tables from the new results
+
+# Tables in docs/ generated from the code and the committed results (scripts/gen_docs.py);
+# tests/unit/test_docs.py fails when one is stale.
+docs: install ## Regenerate the generated sections of docs/ (settings, errors, CLI, benchmarks).
+	$(BIN)/python -m scripts.gen_docs
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns data/processed data/.processed-* logs var

@@ -38,7 +38,7 @@ RESULTS = HERE / "results"
 MLSERVER_REQUIREMENTS = HERE / "mlserver-requirements.txt"
 MODEL = "iris-classifier"
 INFER = f"/v2/models/{MODEL}/infer"
-MARKERS = ("<!-- oip-bench:start -->", "<!-- oip-bench:end -->")
+MARKERS = (report.OIP_START, report.OIP_END)
 # MLServer's sklearn runtime names its outputs after the method; ours returns both by default.
 MLSERVER_OUTPUTS = ("predict", "predict_proba")
 
@@ -66,7 +66,7 @@ def main(
         result["ratios"] = ratios(result, max(concurrency))
         out.mkdir(parents=True, exist_ok=True)
         (out / "oip-latest.json").write_text(json.dumps(result, indent=2) + "\n")
-        text = markdown(result)
+        text = report.oip_markdown(result)
         if readme:
             _write_readme(text)
         typer.echo(text)
@@ -319,41 +319,6 @@ def ratios(result: dict, target_c: int) -> list[dict]:
             }
         )
     return found
-
-
-def markdown(result: dict) -> str:
-    load_avg = result["load_average"]
-    lines = [
-        f"**{result['kind']}** — {result['date']} — {result['machine']['nproc']} cores"
-        f" ({result['machine']['cpu_model']}); load average {load_avg['start']} at start,"
-        f" {load_avg['end']} at end; {result['settings']['duration']} s per step.",
-        "",
-        "| server | protocol | rows | c | requests/s | p50 ms | p99 ms"
-        " | errors | gRPC client CPU |",
-        "| --- | --- | --: | --: | --: | --: | --: | --: | --: |",
-    ]
-    for entry in result["peers"].values():
-        for key, s in entry["load"].items():
-            protocol, n, c = key.split("/")
-            cpu = s.get("client_cpu_share", "")
-            lines.append(
-                f"| {entry['title']} | {protocol} | {int(n):,} | {c} | {s['rps']:,.0f} |"
-                f" {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['errors']} | {cpu} |"
-            )
-    lines += [
-        "",
-        "| protocol | rows | c | ours ÷ MLServer requests/s (target ≥ 3) |"
-        " ours ÷ MLServer p99 (target ≤ 1) |",
-        "| --- | --: | --: | --: | --: |",
-    ]
-    for r in result["ratios"]:
-        rps_mark = "met" if r["rps_target_met"] else "MISSED"
-        p99_mark = "met" if r["p99_target_met"] else "MISSED"
-        lines.append(
-            f"| {r['protocol']} | {r['rows']:,} | {r['c']} | {r['rps_ratio']:.2f}× ({rps_mark}) |"
-            f" {r['p99_ratio']:.3f} ({p99_mark}) |"
-        )
-    return "\n".join(lines)
 
 
 def _write_readme(text: str) -> None:

@@ -1,4 +1,7 @@
-"""Targets, the results table (Markdown), the JSON record and the README section."""
+"""Targets, the results tables (Markdown), the JSON record and the README section.
+
+The tables are also what ``scripts/gen_docs.py`` writes into ``docs/performance.md``.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from training.settings import PROJECT_DIR
 
 README = Path(__file__).with_name("README.md")
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+OIP_START, OIP_END = "<!-- oip-bench:start -->", "<!-- oip-bench:end -->"
 PACKAGES = (
     "bentoml",
     "mlflow",
@@ -156,15 +160,39 @@ def _spread(step: dict) -> str:
 
 
 def markdown(result: dict) -> str:
-    """The tables the README shows."""
+    """The tables ``benchmarks/README.md`` shows (``docs/performance.md`` shows a subset)."""
+    lines = [header(result), "", *load_table(result), "", *targets_table(result)]
+    lines += ["", *memory_table(result)]
+    batch = batch_table(result)
+    if batch:
+        lines += ["", *batch]
+    lines += ["", "Peer settings:", ""]
+    for key in _present(result):
+        peer = result["peers"][key]
+        text = "; ".join(f"{k}: {v}" for k, v in peer["settings"].items())
+        lines.append(f"- {peer['title']}: {text}")
+        if "error" in peer:
+            lines.append(f"  - **failed**: {peer['error'].splitlines()[0]}")
+    if "profile" in result:
+        lines += ["", *profile_markdown(result["profile"])]
+    return "\n".join(lines)
+
+
+def header(result: dict) -> str:
+    """One line: what kind of run, when, on what machine, how loaded, how long each step."""
     m, s = result["machine"], result["settings"]
-    lines = [
+    return (
         f"**{result['kind']}** — {result['date']} — {m['nproc']} cores ({m['cpu_model']}), "
         f"{m['memory_gib']} GiB; load average {result['load_average']['start']} at start, "
         f"{result['load_average']['end']} at end; wrk {s['duration_s']:g} s per step, "
         f"{s['wrk_threads']} wrk thread(s), on the same machine; at c={s['target_concurrency']} "
-        f"the median of {s.get('rounds_at_target', 1)} runs.",
-        "",
+        f"the median of {s.get('rounds_at_target', 1)} runs."
+    )
+
+
+def load_table(result: dict) -> list[str]:
+    """Requests/s and latency of every peer at every concurrency, with ours ÷ peer."""
+    lines = [
         "| peer | c | requests/s | p50 ms | p99 ms | errors | ours ÷ peer (rps) "
         "| connections per worker (per run: requests/s) |",
         "| --- | --: | --: | --: | --: | --: | --: | --- |",
@@ -180,12 +208,21 @@ def markdown(result: dict) -> str:
                 f"| {peer['title']} | {c} | {step['rps']:,.0f} | {step['p50_ms']:.1f} "
                 f"| {step['p99_ms']:.1f} | {step['errors']} | {ratio} | {spread or '–'} |"
             )
-    lines += ["", "| target (same run) | measured | goal | verdict |", "| --- | --: | --: | --- |"]
+    return lines
+
+
+def targets_table(result: dict) -> list[str]:
+    """Every target with its measured value, goal and verdict (see :func:`targets`)."""
+    lines = ["| target (same run) | measured | goal | verdict |", "| --- | --: | --: | --- |"]
     for t in result["targets"]:
         shown = "–" if t["measured"] is None else f"{t['measured']:g}{t['unit']}"
         lines.append(f"| {t['target']} | {shown} | {t['goal']} | **{t['verdict']}** |")
-    lines += [
-        "",
+    return lines
+
+
+def memory_table(result: dict) -> list[str]:
+    """Cold start and resident memory of every peer."""
+    lines = [
         "| peer | cold start s | workers | RSS per worker MiB | workers MiB | all processes MiB |",
         "| --- | --: | --: | --- | --: | --: |",
     ]
@@ -198,29 +235,25 @@ def markdown(result: dict) -> str:
             f"| {mem.get('workers', '–')} | {per} | {mem.get('workers_sum_mib', 0):.0f} "
             f"| {mem.get('total_mib', 0):.0f} |"
         )
+    return lines
+
+
+def batch_table(result: dict) -> list[str]:
+    """Our large-batch timings, client and server side; empty when the run had none."""
     batch = result["peers"].get("ours", {}).get("batch", {})
-    if batch:
-        rows = next(iter(batch.values()))["rows"]
-        lines += [
-            "",
-            f"| our /predict_batch, {rows:,} rows | body | client median ms | server median ms |",
-            "| --- | --: | --: | --: |",
-        ]
-        for shape, b in batch.items():
-            lines.append(
-                f"| `{shape}` | {b['body_bytes'] / 1e6:.2f} MB | {b['client_median_ms']:.1f} "
-                f"| {b['server_median_ms'] if b['server_median_ms'] is not None else '–'} |"
-            )
-    lines += ["", "Peer settings:", ""]
-    for key in _present(result):
-        peer = result["peers"][key]
-        text = "; ".join(f"{k}: {v}" for k, v in peer["settings"].items())
-        lines.append(f"- {peer['title']}: {text}")
-        if "error" in peer:
-            lines.append(f"  - **failed**: {peer['error'].splitlines()[0]}")
-    if "profile" in result:
-        lines += ["", *profile_markdown(result["profile"])]
-    return "\n".join(lines)
+    if not batch:
+        return []
+    rows = next(iter(batch.values()))["rows"]
+    lines = [
+        f"| our /predict_batch, {rows:,} rows | body | client median ms | server median ms |",
+        "| --- | --: | --: | --: |",
+    ]
+    for shape, b in batch.items():
+        lines.append(
+            f"| `{shape}` | {b['body_bytes'] / 1e6:.2f} MB | {b['client_median_ms']:.1f} "
+            f"| {b['server_median_ms'] if b['server_median_ms'] is not None else '–'} |"
+        )
+    return lines
 
 
 def profile_markdown(prof: dict) -> list[str]:
@@ -269,6 +302,58 @@ def profile_markdown(prof: dict) -> list[str]:
                 f"| {c} | {step['rps']:,.0f} | {step['p50_ms']:.1f} | {step['p99_ms']:.1f} "
                 f"| {step['errors']} | {gen2 or 'none'} |"
             )
+    return lines
+
+
+def oip_markdown(result: dict) -> str:
+    """The Open Inference Protocol comparison (``benchmarks.oip_peer``): every step, then
+    the ratios of the same run."""
+    lines = [oip_header(result), "", *oip_load_table(result), "", *oip_ratio_table(result)]
+    return "\n".join(lines)
+
+
+def oip_header(result: dict) -> str:
+    """One line: what kind of run, when, on what machine, how loaded, how long each step."""
+    load_avg = result["load_average"]
+    return (
+        f"**{result['kind']}** — {result['date']} — {result['machine']['nproc']} cores"
+        f" ({result['machine']['cpu_model']}); load average {load_avg['start']} at start,"
+        f" {load_avg['end']} at end; {result['settings']['duration']} s per step."
+    )
+
+
+def oip_load_table(result: dict) -> list[str]:
+    """Requests/s and latency of both servers, per protocol, rows and concurrency."""
+    lines = [
+        "| server | protocol | rows | c | requests/s | p50 ms | p99 ms"
+        " | errors | gRPC client CPU |",
+        "| --- | --- | --: | --: | --: | --: | --: | --: | --: |",
+    ]
+    for entry in result["peers"].values():
+        for key, s in entry["load"].items():
+            protocol, n, c = key.split("/")
+            cpu = s.get("client_cpu_share", "")
+            lines.append(
+                f"| {entry['title']} | {protocol} | {int(n):,} | {c} | {s['rps']:,.0f} |"
+                f" {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['errors']} | {cpu} |"
+            )
+    return lines
+
+
+def oip_ratio_table(result: dict) -> list[str]:
+    """Ours ÷ MLServer at the highest concurrency, with each target met or missed."""
+    lines = [
+        "| protocol | rows | c | ours ÷ MLServer requests/s (target ≥ 3) |"
+        " ours ÷ MLServer p99 (target ≤ 1) |",
+        "| --- | --: | --: | --: | --: |",
+    ]
+    for r in result["ratios"]:
+        rps_mark = "met" if r["rps_target_met"] else "MISSED"
+        p99_mark = "met" if r["p99_target_met"] else "MISSED"
+        lines.append(
+            f"| {r['protocol']} | {r['rows']:,} | {r['c']} | {r['rps_ratio']:.2f}× ({rps_mark}) |"
+            f" {r['p99_ratio']:.3f} ({p99_mark}) |"
+        )
     return lines
 
 

@@ -31,45 +31,91 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="IRIS_", extra="ignore")
 
-    home: Path = Field(PROJECT_DIR, description="Root folder for all mutable state.")
-    raw_data: Path = Field(
-        PROJECT_DIR / "data" / "raw" / "Iris.csv", description="Raw Iris CSV to train on."
+    home: Path = Field(
+        PROJECT_DIR,
+        description="Root folder for all mutable state: MLflow store, processed data, logs,"
+        " job records, captures.",
     )
-    processed_dir: Path | None = Field(None, description="Where train/test CSVs are written.")
-    log_dir: Path | None = Field(None, description="Folder for .log files.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    raw_data: Path = Field(
+        PROJECT_DIR / "data" / "raw" / "Iris.csv", description="Raw Iris CSV the CLI trains on."
+    )
+    processed_dir: Path | None = Field(
+        None, description="Where train/test CSVs are written (default: $IRIS_HOME/data/processed)."
+    )
+    log_dir: Path | None = Field(
+        None, description="Folder for .log files (default: $IRIS_HOME/logs)."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level of every process; DEBUG adds per-prediction logs."
+    )
 
-    tracking_uri: str | None = Field(None, description="MLflow tracking/registry URI.")
-    artifact_root: str | None = Field(None, description="Artifact location for new experiments.")
-    experiment_name: str = "iris-classifier"
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking and registry URI, e.g. http://mlflow:5000"
+        " (default: sqlite:///$IRIS_HOME/mlflow.db).",
+    )
+    artifact_root: str | None = Field(
+        None,
+        description="Artifact location of a new experiment in a local store"
+        " (default: $IRIS_HOME/mlruns).",
+    )
+    experiment_name: str = Field(
+        "iris-classifier", description="MLflow experiment that training runs go to."
+    )
     model_name: str = Field("iris-classifier", description="Registered model name.")
     bento_model_name: str = Field("iris-classifier", description="BentoML model store name.")
-    selection_metric: SelectionMetric = "test_accuracy"
+    selection_metric: SelectionMetric = Field(
+        "test_accuracy",
+        description="Test metric that picks the best candidate and gates its promotion.",
+    )
     seed: int = Field(1, description="Seed for the split and both models.")
-    test_size: float = Field(0.2, gt=0.0, lt=1.0)
+    test_size: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Share of the rows held out as the test split."
+    )
 
     # Service
-    admin_token: SecretStr | None = Field(None, description="Bearer token for /retrain.")
-    reload_interval_s: float = Field(10.0, gt=0, description="Champion alias poll interval.")
-    max_batch_size: int = Field(10_000, ge=1, description="Most records in one batch request.")
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Request body cap.")
-    body_timeout_s: float = Field(10.0, gt=0, description="Longest wait for a request body.")
+    admin_token: SecretStr | None = Field(
+        None,
+        description="Bearer token for /retrain, /jobs and the model repository's load and"
+        " unload; unset, those are disabled (403).",
+    )
+    reload_interval_s: float = Field(
+        10.0, gt=0, description="How often every worker checks the champion alias."
+    )
+    max_batch_size: int = Field(
+        10_000, ge=1, description="Most flowers in one batch request (413 above it)."
+    )
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest request body in bytes (413 above it)."
+    )
+    body_timeout_s: float = Field(
+        10.0, gt=0, description="Longest wait for a request body (408 after it)."
+    )
     retrain_data: Path | None = Field(
         None, description="CSV that /retrain trains on (default: raw_data)."
     )
     follow_registry: bool = Field(
-        True, description="Poll the registry and hot-reload new champions."
+        True,
+        description="Poll the registry and hot-reload new champions; false serves only the"
+        " packed model.",
     )
     grpc_host: str = Field("0.0.0.0", description="Interface for the gRPC (Open Inference) server.")
     grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC port; 0 disables gRPC.")
-    jobs_db: Path | None = Field(None, description="SQLite file holding retrain job records.")
+    jobs_db: Path | None = Field(
+        None,
+        description="SQLite file holding retrain job records"
+        " (default: $IRIS_HOME/var/jobs.sqlite).",
+    )
     jobs_uri: SecretStr | None = Field(
         None,
         description="Database for retrain job records shared by a fleet, e.g."
-        " postgresql://user:password@host:5432/db (default: the SQLite file jobs_db).",
+        " postgresql://user:password@host:5432/db (default: the SQLite file IRIS_JOBS_DB).",
     )
     jobs_lease_s: float = Field(
-        30.0, gt=0, description="A retrain whose heartbeat is older than this is interrupted."
+        30.0,
+        gt=0,
+        description="A retrain whose heartbeat is older than this is reported failed"
+        " (interrupted).",
     )
     drain_s: float = Field(
         0.0,
@@ -77,23 +123,32 @@ class Settings(BaseSettings):
         description="At SIGTERM, answer /readyz 503 and keep serving this long before"
         " shutting down (let a load balancer take the replica out first).",
     )
-    retrain_timeout_s: float = Field(900.0, gt=0, description="Kill a retrain after this long.")
+    retrain_timeout_s: float = Field(
+        900.0, gt=0, description="A retrain running longer is killed and failed."
+    )
     # Capture of every answered prediction (serving/capture.py).
     capture: bool = Field(True, description="Capture every prediction to Parquet files.")
-    capture_dir: Path | None = Field(None, description="Capture folder (default: var/captures).")
-    capture_flush_s: float = Field(1.0, gt=0, description="Capture flush interval.")
+    capture_dir: Path | None = Field(
+        None, description="Capture folder (default: $IRIS_HOME/var/captures)."
+    )
+    capture_flush_s: float = Field(
+        1.0, gt=0, description="Capture flush interval (what a hard kill can lose)."
+    )
     capture_max_pending: int = Field(
         100_000, ge=1, description="Rows queued for capture before new ones are dropped."
     )
-    capture_retention_days: int = Field(30, ge=0, description="Keep captures this many days.")
+    capture_retention_days: int = Field(
+        30, ge=0, description="Keep captures and indexed predictions this many days."
+    )
     capture_max_bytes: int = Field(
-        1 << 30, ge=1 << 20, description="Delete the oldest captures beyond this size."
+        1 << 30, ge=1 << 20, description="Delete the oldest captures beyond this many bytes."
     )
     # Ground truth, live quality and drift (training/loop_store.py, serving/loop_monitor.py).
     loop_uri: SecretStr | None = Field(
         None,
         description="Database of served predictions and feedback (SQLAlchemy URL; default: "
-        "IRIS_JOBS_URI if set, so a fleet shares one PostgreSQL, else a SQLite file in var/).",
+        "IRIS_JOBS_URI if set, so a fleet shares one PostgreSQL, else"
+        " sqlite:///$IRIS_HOME/var/loop.sqlite).",
     )
     feedback_token: SecretStr | None = Field(
         None, description="Bearer token for POST /feedback (default: the admin token)."
@@ -124,7 +179,10 @@ class Settings(BaseSettings):
         30.0, gt=0, description="MLflow HTTP timeout in a retrain subprocess."
     )
     fetch_mlflow_retries: int = Field(
-        0, ge=0, description="MLflow HTTP retries when a worker fetches a new champion."
+        0,
+        ge=0,
+        description="MLflow HTTP retries when a worker fetches a new champion (fails"
+        " fast: the next poll retries).",
     )
     fetch_mlflow_timeout_s: float = Field(
         5.0, gt=0, description="MLflow HTTP timeout when a worker fetches a new champion."
