@@ -2,10 +2,10 @@
 
 Each worker runs one daemon thread. Every ``IRIS_RELOAD_INTERVAL_S`` it asks the registry
 which version is champion (``serving.champion_lookup``: no MLflow in the worker); when that
-differs from what it serves, a subprocess (``serving.fetch_model``) downloads the version and
-checks it is safe to load, then the worker loads its ONNX export, replays its parity check,
-and only then swaps it in. Any failure (registry down, tampered file, parity) is logged and
-the current model keeps serving.
+differs from what it serves, it loads the version from this server's BentoML store (a local
+retrain imported it) or from the folder one fetch subprocess per server put on disk
+(``serving.model_cache``), replays its ONNX parity check, and only then swaps it in. Any
+failure (registry down, tampered file, parity) is logged and the current model keeps serving.
 """
 
 from __future__ import annotations
@@ -13,100 +13,19 @@ from __future__ import annotations
 import gc
 import logging
 import math
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from serving import champion_lookup
-from serving.child_env import fetch_env
-from serving.fetch_model import MISSING_EXIT, REFUSED_EXIT
+from serving import champion_lookup, model_cache
+from serving.model_cache import RETRY_FAILED_S, RETRY_REFUSED_S, FetchError
 from serving.served_model import ModelHolder, ModelIdentity, ServedModel, load_model_dir
 from training.schema import CANARY_TAG, CHALLENGER, CHAMPION, store_tag
-from training.settings import PROJECT_DIR, Settings
+from training.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-FETCH_TIMEOUT_S = 300.0
-RETRY_REFUSED_S = 300.0
-"""A version that cannot be served (tampered, broken) is tried again after this long, not at
-every poll: each try starts a subprocess that imports MLflow."""
-RETRY_FAILED_S = 30.0
-"""After a failure that may pass (registry or network down mid-download, a timeout)."""
-
-_fetches: set[subprocess.Popen] = set()
-_fetches_lock = threading.Lock()
-
-
-class FetchError(RuntimeError):
-    """The fetch subprocess could not get a version ready; the message says why.
-
-    ``permanent`` is True when the version itself was refused (retrying will not help).
-    ``missing`` is True when the registry has no such version.
-    """
-
-    def __init__(self, message: str, *, permanent: bool = False, missing: bool = False):
-        super().__init__(message)
-        self.permanent = permanent
-        self.missing = missing
-
-
-def fetch(
-    name: str,
-    version: str,
-    dest: Path,
-    env: dict[str, str] | None = None,
-    timeout_s: float = FETCH_TIMEOUT_S,
-) -> Path:
-    """Download ``name`` version ``version`` to ``dest`` in a subprocess, checked and exported.
-
-    ``env`` is the subprocess's whole environment (:func:`serving.child_env.fetch_env`).
-
-    Raises:
-        FetchError: the subprocess failed or timed out (its one-line reason is the message).
-    """
-    argv = [sys.executable, "-m", "serving.fetch_model", name, version, str(dest)]
-    proc = subprocess.Popen(
-        argv,
-        cwd=PROJECT_DIR,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    with _fetches_lock:
-        _fetches.add(proc)
-    try:
-        _, stderr = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise FetchError(f"fetching v{version} took over {timeout_s:g} s") from None
-    finally:
-        with _fetches_lock:
-            _fetches.discard(proc)
-    if proc.returncode != 0 or not dest.is_dir():
-        lines = (stderr or "").strip().splitlines()
-        message = lines[-1] if lines else f"fetch exited with {proc.returncode}"
-        raise FetchError(
-            message,
-            permanent=proc.returncode == REFUSED_EXIT,
-            missing=proc.returncode == MISSING_EXIT,
-        )
-    return dest
-
-
-def stop_fetches() -> None:
-    """Terminate fetch subprocesses still running (the worker is shutting down)."""
-    with _fetches_lock:
-        running = list(_fetches)
-    for proc in running:
-        proc.terminate()
 
 
 class ChampionWatcher:
@@ -146,7 +65,7 @@ class ChampionWatcher:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        stop_fetches()
+        model_cache.stop_fetches()
 
     def poke(self) -> None:
         """Check now instead of at the next interval (after a local retrain)."""
@@ -260,9 +179,8 @@ class ChampionWatcher:
         try:
             model = self._from_local_store(found, identity)
             if model is None:
-                with tempfile.TemporaryDirectory(prefix="iris-reload-") as tmp:
-                    path = fetch(name, found.version, Path(tmp) / "model", fetch_env(self.settings))
-                    model = load_model_dir(path, identity)
+                path = model_cache.fetched(self.settings, found.version, found.run_id)
+                model = load_model_dir(path, identity)
         except Exception as e:  # noqa: BLE001 - any load failure: keep what we serve
             permanent = not isinstance(e, FetchError) or e.permanent
             wait = RETRY_REFUSED_S if permanent else RETRY_FAILED_S

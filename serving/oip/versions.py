@@ -1,9 +1,9 @@
 """Registered versions other than the champion, for ``/v2/models/NAME/versions/V`` routes.
 
 The champion answers from ``holder.current``. Any other version is loaded on first use
-through the path a new champion takes (``serving.reloader.fetch``: a subprocess downloads
-it, loads it with skops and our trusted types, checks its ONNX export; then the worker
-loads the export and replays its parity check), and kept in a small LRU of
+through the path a new champion takes (``serving.model_cache.fetched``: one subprocess per
+server downloads it, loads it with skops and our trusted types, checks its ONNX export;
+then the worker loads the export and replays its parity check), and kept in a small LRU of
 ``IRIS_LOADED_VERSIONS`` models per worker (0 serves the champion only).
 
 Loading costs a subprocess that imports MLflow, so a worker runs one load at a time, and
@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import tempfile
 import time
 from collections import OrderedDict
-from pathlib import Path
 
-from serving.child_env import fetch_env
+from serving import model_cache
+from serving.model_cache import FetchError
 from serving.oip.protocol import InferError
 from serving.oip.repository import get_repository
-from serving.reloader import FetchError, fetch
 from serving.served_model import ModelHolder, ModelIdentity, ServedModel, load_model_dir
 from training.settings import Settings
 
@@ -124,9 +122,8 @@ class VersionCache:
     def _fetch_and_load(self, version: str) -> ServedModel:
         name = self.settings.model_name
         identity = ModelIdentity(name, version, "version", "", "registry")
-        with tempfile.TemporaryDirectory(prefix="iris-version-") as tmp:
-            path = fetch(name, version, Path(tmp) / "model", fetch_env(self.settings))
-            model = load_model_dir(path, identity)
+        path = model_cache.fetched(self.settings, version, share_failure=False)
+        model = load_model_dir(path, identity)
         logger.info("Loaded version %s on request (%s)", version, model.identity.runtime)
         return model
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from serving import reloader
+from serving import model_cache, reloader
 from serving.champion_lookup import Champion, RegistryUnreachableError, champion
 from serving.served_model import ModelHolder, ModelIdentity, ServedModel
 from tests.utils.processes import serve_in_thread
@@ -105,7 +105,8 @@ def watcher(monkeypatch, tmp_path):
         raise failure["error"]
 
     monkeypatch.setattr(reloader.time, "monotonic", lambda: clock["now"])
-    monkeypatch.setattr(reloader, "fetch", fake_fetch)
+    monkeypatch.setattr(model_cache, "fetch", fake_fetch)
+    monkeypatch.setattr(model_cache.time, "time", lambda: clock["now"])
     monkeypatch.setattr(
         reloader.champion_lookup,
         "champion",
@@ -117,9 +118,9 @@ def watcher(monkeypatch, tmp_path):
 
 def test_a_refused_version_is_retried_after_minutes_not_every_poll(watcher, caplog):
     w, clock, calls, failure = watcher
-    failure["error"] = reloader.FetchError("ModelLoadError: untrusted types", permanent=True)
+    failure["error"] = model_cache.FetchError("ModelLoadError: untrusted types", permanent=True)
     assert w.check_once() is False and calls == ["2"]
-    clock["now"] += reloader.RETRY_REFUSED_S - 1
+    clock["now"] += model_cache.RETRY_REFUSED_S - 1
     assert w.check_once() is False and calls == ["2"]  # still backing off
     clock["now"] += 2
     assert w.check_once() is False and calls == ["2", "2"]
@@ -129,11 +130,11 @@ def test_a_refused_version_is_retried_after_minutes_not_every_poll(watcher, capl
 
 def test_a_failure_that_may_pass_is_retried_sooner(watcher):
     w, clock, calls, failure = watcher
-    failure["error"] = reloader.FetchError("fetching v2 took over 300 s")
+    failure["error"] = model_cache.FetchError("fetching v2 took over 300 s")
     assert w.check_once() is False and calls == ["2"]
-    clock["now"] += reloader.RETRY_FAILED_S + 1
+    clock["now"] += model_cache.RETRY_FAILED_S + 1
     assert w.check_once() is False and calls == ["2", "2"]
-    assert reloader.RETRY_FAILED_S < reloader.RETRY_REFUSED_S
+    assert model_cache.RETRY_FAILED_S < model_cache.RETRY_REFUSED_S
 
 
 def test_a_promoted_challenger_is_swapped_in_from_memory(watcher, monkeypatch):

@@ -7,9 +7,9 @@ import asyncio
 import numpy as np
 import pytest
 
+from serving.model_cache import FetchError
 from serving.oip.protocol import InferError
 from serving.oip.versions import VersionCache
-from serving.reloader import FetchError
 from serving.served_model import ModelHolder, ModelIdentity, ServedModel
 from training.settings import Settings
 
