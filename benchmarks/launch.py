@@ -1,6 +1,6 @@
 """Start each peer on 127.0.0.1, time its cold start, read its memory, and always stop it.
 
-Every server runs in its own process group (``tests.utils.processes.start_group``). BentoML's
+Every server runs in its own process group (``harness.processes.start_group``). BentoML's
 workers get process groups of their own, so stopping also kills, by PID, every process
 that was in the server's tree: nothing we started outlives the run, nothing else is touched.
 """
@@ -18,8 +18,8 @@ import httpx
 import psutil
 
 from benchmarks.report import TITLES
-from tests.utils.processes import free_port, start_group
-from tests.utils.servers import BIN, PROJECT_DIR, Server, private_bentoml_home
+from harness.processes import free_port, start_group
+from harness.servers import BIN, PROJECT_DIR, Server, private_bentoml_home
 from training.schema import FEATURES
 
 OUR_TARGET = "service:IrisClassifier"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.utils.servers import Server
+from harness.servers import Server
 from training.schema import FEATURES, RAW_TO_FEATURE
 from training.settings import PROJECT_DIR
 

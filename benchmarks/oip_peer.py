@@ -26,11 +26,11 @@ import numpy as np
 import typer
 
 from benchmarks import launch, load, report
+from harness.processes import free_port
+from harness.servers import BIN
+from harness.training import train_home
+from harness.venvs import venv_python
 from serving.oip.proto import grpc_predict_v2_pb2 as pb
-from tests.utils.processes import free_port
-from tests.utils.servers import BIN
-from tests.utils.training import train_home
-from tests.utils.venvs import venv_python
 
 app = typer.Typer(help=__doc__, add_completion=False)
 HERE = Path(__file__).resolve().parent
@@ -217,7 +217,7 @@ def export_joblib(trained, path: Path) -> None:
     """The registered champion, loaded with skops and our trusted types, saved with joblib."""
     import joblib
 
-    from tests.utils.state import download_version
+    from harness.state import download_version
     from training.model_io import load_classifier
 
     folder = download_version(trained.tracking_uri, MODEL, trained.version, path.parent / "src")

@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 
 from benchmarks import launch, load
-from tests.utils.servers import BIN
+from harness.servers import BIN
 from training.settings import PROJECT_DIR
 
 PROBES = Path(__file__).with_name("probes")

@@ -21,8 +21,8 @@ import httpx
 import typer
 
 from benchmarks import launch, load, profile, report
-from tests.utils.servers import BIN
-from tests.utils.training import iris_train, train_home
+from harness.servers import BIN
+from harness.training import iris_train, train_home
 from training.schema import SPECIES
 
 app = typer.Typer(help=__doc__, add_completion=False)

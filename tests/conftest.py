@@ -1,7 +1,7 @@
 """Fixtures shared by every test layer.
 
 Isolation: at start-up this process's environment is scrubbed of ``IRIS_*``, ``MLFLOW_*``
-and ``BENTOML_*`` variables (:func:`tests.utils.cli.scrubbed`), so that no test can reach a
+and ``BENTOML_*`` variables (:func:`harness.cli.scrubbed`), so that no test can reach a
 developer's registry or model store, and ``BENTOML_HOME`` is pointed at a fresh temporary
 folder. BentoML fixes its home the first time it is used in a process, so this has to
 happen before any test module imports it. Each pytest-xdist worker is its own process and
@@ -10,7 +10,7 @@ gets its own folder.
 ``trained_home`` runs the real pipeline (``iris-train run`` in a subprocess) once per
 session and per worker into that same folder: ``IRIS_HOME=<tmp>``,
 ``BENTOML_HOME=<tmp>/bentoml``. Tests that use it must treat it as read-only; a test that
-needs to change a registry builds its own home with :func:`tests.utils.homes.train_home`.
+needs to change a registry builds its own home with :func:`harness.homes.train_home`.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.utils.cli import scrubbed
-from tests.utils.homes import TrainedHome, train_home
-from tests.utils.servers import BIN, PROJECT_DIR
-from tests.utils.training import BUILD_SECRET
+from harness.cli import scrubbed
+from harness.homes import TrainedHome, train_home
+from harness.servers import BIN, PROJECT_DIR
+from harness.training import BUILD_SECRET
 
 _SESSION_ROOT = pytest.StashKey[Path]()
 

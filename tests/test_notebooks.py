@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.utils.cli import REPO_ROOT
+from harness.cli import REPO_ROOT
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
 CELL_TIMEOUT_S = 120

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.utils.homes import TrainedHome
-from tests.utils.servers import Server, bento_server
-from tests.utils.venvs import venv_python
+from harness.homes import TrainedHome
+from harness.servers import Server, bento_server
+from harness.venvs import venv_python
 
 HERE = Path(__file__).resolve().parent
 CLIENTS = HERE / "clients"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.processes import serve_in_thread
 from tests.utils import containers as ct
-from tests.utils.processes import serve_in_thread
 
 PODMAN = ct.Backend(cli="podman", build_backend="buildah", env={})
 DOCKER = ct.Backend(cli="docker", build_backend="docker", env={})

@@ -13,8 +13,8 @@ import httpx
 import pandas as pd
 import pytest
 
+from harness.training import BUILD_SECRET
 from tests.utils import containers as ct
-from tests.utils.training import BUILD_SECRET
 from training.schema import FEATURES
 
 pytestmark = [pytest.mark.container, pytest.mark.integration, pytest.mark.timeout(2400)]
@@ -89,8 +89,8 @@ def test_retrain_inside_the_container_against_a_remote_registry(backend, image, 
     """With IRIS_TRACKING_URI set, the container follows and retrains into that server."""
     from mlflow import MlflowClient
 
+    from harness.training import train_home
     from tests.utils.mlflow_server import mlflow_server
-    from tests.utils.training import train_home
 
     with mlflow_server(tmp_path / "mlflow") as registry:
         train_home(tmp_path / "home", tracking_uri=registry.url)  # v1 on the remote server

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import httpx
 
+from harness.servers import bento_server, free_port, worker_pids
+from harness.training import iris_train, train_home
 from tests.utils import jobs
 from tests.utils.jobs import served_version, start_retrain
 from tests.utils.load import Load
 from tests.utils.mlflow_server import mlflow_server
-from tests.utils.servers import bento_server, free_port, worker_pids
-from tests.utils.training import iris_train, train_home
 
 TOKEN = "fault-token-77"
 

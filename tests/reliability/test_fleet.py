@@ -6,11 +6,11 @@ import shutil
 import threading
 import time
 
+from harness.servers import bento_server
+from harness.training import train_home
 from tests.utils.jobs import retrain_and_wait, served_version
 from tests.utils.mlflow_server import mlflow_server
 from tests.utils.postgres import postgres_server
-from tests.utils.servers import bento_server
-from tests.utils.training import train_home
 
 TOKEN = "fleet-token-5e"
 RELOAD_S = 1.0

@@ -26,15 +26,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.homes import TrainedHome
+from harness.servers import Server, bento_server, descendants
+from harness.training import train_home
 from tests.utils.haproxy import Balancer, haproxy
 from tests.utils.held_request import HeldRequest
-from tests.utils.homes import TrainedHome
 from tests.utils.jobs import auth, start_retrain, wait_version
 from tests.utils.load import Load
 from tests.utils.mlflow_server import mlflow_server
 from tests.utils.postgres import postgres_server
-from tests.utils.servers import Server, bento_server, descendants
-from tests.utils.training import train_home
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

@@ -12,9 +12,9 @@ import time
 
 import httpx
 
+from harness.servers import bento_server
 from tests.utils.held_request import HeldRequest
 from tests.utils.load import GOOD
-from tests.utils.servers import bento_server
 
 DRAIN_S = 3.0
 

@@ -21,7 +21,7 @@ TOKEN = "hostile-token-0f3e"
 
 @pytest.fixture(scope="module")
 def hostile_server(trained_home, tmp_path_factory):
-    from tests.utils.servers import bento_server
+    from harness.servers import bento_server
 
     env = {
         **trained_home.env,

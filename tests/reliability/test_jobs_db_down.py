@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import httpx
 
+from harness.processes import free_port
+from harness.servers import bento_server
 from tests.utils.jobs import auth
 from tests.utils.load import GOOD
-from tests.utils.processes import free_port
-from tests.utils.servers import bento_server
 
 TOKEN = "jobs-down-token-3c"
 

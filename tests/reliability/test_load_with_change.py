@@ -7,10 +7,10 @@ import time
 
 import httpx
 
+from harness.servers import bento_server
+from harness.training import iris_train, train_home
 from tests.utils.jobs import retrain_and_wait
 from tests.utils.load import Load
-from tests.utils.servers import bento_server
-from tests.utils.training import iris_train, train_home
 
 TOKEN = "load-token-1b2c"
 CLIENTS = 32

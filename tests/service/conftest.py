@@ -4,8 +4,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.utils.homes import TrainedHome
-from tests.utils.servers import Server, bento_server
+from harness.homes import TrainedHome
+from harness.servers import Server, bento_server
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,9 @@ import time
 import httpx
 import pytest
 
+from harness.servers import PROJECT_DIR, bento_server, free_port
+from harness.training import BUILD_SECRET as SECRET
 from scripts.serve_requirements import locked
-from tests.utils.servers import PROJECT_DIR, bento_server, free_port
-from tests.utils.training import BUILD_SECRET as SECRET
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from tests.utils.servers import bento_server, worker_pids
+from harness.servers import bento_server, worker_pids
 
 pytestmark = pytest.mark.integration
 

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.utils.servers import bento_server
-from tests.utils.state import download_version
-from tests.utils.training import iris_train, train_home
+from harness.servers import bento_server
+from harness.state import download_version
+from harness.training import iris_train, train_home
 from training.model_io import load_classifier
 from training.schema import FEATURES
 

@@ -9,8 +9,8 @@ import httpx
 import pandas as pd
 import pytest
 
+from harness.servers import bento_server
 from serving.schemas import ErrorResponse
-from tests.utils.servers import bento_server
 from training.schema import FEATURES, SPECIES, TARGET
 
 pytestmark = pytest.mark.integration
@@ -171,7 +171,7 @@ def test_drift_gauge_stays_low_in_distribution_and_crosses_on_a_shift(
 def test_drift_report_is_one_self_contained_page(loop_server, trained_home, tmp_path):
     import numpy as np
 
-    from tests.utils.training import iris_train
+    from harness.training import iris_train
 
     train = pd.read_csv(trained_home.settings.train_csv)[list(FEATURES)].to_numpy()
     shifted = train[np.random.default_rng(3).integers(0, len(train), 600)]
@@ -197,7 +197,7 @@ def test_drift_report_is_one_self_contained_page(loop_server, trained_home, tmp_
 
 
 def test_drift_report_without_captures_names_what_is_missing(trained_home, tmp_path):
-    from tests.utils.training import iris_train
+    from harness.training import iris_train
 
     env = {**trained_home.env, "IRIS_CAPTURE_DIR": str(tmp_path / "none")}
     out = tmp_path / "drift.html"

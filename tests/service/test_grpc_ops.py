@@ -10,11 +10,11 @@ import grpc
 import httpx
 import pytest
 
+from harness.processes import free_port
+from harness.servers import start_bento
 from serving.oip.grpc_server import PORT_BUSY_EXIT
 from serving.oip.proto import grpc_predict_v2_pb2 as pb
 from serving.oip.proto import grpc_predict_v2_pb2_grpc as pb_grpc
-from tests.utils.processes import free_port
-from tests.utils.servers import start_bento
 
 pytestmark = pytest.mark.integration
 

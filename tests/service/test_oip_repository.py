@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from harness.servers import Server, bento_server
 from serving.oip.repository import flag_path
-from tests.utils.servers import Server, bento_server
 
 pytestmark = pytest.mark.integration
 

@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from harness.cli import run_pipeline
+from harness.homes import TrainedHome, train_home
+from harness.servers import Server, bento_server
+from harness.state import download_version
 from serving.oip.proto import grpc_predict_v2_pb2 as pb
 from serving.oip.proto import grpc_predict_v2_pb2_grpc as pb_grpc
-from tests.utils.cli import run_pipeline
 from tests.utils.data_files import read_table, with_training_features_rotated, write_table
-from tests.utils.homes import TrainedHome, train_home
-from tests.utils.servers import Server, bento_server
-from tests.utils.state import download_version
 from training.model_io import load_classifier
 from training.schema import FEATURES
 from training.settings import Settings

@@ -12,12 +12,12 @@ import grpc
 import httpx
 import pytest
 
+from harness.homes import TrainedHome
+from harness.servers import Server, bento_server
+from harness.training import iris_train, train_home
 from serving.oip.proto import grpc_predict_v2_pb2 as pb
 from serving.oip.proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from serving.schemas import ErrorResponse, RetrainResponse
-from tests.utils.homes import TrainedHome
-from tests.utils.servers import Server, bento_server
-from tests.utils.training import iris_train, train_home
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.utils.servers import worker_pids
+from harness.servers import worker_pids
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.utils.cli import RAW_CSV
+from harness.cli import RAW_CSV
 from tests.utils.data_files import (
     BAD_CASES,
     BadCase,

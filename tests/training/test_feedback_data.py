@@ -8,8 +8,8 @@ import time
 import pandas as pd
 import pytest
 
-from tests.utils.cli import RAW_CSV
-from tests.utils.training import iris_train, train_home
+from harness.cli import RAW_CSV
+from harness.training import iris_train, train_home
 from training.loop_store import FeedbackStore
 from training.schema import FEATURES
 

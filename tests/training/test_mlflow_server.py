@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from tests.utils.homes import TrainedHome, train_home
+from harness.homes import TrainedHome, train_home
+from harness.state import alias_version, list_store
 from tests.utils.mlflow_server import MlflowServer, mlflow_server
-from tests.utils.state import alias_version, list_store
 from training.data import read_split
 from training.model_io import load_classifier
 from training.registry import CHAMPION

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from harness.homes import TrainedHome
 from serving.champion_lookup import RegistryUnreachableError, champion
 from serving.served_model import ModelIdentity, load_model_dir
-from tests.utils.homes import TrainedHome
 from training import onnx_export
 from training.model_io import load_classifier
 from training.registry import CHAMPION
@@ -141,7 +141,7 @@ def test_sqlite_lookup_agrees_with_mlflow(trained_home, tmp_path) -> None:
 
 
 def test_rest_lookup_names_an_unreachable_registry() -> None:
-    from tests.utils.processes import free_port
+    from harness.processes import free_port
 
     with pytest.raises(RegistryUnreachableError, match="unreachable"):
         champion(f"http://127.0.0.1:{free_port()}", "iris-classifier")

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.utils.cli import RAW_CSV, REPO_ROOT, run_cli
-from tests.utils.homes import TrainedHome
-from tests.utils.state import alias_version, download_version
+from harness.cli import RAW_CSV, REPO_ROOT, run_cli
+from harness.homes import TrainedHome
+from harness.state import alias_version, download_version
 from training.data import read_split
 from training.model_io import TRUSTED_TYPES, load_classifier
 from training.registry import CHALLENGER, CHAMPION

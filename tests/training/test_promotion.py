@@ -15,20 +15,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.utils.cli import error_lines, isolated_env, run_cli, run_pipeline
-from tests.utils.data_files import (
-    bad_case,
-    read_table,
-    with_training_features_rotated,
-    write_table,
-)
-from tests.utils.state import (
+from harness.cli import error_lines, isolated_env, run_cli, run_pipeline
+from harness.state import (
     StoreListing,
     alias_version,
     folder_entries,
     list_store,
     processed_files,
     registry_client,
+)
+from tests.utils.data_files import (
+    bad_case,
+    read_table,
+    with_training_features_rotated,
+    write_table,
 )
 from training.registry import CHALLENGER, CHAMPION
 from training.settings import Settings

@@ -12,7 +12,7 @@ from training.schema import FEATURES, SPECIES
 
 @pytest.fixture(scope="module")
 def iris() -> pd.DataFrame:
-    from tests.utils.cli import RAW_CSV
+    from harness.cli import RAW_CSV
     from training.data import load_raw
 
     return load_raw(RAW_CSV)

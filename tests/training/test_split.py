@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.utils.cli import RAW_CSV
+from harness.cli import RAW_CSV
+from harness.state import folder_entries, processed_files
 from tests.utils.data_files import bad_case, tiny_table, write_table
-from tests.utils.state import folder_entries, processed_files
 from training import data
 from training.pipeline import preprocess
 from training.schema import FEATURES, MIN_ROWS_PER_CLASS, SPECIES, TARGET

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from harness.processes import serve_in_thread
 from serving import model_cache, reloader
 from serving.champion_lookup import Champion, RegistryUnreachableError, champion
 from serving.served_model import ModelHolder, ModelIdentity, ServedModel
-from tests.utils.processes import serve_in_thread
 from training.onnx_export import compare
 from training.onnx_model import normalized
 from training.settings import Settings

@@ -17,11 +17,11 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
+from harness.processes import free_port
 from serving.job_store_sql import JobStore, jobs_table, metadata
 from serving.jobs import ConflictError, JobsUnavailableError
 from serving.retrain_job import keep_alive
 from tests.utils.postgres import postgres_server
-from tests.utils.processes import free_port
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from tests.utils.processes import free_port
+from harness.processes import free_port
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sklearn.model_selection import train_test_split
 
-from tests.utils.cli import RAW_CSV
+from harness.cli import RAW_CSV
 from training.schema import MIN_ROWS_PER_CLASS, RAW_COLUMNS, RAW_TARGET, RAW_TO_FEATURE, SPECIES
 
 Table = list[list[str]]

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.utils.processes import free_port, start_group, stop_group, wait_http_ok
+from harness.processes import free_port, start_group, stop_group, wait_http_ok
 
 TEMPLATE = Path(__file__).with_name("haproxy.cfg.tmpl")
 

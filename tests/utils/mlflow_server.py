@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.utils.cli import tail
-from tests.utils.processes import free_port, start_group, stop_group, wait_http_ok
+from harness.cli import tail
+from harness.processes import free_port, start_group, stop_group, wait_http_ok
 
 STARTUP_TIMEOUT_S = 120.0
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.utils.processes import free_port
+from harness.processes import free_port
 
 
 def pg_bin() -> Path | None:

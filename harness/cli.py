@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 RAW_CSV = REPO_ROOT / "data" / "raw" / "Iris.csv"
 CLI_TIMEOUT_S = 300.0
 

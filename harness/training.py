@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.utils import homes
-from tests.utils.servers import PROJECT_DIR
+from harness import homes
+from harness.servers import PROJECT_DIR
 
 BUILD_SECRET = "tok-5d1e9c0b7a2f4e66"
 """A token present in the environment of `bentoml build`; it must not end up in the Bento."""

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tests.utils.cli import isolated_env, run_pipeline
-from tests.utils.state import registry_client
+from harness.cli import isolated_env, run_pipeline
+from harness.state import registry_client
 from training.settings import Settings
 
 if TYPE_CHECKING:
