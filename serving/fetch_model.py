@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from training import onnx_export
-from training.logs import configure_logging
+from training.logs import configure_logging, one_line
 from training.model_io import ModelLoadError, load_classifier
 from training.settings import get_settings
 
@@ -55,7 +55,7 @@ def main(argv: list[str]) -> int:
         fetch(name, version, Path(dest))
     except Exception as e:  # reported to the worker as one line
         logger.debug("fetch failed", exc_info=True)
-        sys.stderr.write(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n")
+        sys.stderr.write(one_line(e) + "\n")
         if getattr(e, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
             return MISSING_EXIT
         # The version itself is unsafe or unusable: the worker will not retry it soon.

@@ -22,6 +22,7 @@ from pathlib import Path
 from serving import champion_lookup, model_cache
 from serving.model_cache import RETRY_FAILED_S, RETRY_REFUSED_S, FetchError
 from serving.served_model import ModelHolder, ModelIdentity, ServedModel, load_model_dir
+from training.logs import DistinctErrors, one_line
 from training.schema import CANARY_TAG, CHALLENGER, CHAMPION, store_tag
 from training.settings import Settings
 
@@ -53,7 +54,7 @@ class ChampionWatcher:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
-        self._last_error: str | None = None
+        self._outage = DistinctErrors(logger, "Registry reachable again")
         # Per alias: the last version that failed to load, and when to try it again.
         self._refused: dict[str, tuple[str, str]] = {}
         self._retry_at: dict[str, float] = {}
@@ -92,24 +93,17 @@ class ChampionWatcher:
                 if self.on_poll:
                     self.on_poll()
                 return self._check()
-            except Exception as e:
-                message = _one_line(e)
-                if message != self._last_error:  # log each distinct outage once, not every poll
-                    logger.warning(
-                        "Registry check failed; still serving v%s: %s",
-                        self.holder.current.identity.version,
-                        message,
-                    )
-                    logger.debug("Registry check traceback", exc_info=True)
-                self._last_error = message
+            except Exception as e:  # noqa: BLE001 - logged once per outage, not every poll
+                version = self.holder.current.identity.version
+                self._outage.failed(
+                    logging.WARNING, f"Registry check failed; still serving v{version}", e
+                )
                 return False
 
     def _check(self) -> bool:
         name = self.settings.model_name
         found = champion_lookup.champion(self.settings.tracking_uri, name)
-        if self._last_error is not None:
-            logger.info("Registry reachable again")
-            self._last_error = None
+        self._outage.ok()
         swapped = self._follow_champion(found)
         self._follow_challenger()
         return swapped
@@ -193,7 +187,7 @@ class ChampionWatcher:
                 found.version,
                 self.holder.current.identity.version,
                 wait,
-                _one_line(e),
+                one_line(e),
             )
             return None
         self._refused.pop(alias, None)
@@ -218,10 +212,6 @@ class ChampionWatcher:
             "v%s is in the local BentoML store (%s); loading it from there", found.version, tag
         )
         return load_model_dir(Path(stored.path_of("mlflow_model")), identity)
-
-
-def _one_line(e: BaseException) -> str:
-    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
 def parse_canary(value: str | None) -> tuple[float, str | None]:

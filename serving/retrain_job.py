@@ -15,7 +15,7 @@ from pathlib import Path
 
 from serving.job_store_sql import JobStore
 from serving.jobs import JobsUnavailableError
-from training.logs import configure_logging
+from training.logs import configure_logging, one_line
 from training.settings import get_settings
 
 logger = logging.getLogger("serving.retrain_job")
@@ -23,10 +23,10 @@ logger = logging.getLogger("serving.retrain_job")
 
 def public_error(exc: BaseException, data_path: Path) -> str:
     """One line for the job record: no tracebacks, and no server paths beyond the file name."""
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    text = one_line(exc)
     for path in {str(data_path), str(data_path.resolve())}:
         text = text.replace(path, data_path.name)
-    return f"{type(exc).__name__}: {text}"
+    return text
 
 
 def keep_alive(store: JobStore, job_id: str, done: threading.Event) -> threading.Thread:

@@ -73,3 +73,36 @@ class _ConsoleFormatter(logging.Formatter):
             return super().format(record)
         finally:
             record.exc_info = saved
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of its message``: how every failure is reported in one line
+    (logs, job records, a subprocess's last words to its parent)."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class DistinctErrors:
+    """A recurring failure (a database down, a registry unreachable) logged once per distinct
+    message instead of at every retry, and its recovery logged once."""
+
+    def __init__(self, logger: logging.Logger, recovered: str):
+        self.logger = logger
+        self.recovered = recovered
+        self.last: str | None = None
+
+    def failed(self, level: int, what: str, exc: BaseException) -> bool:
+        """Log ``what: <one line>`` unless it is the failure logged last; True if logged."""
+        message = one_line(exc)
+        new = message != self.last
+        if new:
+            self.logger.log(level, "%s: %s", what, message)
+            self.logger.debug("%s", what, exc_info=exc)
+        self.last = message
+        return new
+
+    def ok(self) -> None:
+        """The operation worked: say so once if it had been failing."""
+        if self.last is not None:
+            self.logger.info(self.recovered)
+            self.last = None

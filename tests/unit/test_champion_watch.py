@@ -158,3 +158,28 @@ def test_a_promoted_challenger_is_swapped_in_from_memory(watcher, monkeypatch):
     current = w.holder.current.identity
     assert (current.version, current.alias) == ("2", "champion")
     assert w.holder.challenger is None
+
+
+def test_a_registry_outage_is_logged_once_and_its_end_once(monkeypatch, caplog, tmp_path):
+    from serving.champion_lookup import RegistryUnreachableError
+
+    caplog.set_level("INFO", logger="serving.reloader")
+    state = {"down": True}
+
+    def lookup(uri, name, alias="champion"):
+        if state["down"]:
+            raise RegistryUnreachableError("connection refused\nsecond line")
+        return None
+
+    monkeypatch.setattr(reloader.champion_lookup, "champion", lookup)
+    monkeypatch.setattr(reloader.champion_lookup, "model_tag", lambda *a: None)
+    w = reloader.ChampionWatcher(Settings(home=tmp_path), ModelHolder(_served("1")))
+    for _ in range(3):
+        assert w.check_once() is False
+    state["down"] = False
+    for _ in range(2):
+        w.check_once()
+    text = caplog.text
+    assert text.count("RegistryUnreachableError: connection refused") == 1
+    assert "second line" not in text
+    assert text.count("Registry reachable again") == 1
