@@ -11,8 +11,19 @@ row of one table. So:
   alias table;
 - anything else (``postgresql://`` and the like) goes through ``MlflowClient``.
 
-Downloading a new champion is rare and heavy; ``serving.fetch_model`` does it in a
-short-lived subprocess.
+Downloading a new champion is rare and heavy; ``serving.model_cache`` has one short-lived
+subprocess per server do it.
+
+**Decision: keep the SQLite read of MLflow's private tables.** Only MLflow's public
+surface would mean either its client in every worker (the cost above, paid by every poll
+of the embedded default) or an ``mlflow server`` beside every single-machine install. The
+read is small (two queries, read-only, closed at once), pinned to the MLflow in
+requirements.lock, and tested against that version's real schema in
+``tests/unit/test_champion_lookup.py``: every registry state gives the same answer as
+``training.registry.alias_version`` (MLflow's client), the ``workspace`` column of MLflow
+3.x is honoured (``MLFLOW_WORKSPACE``), and 2.x's layout without it still reads. If an
+MLflow upgrade changes those tables, that test fails before any server misreads them;
+a fleet uses the REST path, which is MLflow's public API.
 """
 
 from __future__ import annotations
