@@ -10,7 +10,7 @@ socket split a burst of new connections instead of the first one awake taking th
 
 BentoML's traffic-metrics middleware labels every request with its raw path, so
 each ``/jobs/<uuid>`` and each random 404 path made a new time series. It now sees the
-route template (:func:`serving.metrics.endpoint_label`) while the routes behind it still
+route template (:func:`serving.routing.endpoint_label`) while the routes behind it still
 see the real path.
 
 ``TimeoutMiddleware`` (bentoml/_internal/server/http/traffic.py) arms
@@ -60,7 +60,7 @@ def bound_endpoint_labels() -> bool:
 
 
 def _bound_labels(cls: type) -> bool:
-    from serving.metrics import endpoint_label
+    from serving.routing import endpoint_label
 
     if getattr(cls.__call__, "_iris_fixed", False):
         return True

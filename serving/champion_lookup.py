@@ -24,6 +24,9 @@ requirements.lock, and tested against that version's real schema in
 3.x is honoured (``MLFLOW_WORKSPACE``), and 2.x's layout without it still reads. If an
 MLflow upgrade changes those tables, that test fails before any server misreads them;
 a fleet uses the REST path, which is MLflow's public API.
+
+About 250 lines because it answers three ways (REST, SQLite, MLflow's client) with the same
+meaning of "nothing to serve" versus "unreachable"; each way is a short function.
 """
 
 from __future__ import annotations

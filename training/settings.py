@@ -2,6 +2,9 @@
 
 Every path and endpoint is computed here, from the package location, so nothing else in the
 code base guesses where the project lives. Importing this module has no side effects.
+
+Longer than our ~250-line guide on purpose: it is declarative, one field per setting with
+its description, and ``docs/configuration.md`` is generated from those fields.
 """
 
 from __future__ import annotations

@@ -19,6 +19,10 @@ one line naming the port and ``IRIS_GRPC_PORT`` and exits with status
 says why, instead of a server whose workers restart every few seconds while ``/readyz``
 answers 200 and gRPC never does. (Serving HTTP alone would hide the failure from every
 gRPC client; a half-working server is worse than a clear refusal to start.)
+
+About 250 lines: the six protocol RPCs, the repository RPCs and the health/reflection
+wiring are one service definition; the protocol's logic itself lives in
+``serving.oip.protocol``, ``binary``, ``versions`` and ``repository``.
 """
 
 from __future__ import annotations

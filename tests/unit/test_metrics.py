@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.metrics import endpoint_label, forget_dead_workers
+from serving.metrics import forget_dead_workers
+from serving.routing import endpoint_label
 
 
 @pytest.mark.parametrize(
