@@ -1,4 +1,5 @@
-"""BentoML service: predict (single and batch) and background retrain for the Iris model.
+"""The BentoML service: predict (single and batch), retrain, and the mounted apps (/v2, /jobs,
+/feedback) of the Iris model.
 
 Thin on purpose: request/response models live in serving.schemas, the per-worker runtime
 (model, hot reload, metrics, jobs) in serving.runtime. Run it with

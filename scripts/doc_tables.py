@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import types
@@ -238,3 +239,29 @@ def results_readme_mismatches(readme: Path = report.README) -> list[str]:
         for (start, end), body in expected.items()
         if f"{start}\n{body}\n{end}" not in text
     ]
+
+
+PRODUCT = (ROOT / "service.py", ROOT / "serving", ROOT / "training")
+"""What docs/architecture.md maps: the service module and the two product packages."""
+
+
+def modules_table(roots: tuple[Path, ...] = PRODUCT) -> str:
+    """Every product module with the first paragraph of its docstring.
+
+    Generated stubs (``serving/oip/proto``) and empty ``__init__`` files are left out.
+    """
+    files: list[Path] = []
+    for root in roots:
+        files.extend([root] if root.is_file() else sorted(root.rglob("*.py")))
+    rows = ["| module | what it is |", "| --- | --- |"]
+    for path in files:
+        rel = path.relative_to(ROOT).as_posix()
+        if "/proto/" in rel:
+            continue
+        text = path.read_text(encoding="utf-8")
+        doc = ast.get_docstring(ast.parse(text)) or ""
+        if path.name == "__init__.py" and not doc:
+            continue
+        summary = " ".join(doc.split("\n\n")[0].split()).replace("|", "\\|")
+        rows.append(f"| `{rel}` | {summary} |")
+    return "\n".join(rows)

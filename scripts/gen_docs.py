@@ -8,6 +8,8 @@ sources (rendered by ``scripts/doc_tables.py``):
 - ``errors`` in ``docs/api.md``: ``serving.errors.CODES``, ``GENERIC`` and the ``code="..."``
   literals of ``serving/``;
 - ``cli`` in ``docs/operations.md``: the Typer app of ``training/cli.py``;
+- ``modules`` in ``docs/architecture.md``: the docstrings of ``service.py``, ``serving/``
+  and ``training/``;
 - ``bench`` and ``oip-bench`` in ``docs/performance.md``:
   ``benchmarks/results/latest.json`` and ``oip-latest.json``.
 
@@ -41,6 +43,7 @@ SECTIONS: dict[str, tuple[Path, Callable[[], str]]] = {
     "settings": (DOCS / "configuration.md", doc_tables.settings_table),
     "errors": (DOCS / "api.md", doc_tables.errors_table),
     "cli": (DOCS / "operations.md", doc_tables.cli_table),
+    "modules": (DOCS / "architecture.md", doc_tables.modules_table),
     "bench": (DOCS / "performance.md", doc_tables.bench_tables),
     "oip-bench": (DOCS / "performance.md", doc_tables.oip_bench_tables),
 }

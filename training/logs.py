@@ -1,4 +1,5 @@
-"""Logging setup, called once by each entry point (CLI command, service worker)."""
+"""Logging: the setup each entry point calls once (CLI command, service worker), one way to
+put an exception in one line, and one way to log a recurring failure once."""
 
 from __future__ import annotations
 
