@@ -1,17 +1,23 @@
-"""Open Inference Protocol REST endpoints, mounted at ``/v2`` beside our own API."""
+"""Open Inference Protocol REST endpoints, mounted at ``/v2`` beside our own API.
+
+A FastAPI app so that its routes document themselves (models in
+:mod:`serving.oip.schemas`), but every handler takes the raw ``Request`` and returns a
+ready ``Response``: FastAPI neither parses the infer body nor serialises an answer.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+from fastapi import Request
 from pydantic_core import from_json, to_json
-from starlette.applications import Starlette
-from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
+from serving import route_docs
 from serving.oip import binary, versions
 from serving.oip import protocol as oip
+from serving.oip import schemas as doc
 from serving.oip.repository import get_repository
+from serving.route_docs import ModelName, Version
 from serving.runtime import get_runtime
 
 STATUS = {"invalid": 400, "not_found": 404, "unavailable": 503}
@@ -33,42 +39,65 @@ async def server_metadata(request: Request) -> Response:
     return JSONResponse(oip.server_metadata())
 
 
-async def _served(request: Request):
-    """The model the path names (a version is loaded on demand), or NOT_FOUND."""
-    return await versions.resolve(
-        request.path_params["model"], request.path_params.get("version", "")
-    )
+async def model_metadata(model: ModelName) -> Response:
+    return await _metadata(model, "")
 
 
-async def model_metadata(request: Request) -> Response:
+async def version_metadata(model: ModelName, version: Version) -> Response:
+    return await _metadata(model, version)
+
+
+async def _metadata(model: str, version: str) -> Response:
     try:
-        model = await _served(request)
+        served = await versions.resolve(model, version)
     except oip.InferError as e:
         return _error(e)
-    identity = model.identity
+    identity = served.identity
     return JSONResponse(oip.model_metadata(identity.name, identity.version, identity.runtime))
 
 
-async def model_ready(request: Request) -> Response:
+async def model_ready(model: ModelName) -> Response:
+    return await _ready(model, "")
+
+
+async def version_ready(model: ModelName, version: Version) -> Response:
+    return await _ready(model, version)
+
+
+async def _ready(model: str, version: str) -> Response:
     try:
-        await _served(request)
+        await versions.resolve(model, version)
     except oip.InferError as e:
         return _error(e)
-    return JSONResponse({"name": request.path_params["model"], "ready": True})
+    return JSONResponse({"name": model, "ready": True})
 
 
-async def infer(request: Request) -> Response:
+async def infer(request: Request, model: ModelName) -> Response:
+    """Inference: see :func:`infer_version`."""
+    return await _infer(request, model, "")
+
+
+async def infer_version(request: Request, model: ModelName, version: Version) -> Response:
+    """Inference: one FP32/FP64 input tensor ``features`` of shape [N, 4]; JSON, or the
+    binary tensor data extension (a JSON header of Inference-Header-Content-Length bytes,
+    then raw tensors, as ``application/octet-stream``)."""
+    return await _infer(request, model, version)
+
+
+async def _infer(request: Request, model: str, version: str) -> Response:
     try:
-        model = await _served(request)
+        served = await versions.resolve(model, version)
         header, tail = binary.split_body(await request.body(), request.headers.get(binary.HEADER))
         body = _parse(header)
+        if body.get("id") is not None and not isinstance(body["id"], str):
+            raise oip.InferError("'id' must be a string")
         rows = _decode(body, binary.BinaryReader(tail))
         wanted = oip.requested([o.get("name", "") for o in binary.outputs_of(body)])
         as_binary = binary.binary_outputs(body)
     except oip.InferError as e:
         return _error(e)
-    species, proba, prediction_id = await versions.classify(model, rows, "oip_rest")
-    payload = {"model_name": model.identity.name, "model_version": model.identity.version}
+    species, proba, prediction_id = await versions.classify(served, rows, "oip_rest")
+    payload = {"model_name": served.identity.name, "model_version": served.identity.version}
     if isinstance(body.get("id"), str):
         payload["id"] = body["id"]
     # The protocol's response parameters carry our prediction id (rows: "<id>-<row>"),
@@ -116,6 +145,8 @@ def _decode(body: dict, tail: binary.BinaryReader) -> np.ndarray:
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise oip.InferError("'inputs' must be a list with exactly one tensor")
     tensor = inputs[0]
+    if not isinstance(tensor.get("name"), str):
+        raise oip.InferError("input 'name' must be a string")
     shape, datatype, data = tensor.get("shape"), tensor.get("datatype"), tensor.get("data")
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) for d in shape
@@ -145,21 +176,24 @@ async def repository_index(request: Request) -> Response:
         body = _parse(await request.body() or b"{}")
     except oip.InferError as e:
         return _error(e)
+    ready_only = body.get("ready")
+    if ready_only is not None and not isinstance(ready_only, bool):
+        return _error(oip.InferError("'ready' must be true or false"))
     model = versions.get_versions().holder.current
-    ready_only = body.get("ready") is True
-    return JSONResponse(get_repository().index(model, ready_only=ready_only))
+    return JSONResponse(get_repository().index(model, ready_only=bool(ready_only)))
 
 
-async def repository_load(request: Request) -> Response:
-    return await _repository_change(request, load=True)
+async def repository_load(request: Request, model: ModelName) -> Response:
+    """Serve the model again (and look for a new champion now). Admin token."""
+    return await _repository_change(request, model, load=True)
 
 
-async def repository_unload(request: Request) -> Response:
-    return await _repository_change(request, load=False)
+async def repository_unload(request: Request, model: ModelName) -> Response:
+    """Stop serving the model: its routes answer 503 until load or restart. Admin token."""
+    return await _repository_change(request, model, load=False)
 
 
-async def _repository_change(request: Request, *, load: bool) -> Response:
-    """POST /repository/models/{model}/load or /unload (admin token)."""
+async def _repository_change(request: Request, name: str, *, load: bool) -> Response:
     repository = get_repository()
     denied = repository.authorize(request.headers.get("authorization"))
     if denied is not None:
@@ -167,7 +201,7 @@ async def _repository_change(request: Request, *, load: bool) -> Response:
         return JSONResponse({"error": denied.message}, status_code=denied.status, headers=headers)
     served = versions.get_versions().holder.current.identity.name
     try:
-        repository.check_name(request.path_params["model"], served)
+        repository.check_name(name, served)
     except oip.InferError as e:
         return _error(e)
     if load:
@@ -178,17 +212,133 @@ async def _repository_change(request: Request, *, load: bool) -> Response:
     return Response(status_code=200)
 
 
+TAGS = ["Open Inference Protocol (KServe V2)"]
 _model = "/models/{model}"
 _versioned = "/models/{model}/versions/{version}"
-routes = [
-    Route("/", server_metadata),
-    Route("/health/live", live),
-    Route("/health/ready", ready),
-    *(Route(base, model_metadata) for base in (_model, _versioned)),
-    *(Route(base + "/ready", model_ready) for base in (_model, _versioned)),
-    *(Route(base + "/infer", infer, methods=["POST"]) for base in (_model, _versioned)),
-    Route("/repository/index", repository_index, methods=["POST"]),
-    Route("/repository/models/{model}/load", repository_load, methods=["POST"]),
-    Route("/repository/models/{model}/unload", repository_unload, methods=["POST"]),
-]
-oip_app = Starlette(routes=routes)
+_unknown = {
+    "s400": "Invalid request: the message says what is wrong",
+    "s404": "Unknown model or version",
+    "s503": "Model unloaded (repository extension)",
+}
+_model_errors = route_docs.errors(doc.OipError, 400, 404, 503, **_unknown)
+_admin_errors = route_docs.errors(doc.OipError, 401, 403, 404, **_unknown)
+_binary = {"schema": {"type": "string", "format": "binary"}}
+
+
+def _links(model: str, version: str) -> dict[str, dict]:
+    """Links to the version's routes, from where an answer names the model and version."""
+    targets = ("oip_model_metadata_version", "oip_model_ready_version", "oip_infer_version")
+    parameters = {"model": model, "version": version}
+    return {target: {"operationId": target, "parameters": parameters} for target in targets}
+
+
+_infer_docs = {"requestBody": route_docs.request_body(doc.InferRequest)}
+
+oip_app = route_docs.app("Open Inference Protocol")
+_route = oip_app.add_api_route
+_route(
+    "/",
+    server_metadata,
+    methods=["GET"],
+    tags=TAGS,
+    response_model=doc.ServerMetadata,
+    operation_id="oip_server_metadata",
+    summary="Server metadata",
+)
+_route(
+    "/health/live",
+    live,
+    methods=["GET"],
+    tags=TAGS,
+    response_model=doc.Live,
+    operation_id="oip_live",
+    summary="Server live",
+)
+_route(
+    "/health/ready",
+    ready,
+    methods=["GET"],
+    tags=TAGS,
+    response_model=doc.Ready,
+    operation_id="oip_ready",
+    summary="Server ready",
+)
+_versions = (
+    (_model, "", (model_metadata, model_ready, infer)),
+    (_versioned, "_version", (version_metadata, version_ready, infer_version)),
+)
+for _base, _suffix, (_metadata_route, _ready_route, _infer_route) in _versions:
+    _route(
+        _base,
+        _metadata_route,
+        methods=["GET"],
+        tags=TAGS,
+        response_model=None,
+        responses={
+            200: {
+                "model": doc.ModelMetadata,
+                "links": _links("$response.body#/name", "$response.body#/versions/0"),
+            },
+            **_model_errors,
+        },
+        operation_id=f"oip_model_metadata{_suffix}",
+        summary="Model metadata",
+    )
+    _route(
+        _base + "/ready",
+        _ready_route,
+        methods=["GET"],
+        tags=TAGS,
+        response_model=None,
+        responses={200: {"model": doc.ModelReady}, **_model_errors},
+        operation_id=f"oip_model_ready{_suffix}",
+        summary="Model ready",
+    )
+    _route(
+        _base + "/infer",
+        _infer_route,
+        methods=["POST"],
+        tags=TAGS,
+        response_model=None,
+        responses={
+            200: {
+                "model": doc.InferResponse,
+                "description": "The outputs (binary when asked for)",
+                "content": {"application/octet-stream": _binary},
+            },
+            **_model_errors,
+        },
+        openapi_extra=_infer_docs,
+        operation_id=f"oip_infer{_suffix}",
+        summary="Inference",
+    )
+_route(
+    "/repository/index",
+    repository_index,
+    methods=["POST"],
+    tags=TAGS,
+    response_model=None,
+    responses={
+        200: {
+            "model": doc.RepositoryIndex,
+            "links": _links("$response.body#/0/name", "$response.body#/0/version"),
+        },
+        **route_docs.errors(doc.OipError, 400),
+    },
+    openapi_extra={"requestBody": route_docs.request_body(doc.RepositoryIndexRequest, False)},
+    operation_id="oip_repository_index",
+    summary="Repository index",
+)
+for _action, _handler in (("load", repository_load), ("unload", repository_unload)):
+    _route(
+        f"/repository/models/{{model}}/{_action}",
+        _handler,
+        methods=["POST"],
+        tags=TAGS,
+        response_model=None,
+        response_class=Response,
+        responses={200: {"description": "Done (empty body)"}, **_admin_errors},
+        openapi_extra={"security": route_docs.BEARER},
+        operation_id=f"oip_repository_{_action}",
+        summary=f"Repository: {_action} the model",
+    )
