@@ -54,6 +54,14 @@ class FeedbackResult(BaseModel):
 class FeedbackRequest(RootModel[list[FeedbackItem]]):
     """Labels for served predictions (documentation: :func:`post_feedback` parses them)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": [
+                {"prediction_id": "5f1d3c0e9a7b4e2f8c6d1a0b3e5f7a9c", "species": "Iris-setosa"}
+            ]
+        }
+    )
+
     # The MAX_LABELS limit is a 413 (too large), not a malformed body: described, not a
     # maxItems that would promise a 4xx of the validation kind.
     root: list[FeedbackItem] = Field(

@@ -19,7 +19,7 @@ models (``serving.schemas``) and merges in the FastAPI apps mounted at ``/jobs``
 
 from __future__ import annotations
 
-import copy
+import json
 from typing import Any
 
 from serving.errors import STATUSES
@@ -66,7 +66,7 @@ LINKS = {
 
 def enrich(spec: dict[str, Any]) -> dict[str, Any]:
     """Return a completed copy of BentoML's OpenAPI document."""
-    spec = copy.deepcopy(spec)
+    spec = json.loads(json.dumps(spec))  # a copy, with status keys as strings as served
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     for model in (ErrorResponse, RetrainConflict):
         schemas[model.__name__] = model.model_json_schema(ref_template=REF)
@@ -122,7 +122,7 @@ def _hoist_defs(node: Any, schemas: dict[str, Any]) -> None:
         for name, schema in node.pop("$defs", {}).items():
             schemas.setdefault(name, schema)
             _hoist_defs(schema, schemas)
-        for value in node.values():
+        for value in list(node.values()):  # the components themselves may grow
             _hoist_defs(value, schemas)
     elif isinstance(node, list):
         for item in node:

@@ -73,15 +73,22 @@ async def _ready(model: str, version: str) -> Response:
 
 
 async def infer(request: Request, model: ModelName) -> Response:
-    """Inference: see :func:`infer_version`."""
+    """Inference by the champion (see :data:`INFER`)."""
     return await _infer(request, model, "")
 
 
 async def infer_version(request: Request, model: ModelName, version: Version) -> Response:
-    """Inference: one FP32/FP64 input tensor ``features`` of shape [N, 4]; JSON, or the
-    binary tensor data extension (a JSON header of Inference-Header-Content-Length bytes,
-    then raw tensors, as ``application/octet-stream``)."""
+    """Inference by one registered version (see :data:`INFER`)."""
     return await _infer(request, model, version)
+
+
+INFER = (
+    "Inference: one FP32 or FP64 input tensor (`features`) of shape [N, 4], rows of"
+    " sepal_length, sepal_width, petal_length, petal_width in cm; N is at most"
+    " IRIS_MAX_BATCH_SIZE (the schema shows N = 1). The binary tensor data extension is"
+    " accepted too: an `application/octet-stream` body holding a JSON header of"
+    " `Inference-Header-Content-Length` bytes, then the raw tensors."
+)
 
 
 async def _infer(request: Request, model: str, version: str) -> Response:
@@ -311,6 +318,7 @@ for _base, _suffix, (_metadata_route, _ready_route, _infer_route) in _versions:
         openapi_extra=_infer_docs,
         operation_id=f"oip_infer{_suffix}",
         summary="Inference",
+        description=INFER,
     )
 _route(
     "/repository/index",

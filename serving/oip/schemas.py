@@ -137,6 +137,8 @@ class OipError(BaseModel):
 
 
 class RepositoryIndexRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"ready": True}})
+
     ready: bool | None = Field(None, description="Only models that are ready.")
 
 
