@@ -85,9 +85,19 @@ def enrich(spec: dict[str, Any]) -> dict[str, Any]:
     return _to_openapi_30(spec)
 
 
+PREDICTION_ID = {
+    "X-Prediction-Id": {
+        "description": "The prediction's id, for POST /feedback (a batch's rows: <id>-<row>).",
+        "schema": {"type": "string"},
+    }
+}
+
+
 def _bentoml_api(path: str, operation: dict[str, Any]) -> None:
     ok = operation["responses"]["200"]
     ok["links"] = LINKS[path]
+    if path != "/retrain":
+        ok["headers"] = PREDICTION_ID
     responses = {"200": ok, **{str(code): _error(code) for code in COMMON}}
     if path == "/retrain":
         ok["description"] = "Retrain job started"

@@ -312,6 +312,12 @@ for _base, _suffix, (_metadata_route, _ready_route, _infer_route) in _versions:
                 "model": doc.InferResponse,
                 "description": "The outputs (binary when asked for)",
                 "content": {"application/octet-stream": _binary},
+                "headers": {
+                    "X-Prediction-Id": {
+                        "description": "Also parameters.prediction_id (rows: <id>-<row>).",
+                        "schema": {"type": "string"},
+                    }
+                },
             },
             **_model_errors,
         },

@@ -130,6 +130,8 @@ def test_links_reach_operations_that_exist(document):
     assert retrain["parameters"] == {"job_id": "$response.body#/job_id"}
     feedback = ops["POST /predict"]["responses"]["200"]["links"]["Feedback"]
     assert feedback["requestBody"][0]["prediction_id"] == "$response.body#/prediction_id"
+    for label in ("POST /predict", "POST /predict_batch", "POST /v2/models/{model}/infer"):
+        assert "X-Prediction-Id" in ops[label]["responses"]["200"]["headers"], label
 
 
 def test_errors_use_one_shape_and_the_status_table(document):
