@@ -82,7 +82,10 @@ def schemathesis_run(server: Server, report: Path, *selection: str) -> dict:
         str(report),
         *selection,
     ]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+    # cwd: the CLI keeps a .schemathesis/ cache in its working directory.
+    proc = subprocess.run(
+        argv, cwd=report.parent, capture_output=True, text=True, timeout=600, check=False
+    )
     assert report.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(report.read_text())
     result["output"] = proc.stdout
