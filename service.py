@@ -22,7 +22,7 @@ from serving.feedback_api import feedback_app
 from serving.guard import GuardMiddleware
 from serving.jobs_api import jobs_app, start_retrain
 from serving.oip import grpc_server, repository
-from serving.oip.rest import oip_app
+from serving.oip.routes import oip_app
 from serving.routing import MountRoots, OpenAPIDocument
 from serving.runtime import IrisRuntime
 from serving.schemas import (
