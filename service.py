@@ -13,6 +13,7 @@ import gc
 import bentoml
 import numpy as np
 from bentoml.models import BentoModel
+from starlette.responses import Response
 
 from serving import drain
 from serving.auth import admin_denied
@@ -22,7 +23,7 @@ from serving.feedback_api import feedback_app
 from serving.guard import GuardMiddleware
 from serving.jobs_api import jobs_app, start_retrain
 from serving.oip import grpc_server, repository
-from serving.oip.rest import oip_app
+from serving.oip.routes import oip_app
 from serving.routing import MountRoots, OpenAPIDocument
 from serving.runtime import IrisRuntime
 from serving.schemas import (
@@ -104,15 +105,21 @@ class IrisClassifier:
         petal_length: float,
         petal_width: float,
         ctx: bentoml.Context,
-    ) -> dict:
-        """Classify one flower: species, class probabilities, and the model that answered."""
+    ) -> Response:
+        """Classify one flower: species, class probabilities, and the model that answered.
+
+        Returns a ready JSON ``Response`` (a ``PredictResponse``, with ``X-Prediction-Id``).
+        """
         row = np.array([[sepal_length, sepal_width, petal_length, petal_width]], dtype=np.float32)
         key = ctx.request.headers.get(self.runtime.settings.canary_key_header)
         return await self.runtime.predict_rows(row, single=True, client_key=key)
 
     @bentoml.api(input_spec=BatchRequest, output_spec=BatchResponse, route="/predict_batch")
-    async def predict_batch(self, records=None, instances=None) -> dict:
-        """Classify many flowers in one request; one prediction per flower, in order."""
+    async def predict_batch(self, records=None, instances=None) -> Response:
+        """Classify many flowers in one request; one prediction per flower, in order.
+
+        Returns a ready JSON ``Response``: a ``BatchResponse``, or 413 over the batch limit.
+        """
         rows = feature_rows(records, instances)
         limit = self.runtime.settings.max_batch_size
         if len(rows) > limit:
@@ -122,10 +129,11 @@ class IrisClassifier:
         return await self.runtime.predict_rows(rows, single=False)
 
     @bentoml.api(output_spec=RetrainResponse, route="/retrain")
-    async def retrain(self, ctx: bentoml.Context) -> dict:
-        """Start retraining in the background (202 + job id). Needs the admin bearer token.
+    async def retrain(self, ctx: bentoml.Context) -> Response:
+        """Start retraining in the background. Needs the admin bearer token.
 
         ``?include_feedback=true`` also trains on served predictions that got ground truth.
+        Returns a ready JSON ``Response``: 202 with a ``RetrainResponse``, or an error.
         """
         response = admin_denied(self.runtime.settings, ctx.request.headers.get("authorization"))
         if response is None:
@@ -134,7 +142,8 @@ class IrisClassifier:
                 response = json_error(422, "include_feedback must be true or false")
             else:
                 response = await start_retrain(self.runtime, query in ("true", "1"))
-        # BentoML copies the context's status onto responses of APIs that take ctx.
+        # BentoML copies the context's status onto responses of APIs that take ctx (it
+        # sends a returned Response as it is: output_spec only documents it).
         ctx.response.status_code = response.status_code
         return response
 

@@ -10,6 +10,7 @@ form (:func:`rewrite_oip`).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic_core import to_json
@@ -17,30 +18,57 @@ from starlette.responses import Response
 
 from training.schema import FEATURES
 
-CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    408: "request_timeout",
-    409: "conflict",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    422: "validation_error",
-    429: "too_many_requests",
-    500: "internal_error",
-    503: "unavailable",
-    504: "timeout",
+
+@dataclass(frozen=True)
+class Status:
+    """What one HTTP error status means here.
+
+    Attributes:
+        code: The stable machine-readable ``error.code`` of the error shape.
+        meaning: When the service answers with it (the OpenAPI document's description).
+        generic: The message sent when the framework produced the error and said nothing
+            more useful (empty: the answer always carries its own message).
+    """
+
+    code: str
+    meaning: str
+    generic: str = ""
+
+
+STATUSES: dict[int, Status] = {
+    400: Status("bad_request", "The body is not valid JSON"),
+    401: Status("unauthorized", "Missing or wrong bearer token"),
+    403: Status("forbidden", "Disabled on this server (its token is not configured)"),
+    404: Status("not_found", "No such route, job or prediction", "no such route"),
+    405: Status(
+        "method_not_allowed",
+        "Method not allowed on this route (see the Allow header)",
+        "method not allowed on this route",
+    ),
+    408: Status("request_timeout", "The request body did not arrive in time"),
+    409: Status("conflict", "A retrain is already running"),
+    413: Status("payload_too_large", "Body or batch too large"),
+    415: Status("unsupported_media_type", "The body is not JSON"),
+    422: Status("validation_error", "Invalid request: the message names the field (and row)"),
+    429: Status(
+        "too_many_requests",
+        "Too many concurrent requests",
+        "server is at its concurrency limit; retry shortly",
+    ),
+    500: Status(
+        "internal_error",
+        "Internal error (logged on the server; no details sent)",
+        "an unexpected error occurred; it has been logged on the server",
+    ),
+    503: Status("unavailable", "Not ready, or a database it needs is down", "service is not ready"),
+    504: Status("timeout", "Request timed out", "request took longer than the server's timeout"),
 }
-GENERIC = {
-    404: "no such route",
-    405: "method not allowed on this route",
-    429: "server is at its concurrency limit; retry shortly",
-    500: "an unexpected error occurred; it has been logged on the server",
-    503: "service is not ready",
-    504: "request took longer than the server's timeout",
-}
+"""Every error status the service answers with: one table for the error shape and the
+OpenAPI document (:mod:`serving.openapi`)."""
+CODES = {status: s.code for status, s in STATUSES.items()}
+"""Status -> ``error.code`` (derived from :data:`STATUSES`)."""
+GENERIC = {status: s.generic for status, s in STATUSES.items() if s.generic}
+"""Status -> message for framework errors that carry none of their own."""
 OIP_ROOT = "/v2"
 """Where the Open Inference Protocol is mounted; its routes keep the protocol's error form."""
 

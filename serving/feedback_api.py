@@ -15,15 +15,15 @@ import logging
 from typing import Literal
 
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
-from starlette.applications import Starlette
-from starlette.requests import Request
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, Field, RootModel, TypeAdapter, ValidationError
 from starlette.responses import Response
-from starlette.routing import Route
 
+from serving import route_docs
 from serving.auth import feedback_denied
 from serving.errors import json_error, json_response, validation_details
 from serving.runtime import get_runtime
+from serving.schemas import ErrorResponse
 from training.schema import SPECIES
 
 logger = logging.getLogger(__name__)
@@ -51,10 +51,29 @@ class FeedbackResult(BaseModel):
     unchanged: int = Field(description="Labels sent again with the same species.")
 
 
+class FeedbackRequest(RootModel[list[FeedbackItem]]):
+    """Labels for served predictions (documentation: :func:`post_feedback` parses them)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": [
+                {"prediction_id": "5f1d3c0e9a7b4e2f8c6d1a0b3e5f7a9c", "species": "Iris-setosa"}
+            ]
+        }
+    )
+
+    # The MAX_LABELS limit is a 413 (too large), not a malformed body: described, not a
+    # maxItems that would promise a 4xx of the validation kind.
+    root: list[FeedbackItem] = Field(
+        min_length=1, description=f"At most {MAX_LABELS} labels per call (else 413)."
+    )
+
+
 _items = TypeAdapter(list[FeedbackItem])
 
 
 async def post_feedback(request: Request) -> Response:
+    """Ground truth for served predictions: all stored, or none. Feedback (or admin) token."""
     runtime = get_runtime()
     denied = feedback_denied(runtime.settings, request.headers.get("authorization"))
     if denied is not None:
@@ -106,4 +125,31 @@ async def post_feedback(request: Request) -> Response:
     )
 
 
-feedback_app = Starlette(routes=[Route("/", post_feedback, methods=["POST"])])
+feedback_app = route_docs.app("Feedback")
+feedback_app.add_api_route(
+    "/",
+    post_feedback,
+    methods=["POST"],
+    tags=["Feedback"],
+    response_model=None,
+    responses={
+        200: {"model": FeedbackResult},
+        **route_docs.errors(
+            ErrorResponse,
+            400,
+            401,
+            403,
+            404,
+            413,
+            422,
+            503,
+            s404="A prediction_id was never served here",
+        ),
+    },
+    openapi_extra={
+        "security": route_docs.BEARER,
+        "requestBody": route_docs.request_body(FeedbackRequest),
+    },
+    operation_id="feedback",
+    summary="Send ground truth for served predictions",
+)

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import asyncio
 
-from starlette.applications import Starlette
-from starlette.requests import Request
+from fastapi import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
+from serving import route_docs
 from serving.auth import admin_denied
 from serving.errors import error_body, json_error, json_response
 from serving.jobs import ConflictError, Job, JobsUnavailableError
+from serving.route_docs import JobId
 from serving.runtime import IrisRuntime, get_runtime
+from serving.schemas import ErrorResponse, JobList, JobStatus
 
 
 async def start_retrain(runtime: IrisRuntime, with_feedback: bool = False) -> Response:
@@ -31,12 +32,12 @@ async def start_retrain(runtime: IrisRuntime, with_feedback: bool = False) -> Re
     return json_response(payload, 202)
 
 
-async def job_status(request: Request):
+async def job_status(request: Request, job_id: JobId) -> Response:
+    """One retrain job: queued, running, succeeded or failed. Admin token."""
     runtime = get_runtime()
     denied = admin_denied(runtime.settings, request.headers.get("authorization"))
     if denied is not None:
         return denied
-    job_id = request.path_params["job_id"]
     try:
         job = await asyncio.to_thread(runtime.jobs.get, job_id)
     except JobsUnavailableError as e:
@@ -46,7 +47,8 @@ async def job_status(request: Request):
     return JSONResponse(job.public())
 
 
-async def list_jobs(request: Request):
+async def list_jobs(request: Request) -> Response:
+    """Recent retrain jobs, newest first. Admin token."""
     runtime = get_runtime()
     denied = admin_denied(runtime.settings, request.headers.get("authorization"))
     if denied is not None:
@@ -58,7 +60,42 @@ async def list_jobs(request: Request):
     return JSONResponse({"jobs": [job.public() for job in jobs]})
 
 
-jobs_app = Starlette(routes=[Route("/", list_jobs), Route("/{job_id}", job_status)])
+TAGS = ["Retrain"]
+_errors = route_docs.errors(ErrorResponse, 401, 403, 503)
+jobs_app = route_docs.app("Retrain jobs")
+jobs_app.add_api_route(
+    "/",
+    list_jobs,
+    methods=["GET"],
+    tags=TAGS,
+    response_model=None,
+    responses={
+        200: {
+            "model": JobList,
+            "links": {
+                "JobStatus": {
+                    "operationId": "jobs_status",
+                    "parameters": {"job_id": "$response.body#/jobs/0/id"},
+                }
+            },
+        },
+        **_errors,
+    },
+    openapi_extra={"security": route_docs.BEARER},
+    operation_id="jobs_list",
+    summary="List retrain jobs",
+)
+jobs_app.add_api_route(
+    "/{job_id}",
+    job_status,
+    methods=["GET"],
+    tags=TAGS,
+    response_model=None,
+    responses={200: {"model": JobStatus}, **_errors, **route_docs.errors(ErrorResponse, 404)},
+    openapi_extra={"security": route_docs.BEARER},
+    operation_id="jobs_status",
+    summary="One retrain job",
+)
 
 
 def jobs_unavailable(error: JobsUnavailableError) -> Response:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from itertools import chain
 from operator import itemgetter
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -146,10 +146,52 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
+"""Retrain job ids: a UUID4 as 32 lowercase hex digits (serving.job_store_sql)."""
+JOB_ID_EXAMPLE = "0c5e6a4f3b2d4e1f9a8b7c6d5e4f3a2b"
+JobState = Literal["queued", "running", "succeeded", "failed"]
+
+
 class RetrainResponse(BaseModel):
-    job_id: str
-    state: str
-    status_url: str
+    """The 202 answer of POST /retrain."""
+
+    job_id: str = Field(pattern=JOB_ID_PATTERN, examples=[JOB_ID_EXAMPLE])
+    state: JobState = Field(examples=["running"])
+    status_url: str = Field(
+        description="Where to follow the job (GET, admin token).",
+        examples=[f"/jobs/{JOB_ID_EXAMPLE}"],
+    )
+
+
+class Promotion(BaseModel):
+    promoted: bool | None = Field(description="Whether the new version became the champion.")
+    reason: str | None = Field(description="Why it was (not) promoted.")
+
+
+class JobStatus(BaseModel):
+    """One retrain job as clients see it (``serving.jobs.Job.public``)."""
+
+    id: str = Field(pattern=JOB_ID_PATTERN, examples=[JOB_ID_EXAMPLE])
+    state: JobState
+    created_at: str = Field(description="ISO 8601, UTC.", examples=["2026-11-29T21:04:05.123Z"])
+    started_at: str | None = Field(description="ISO 8601, UTC; null while queued.")
+    finished_at: str | None = Field(description="ISO 8601, UTC; null until it ends.")
+    data_path: str = Field(description="File name of the training data.", examples=["Iris.csv"])
+    result: dict[str, Any] | None = Field(description="The pipeline's full result, once done.")
+    error: str | None = Field(description="Why it failed (null unless failed).")
+    version: str | None = Field(description="Registry version it created.", examples=["2"])
+    metrics: dict[str, float] | None = Field(description="Test metrics of that version.")
+    promotion: Promotion | None
+
+
+class JobList(BaseModel):
+    jobs: list[JobStatus] = Field(description="Recent retrain jobs, newest first.")
+
+
+class RetrainConflict(ErrorResponse):
+    """409 of POST /retrain: the error shape plus the job that is already running."""
+
+    job: JobStatus
 
 
 _measurements = itemgetter(*FEATURES)

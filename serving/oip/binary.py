@@ -100,7 +100,9 @@ def _values(tensor: dict, chunk: bytes) -> np.ndarray:
 
 
 def _parameters(obj: dict, what: str) -> dict:
-    parameters = obj.get("parameters") or {}
+    parameters = obj.get("parameters")
+    if parameters is None:
+        return {}
     if not isinstance(parameters, dict):
         raise InferError(f"{what} 'parameters' must be a JSON object")
     return parameters

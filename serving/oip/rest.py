@@ -1,17 +1,22 @@
-"""Open Inference Protocol REST endpoints, mounted at ``/v2`` beside our own API."""
+"""Open Inference Protocol REST handlers, mounted at ``/v2`` beside our own API.
+
+:mod:`serving.oip.routes` declares them as the routes of a FastAPI app, so that they
+document themselves (models in :mod:`serving.oip.schemas`); every handler takes the raw
+``Request`` and returns a ready ``Response``: FastAPI neither parses the infer body nor
+serialises an answer.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+from fastapi import Request
 from pydantic_core import from_json, to_json
-from starlette.applications import Starlette
-from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from serving.oip import binary, versions
 from serving.oip import protocol as oip
 from serving.oip.repository import get_repository
+from serving.route_docs import ModelName, Version
 from serving.runtime import get_runtime
 
 STATUS = {"invalid": 400, "not_found": 404, "unavailable": 503}
@@ -33,42 +38,72 @@ async def server_metadata(request: Request) -> Response:
     return JSONResponse(oip.server_metadata())
 
 
-async def _served(request: Request):
-    """The model the path names (a version is loaded on demand), or NOT_FOUND."""
-    return await versions.resolve(
-        request.path_params["model"], request.path_params.get("version", "")
-    )
+async def model_metadata(model: ModelName) -> Response:
+    return await _metadata(model, "")
 
 
-async def model_metadata(request: Request) -> Response:
+async def version_metadata(model: ModelName, version: Version) -> Response:
+    return await _metadata(model, version)
+
+
+async def _metadata(model: str, version: str) -> Response:
     try:
-        model = await _served(request)
+        served = await versions.resolve(model, version)
     except oip.InferError as e:
         return _error(e)
-    identity = model.identity
+    identity = served.identity
     return JSONResponse(oip.model_metadata(identity.name, identity.version, identity.runtime))
 
 
-async def model_ready(request: Request) -> Response:
+async def model_ready(model: ModelName) -> Response:
+    return await _ready(model, "")
+
+
+async def version_ready(model: ModelName, version: Version) -> Response:
+    return await _ready(model, version)
+
+
+async def _ready(model: str, version: str) -> Response:
     try:
-        await _served(request)
+        await versions.resolve(model, version)
     except oip.InferError as e:
         return _error(e)
-    return JSONResponse({"name": request.path_params["model"], "ready": True})
+    return JSONResponse({"name": model, "ready": True})
 
 
-async def infer(request: Request) -> Response:
+async def infer(request: Request, model: ModelName) -> Response:
+    """Inference by the champion (see :data:`INFER`)."""
+    return await _infer(request, model, "")
+
+
+async def infer_version(request: Request, model: ModelName, version: Version) -> Response:
+    """Inference by one registered version (see :data:`INFER`)."""
+    return await _infer(request, model, version)
+
+
+INFER = (
+    "Inference: one FP32 or FP64 input tensor (`features`) of shape [N, 4], rows of"
+    " sepal_length, sepal_width, petal_length, petal_width in cm; N is at most"
+    " IRIS_MAX_BATCH_SIZE (the schema shows N = 1). The binary tensor data extension is"
+    " accepted too: an `application/octet-stream` body holding a JSON header of"
+    " `Inference-Header-Content-Length` bytes, then the raw tensors."
+)
+
+
+async def _infer(request: Request, model: str, version: str) -> Response:
     try:
-        model = await _served(request)
+        served = await versions.resolve(model, version)
         header, tail = binary.split_body(await request.body(), request.headers.get(binary.HEADER))
         body = _parse(header)
+        if body.get("id") is not None and not isinstance(body["id"], str):
+            raise oip.InferError("'id' must be a string")
         rows = _decode(body, binary.BinaryReader(tail))
         wanted = oip.requested([o.get("name", "") for o in binary.outputs_of(body)])
         as_binary = binary.binary_outputs(body)
     except oip.InferError as e:
         return _error(e)
-    species, proba, prediction_id = await versions.classify(model, rows, "oip_rest")
-    payload = {"model_name": model.identity.name, "model_version": model.identity.version}
+    species, proba, prediction_id = await versions.classify(served, rows, "oip_rest")
+    payload = {"model_name": served.identity.name, "model_version": served.identity.version}
     if isinstance(body.get("id"), str):
         payload["id"] = body["id"]
     # The protocol's response parameters carry our prediction id (rows: "<id>-<row>"),
@@ -116,6 +151,8 @@ def _decode(body: dict, tail: binary.BinaryReader) -> np.ndarray:
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise oip.InferError("'inputs' must be a list with exactly one tensor")
     tensor = inputs[0]
+    if not isinstance(tensor.get("name"), str):
+        raise oip.InferError("input 'name' must be a string")
     shape, datatype, data = tensor.get("shape"), tensor.get("datatype"), tensor.get("data")
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) for d in shape
@@ -145,21 +182,24 @@ async def repository_index(request: Request) -> Response:
         body = _parse(await request.body() or b"{}")
     except oip.InferError as e:
         return _error(e)
+    ready_only = body.get("ready")
+    if ready_only is not None and not isinstance(ready_only, bool):
+        return _error(oip.InferError("'ready' must be true or false"))
     model = versions.get_versions().holder.current
-    ready_only = body.get("ready") is True
-    return JSONResponse(get_repository().index(model, ready_only=ready_only))
+    return JSONResponse(get_repository().index(model, ready_only=bool(ready_only)))
 
 
-async def repository_load(request: Request) -> Response:
-    return await _repository_change(request, load=True)
+async def repository_load(request: Request, model: ModelName) -> Response:
+    """Serve the model again (and look for a new champion now). Admin token."""
+    return await _repository_change(request, model, load=True)
 
 
-async def repository_unload(request: Request) -> Response:
-    return await _repository_change(request, load=False)
+async def repository_unload(request: Request, model: ModelName) -> Response:
+    """Stop serving the model: its routes answer 503 until load or restart. Admin token."""
+    return await _repository_change(request, model, load=False)
 
 
-async def _repository_change(request: Request, *, load: bool) -> Response:
-    """POST /repository/models/{model}/load or /unload (admin token)."""
+async def _repository_change(request: Request, name: str, *, load: bool) -> Response:
     repository = get_repository()
     denied = repository.authorize(request.headers.get("authorization"))
     if denied is not None:
@@ -167,7 +207,7 @@ async def _repository_change(request: Request, *, load: bool) -> Response:
         return JSONResponse({"error": denied.message}, status_code=denied.status, headers=headers)
     served = versions.get_versions().holder.current.identity.name
     try:
-        repository.check_name(request.path_params["model"], served)
+        repository.check_name(name, served)
     except oip.InferError as e:
         return _error(e)
     if load:
@@ -176,19 +216,3 @@ async def _repository_change(request: Request, *, load: bool) -> Response:
     else:
         repository.unload()
     return Response(status_code=200)
-
-
-_model = "/models/{model}"
-_versioned = "/models/{model}/versions/{version}"
-routes = [
-    Route("/", server_metadata),
-    Route("/health/live", live),
-    Route("/health/ready", ready),
-    *(Route(base, model_metadata) for base in (_model, _versioned)),
-    *(Route(base + "/ready", model_ready) for base in (_model, _versioned)),
-    *(Route(base + "/infer", infer, methods=["POST"]) for base in (_model, _versioned)),
-    Route("/repository/index", repository_index, methods=["POST"]),
-    Route("/repository/models/{model}/load", repository_load, methods=["POST"]),
-    Route("/repository/models/{model}/unload", repository_unload, methods=["POST"]),
-]
-oip_app = Starlette(routes=routes)

@@ -91,7 +91,13 @@ def test_openapi_documents_repository_and_version_routes(server):
     ):
         assert path in spec["paths"], path
     infer = spec["paths"]["/v2/models/{model}/infer"]["post"]
-    assert "application/octet-stream" in infer["requestBody"]["content"]
+    # Binary tensor data is described in words (no JSON Schema for a JSON header followed
+    # by raw bytes); binary outputs are a documented response type.
+    assert "Inference-Header-Content-Length" in infer["description"]
+    assert "application/octet-stream" in infer["responses"]["200"]["content"]
+    assert infer["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/InferRequest"
+    }
     assert "503" in infer["responses"]
     schema = schemathesis.openapi.from_dict(spec)  # a document schemathesis can use
     assert schema["/v2/repository/models/{model}/load"]["POST"] is not None

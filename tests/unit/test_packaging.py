@@ -108,6 +108,7 @@ print(json.dumps({"file": serving.__file__, "modules": mods, "proto": proto.is_f
         "serving.oip.grpc_server",
         "serving.oip.proto.grpc_predict_v2_pb2_grpc",
         "serving.oip.rest",
+        "serving.oip.routes",
         "serving.runtime",
         "training.pipeline",
     ):
