@@ -26,9 +26,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.utils.homes import TrainedHome
-from tests.utils.servers import BIN, Server, bento_server
-from tests.utils.training import train_home
+from harness.homes import TrainedHome
+from harness.servers import BIN, Server, bento_server
+from harness.training import train_home
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
