@@ -45,8 +45,15 @@ class Settings(BaseSettings):
     model_name: str = Field("iris-classifier", description="Registered model name.")
     bento_model_name: str = Field("iris-classifier", description="BentoML model store name.")
     selection_metric: SelectionMetric = "test_accuracy"
-    seed: int = Field(1, description="Seed for the split and both models.")
+    seed: int = Field(1, description="Seed for the split, both models and the gate.")
     test_size: float = Field(0.2, gt=0.0, lt=1.0)
+    promotion_margin: float = Field(
+        0.02,
+        ge=0.0,
+        lt=1.0,
+        description="The gate promotes only if the candidate's accuracy could be worse than"
+        " the champion's by at most this much (95% CI low bound; training.gate).",
+    )
 
     # Service
     admin_token: SecretStr | None = Field(None, description="Bearer token for /retrain.")
