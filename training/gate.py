@@ -256,6 +256,8 @@ def _evaluate(test: pd.DataFrame, predictions: np.ndarray, prefix: str) -> dict[
 @contextlib.contextmanager
 def _quiet_mlflow() -> Iterator[None]:
     """MLflow's evaluation logs a line per step at INFO: keep warnings and errors only."""
+    from sklearn.exceptions import UndefinedMetricWarning
+
     names = ("mlflow.models.evaluation", "mlflow.data", "mlflow.types")
     loggers = [logging.getLogger(n) for n in names]
     saved = [lg.level for lg in loggers]
@@ -264,6 +266,8 @@ def _quiet_mlflow() -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
+            # A weak model may never answer one species: its precision is 0, as it should be.
+            warnings.filterwarnings("ignore", category=UndefinedMetricWarning)
             yield
     finally:
         for lg, level in zip(loggers, saved, strict=True):
