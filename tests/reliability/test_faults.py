@@ -88,7 +88,7 @@ def test_registry_down_then_back(tmp_path, record_property):
     port = free_port()
     root = tmp_path / "mlflow"
     with mlflow_server(root, port=port) as registry:
-        home = train_home(tmp_path / "home", tracking_uri=registry.url)
+        home = train_home(tmp_path / "home", tracking_uri=registry.url, outdated=True)
     # The registry is down while the service starts: it serves the packed model.
     env = server_env(home, IRIS_RETRAIN_MLFLOW_RETRIES="0")
     with bento_server(env, tmp_path, workers=1) as server, Load(server.url, clients=8) as load:
@@ -119,7 +119,7 @@ def test_registry_down_then_back(tmp_path, record_property):
 
 
 def test_retrain_killed_halfway_changes_nothing_and_next_succeeds(tmp_path, record_property):
-    home = train_home(tmp_path / "home")
+    home = train_home(tmp_path / "home", outdated=True)  # so that the next retrain promotes
     with bento_server(server_env(home), tmp_path) as server:
         job_id = retrain(server)
         jobs_db = Path(home.home) / "var" / "jobs.sqlite"
