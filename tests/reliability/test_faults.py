@@ -103,7 +103,7 @@ def test_registry_down_then_back(tmp_path, record_property):
             assert iris_train(home.env, "champion").stdout.strip() == "1"  # untouched
             job = wait_job(server, retrain(server))
             assert job["state"] == "succeeded", job
-            assert job["version"] == "2"
+            assert job["version"] == "2" and job["promotion"]["promoted"] is True, job
             deadline = time.monotonic() + 15
             while served(server) != "2" and time.monotonic() < deadline:
                 time.sleep(0.3)
