@@ -158,3 +158,16 @@ def test_bootstrap_is_paired_seeded_and_checks_its_input():
         gate.paired_bootstrap(cand, champ[:-1], seed=1)
     with pytest.raises(ValueError, match="equal, non-empty"):
         gate.paired_bootstrap(np.array([]), np.array([]), seed=1)
+
+
+def test_margin_is_a_setting_and_cannot_be_negative(monkeypatch):
+    from pydantic import ValidationError
+
+    from training.settings import Settings
+
+    assert Settings().promotion_margin == MARGIN
+    monkeypatch.setenv("IRIS_PROMOTION_MARGIN", "0.05")
+    assert Settings().promotion_margin == 0.05
+    monkeypatch.setenv("IRIS_PROMOTION_MARGIN", "-0.01")
+    with pytest.raises(ValidationError, match="promotion_margin"):
+        Settings()
