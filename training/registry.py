@@ -160,11 +160,14 @@ def gate(version: str, run_id: str, test: pd.DataFrame, settings: Settings) -> D
     if verdict.promoted and (now := champion_version(settings)) != current:
         # Another retrain moved the champion while this one was scored: this evidence is
         # about a model that no longer answers, so the candidate waits as challenger.
+        evidence = verdict.reason.removeprefix("promoted, ")
         decision = Decision(
             version,
             False,
-            f"not promoted, the champion moved to v{now} during the gate ({verdict.reason})",
+            f"not promoted, the champion moved to v{now} while this gate compared with"
+            f" v{current} ({evidence})",
         )
+        mlflow.MlflowClient().log_metric(run_id, "promotion_promoted", 0.0)
     _apply(decision, settings, previous=current, evidence=verdict.evidence.tags())
     logger.info("Gate took %.2f s (both models loaded and scored)", time.monotonic() - started)
     return decision
