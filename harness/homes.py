@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.cli import isolated_env, run_pipeline
+from harness.data_files import read_table, with_two_species_confused, write_table
 from harness.state import registry_client
 from training.settings import Settings
 
@@ -58,16 +59,34 @@ class TrainedHome:
         return registry_client(self.tracking_uri)
 
 
-def train_home(home: Path, bentoml_home: Path, *, tracking_uri: str | None = None) -> TrainedHome:
+def train_home(
+    home: Path,
+    bentoml_home: Path,
+    *,
+    tracking_uri: str | None = None,
+    outdated: bool = False,
+) -> TrainedHome:
     """Run ``iris-train run`` on the shipped data into ``home`` and describe the result.
 
     Args:
         home: Empty (or not yet existing) folder used as ``IRIS_HOME``.
         bentoml_home: Folder used as ``BENTOML_HOME``.
         tracking_uri: A remote MLflow server; default is SQLite at ``home/mlflow.db``.
+        outdated: Train v1 on a copy of the shipped data in which versicolor and virginica
+            are confused (:func:`harness.data_files.with_two_species_confused`, written
+            to ``home/inputs/outdated.csv``), so that a retrain on the shipped data is
+            genuinely better and the promotion gate promotes it. Without it, a retrain on
+            the same data is an identical model, which the gate keeps as challenger.
     """
     overrides = {"IRIS_TRACKING_URI": tracking_uri} if tracking_uri else {}
     env = isolated_env(home, bentoml_home, **overrides)
-    result = run_pipeline(env)
+    args: tuple[str, ...] = ()
+    if outdated:
+        settings = Settings(home=home)
+        table = with_two_species_confused(
+            read_table(), seed=settings.seed, test_size=settings.test_size
+        )
+        args = ("--raw", str(write_table(home / "inputs" / "outdated.csv", table)))
+    result = run_pipeline(env, *args)
     uri = tracking_uri or Settings(home=home).tracking_uri
     return TrainedHome(home, bentoml_home, uri, env, result)

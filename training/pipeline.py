@@ -46,7 +46,7 @@ def train_and_register(split: data.Split, settings: Settings) -> PipelineResult:
     best_id = registry.select_best(parent_run_id, experiment_id, settings)
     best = next(c for c in candidates if c.run_id == best_id)
     version = registry.register(best, settings)
-    decision = registry.gate(version, best.metrics, split.test, settings)
+    decision = registry.gate(version, best.run_id, split.test, settings)
     return PipelineResult(
         parent_run_id=parent_run_id,
         best_run_id=best.run_id,

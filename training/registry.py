@@ -1,18 +1,23 @@
-"""Select the best run, register it, gate promotion with aliases, and promote explicitly."""
+"""Select the best run, register it, gate promotion with aliases, and promote explicitly.
+
+What the gate decides on is training.gate; here it is applied to the registry."""
 
 from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from training import gate as gate_rule
 from training.model_io import load_classifier
-from training.schema import CANARY_TAG, CHALLENGER, CHAMPION, FEATURES, TARGET
+from training.schema import CANARY_TAG, CHALLENGER, CHAMPION, FEATURES
 from training.settings import Settings
-from training.train import PRIORITY_TAG, CandidateResult, evaluate
+from training.train import PRIORITY_TAG, CandidateResult
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +116,8 @@ def champion_version(settings: Settings) -> str | None:
     return alias_version(settings, CHAMPION)
 
 
-def score_version(version: str, test: pd.DataFrame, settings: Settings) -> dict[str, float]:
-    """Evaluate a registered version on a given test set (loaded with our safe loader)."""
+def predict_version(version: str, test: pd.DataFrame, settings: Settings) -> np.ndarray:
+    """A registered version's species for each row of ``test`` (loaded with our safe loader)."""
     import mlflow
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,50 +125,73 @@ def score_version(version: str, test: pd.DataFrame, settings: Settings) -> dict[
             artifact_uri=f"models:/{settings.model_name}/{version}", dst_path=tmp
         )
         model = load_classifier(Path(path))
-    labels = test[TARGET].map({name: i for i, name in enumerate(model.class_names)})
-    return evaluate(model.estimator, test[list(FEATURES)], labels.to_numpy())
+    proba = model.predict_proba(test[list(FEATURES)])
+    return np.asarray(model.class_names)[proba.argmax(axis=1)]
 
 
-def gate(
-    version: str, metrics: dict[str, float], test: pd.DataFrame, settings: Settings
-) -> Decision:
-    """Make ``version`` champion if it is at least as good as the current champion.
+def gate(version: str, run_id: str, test: pd.DataFrame, settings: Settings) -> Decision:
+    """Make ``version`` champion only if the evidence says it is better (training.gate).
 
-    Both are scored on the same test set. Otherwise the version becomes ``challenger``.
-    The decision and its reason are written as tags on the version and logged.
+    Candidate and champion are scored on the same test rows; the evidence is logged on the
+    candidate's run ``run_id`` and written as ``promotion.*`` tags on the version. Otherwise
+    the version becomes ``challenger``. The alias moves last: a failure before it (registry
+    down, a model that cannot be loaded) leaves the champion where it was.
     """
-    metric = settings.selection_metric
+    import mlflow
+
     current = champion_version(settings)
-    candidate_value = metrics[metric]
     if current is None:
         decision = Decision(version, True, "no champion yet")
-    else:
-        champion_value = score_version(current, test, settings)[metric]
-        better = (
-            (candidate_value >= champion_value)
-            if settings.higher_is_better
-            else (candidate_value <= champion_value)
+        _apply(decision, settings, previous=None, evidence={"promotion.method": "first version"})
+        return decision
+    started = time.monotonic()
+    candidate_pred = predict_version(version, test, settings)
+    champion_pred = predict_version(current, test, settings)
+    with mlflow.start_run(run_id=run_id):
+        verdict = gate_rule.decide(
+            test,
+            candidate_pred,
+            champion_pred,
+            champion=current,
+            margin=settings.promotion_margin,
+            seed=settings.seed,
         )
-        verdict = "at least as good as" if better else "worse than"
-        reason = (
-            f"{metric}={candidate_value:.4f} is {verdict} champion v{current}"
-            f" ({champion_value:.4f}) on the same test set"
+    decision = Decision(version, verdict.promoted, verdict.reason)
+    if verdict.promoted and (now := champion_version(settings)) != current:
+        # Another retrain moved the champion while this one was scored: this evidence is
+        # about a model that no longer answers, so the candidate waits as challenger.
+        evidence = verdict.reason.removeprefix("promoted, ")
+        decision = Decision(
+            version,
+            False,
+            f"not promoted, the champion moved to v{now} while this gate compared with"
+            f" v{current} ({evidence})",
         )
-        decision = Decision(version, better, reason)
-    _apply(decision, settings, previous=current)
+        mlflow.MlflowClient().log_metric(run_id, "promotion_promoted", 0.0)
+    _apply(decision, settings, previous=current, evidence=verdict.evidence.tags())
+    logger.info("Gate took %.2f s (both models loaded and scored)", time.monotonic() - started)
     return decision
 
 
-def _apply(decision: Decision, settings: Settings, previous: str | None) -> None:
+def _apply(
+    decision: Decision,
+    settings: Settings,
+    previous: str | None,
+    evidence: dict[str, str] | None = None,
+) -> None:
+    """Tag the version with the decision (and its evidence), then move the alias: last."""
     from mlflow import MlflowClient
 
     client = MlflowClient()
     name = settings.model_name
-    client.set_model_version_tag(name, decision.version, "promotion.decision", decision.alias)
-    client.set_model_version_tag(name, decision.version, "promotion.reason", decision.reason)
-    client.set_model_version_tag(
-        name, decision.version, "promotion.previous_champion", previous or ""
-    )
+    tags = {
+        **(evidence or {}),
+        "promotion.decision": decision.alias,
+        "promotion.reason": decision.reason,
+        "promotion.previous_champion": previous or "",
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, decision.version, key, value)
     client.set_registered_model_alias(name, decision.alias, decision.version)
     logger.info("Version %s -> %s: %s", decision.version, decision.alias, decision.reason)
 

@@ -69,11 +69,18 @@ class Settings(BaseSettings):
     bento_model_name: str = Field("iris-classifier", description="BentoML model store name.")
     selection_metric: SelectionMetric = Field(
         "test_accuracy",
-        description="Test metric that picks the best candidate and gates its promotion.",
+        description="Test metric that picks the best candidate (the gate decides on accuracy).",
     )
-    seed: int = Field(1, description="Seed for the split and both models.")
+    seed: int = Field(1, description="Seed for the split, both models and the gate.")
     test_size: float = Field(
         0.2, gt=0.0, lt=1.0, description="Share of the rows held out as the test split."
+    )
+    promotion_margin: float = Field(
+        0.02,
+        ge=0.0,
+        lt=1.0,
+        description="The gate promotes only if the candidate's accuracy could be worse than"
+        " the champion's by at most this much (95% CI low bound; training.gate).",
     )
 
     # Service

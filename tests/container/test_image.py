@@ -93,7 +93,8 @@ def test_retrain_inside_the_container_against_a_remote_registry(backend, image, 
     from tests.utils.mlflow_server import mlflow_server
 
     with mlflow_server(tmp_path / "mlflow") as registry:
-        train_home(tmp_path / "home", tracking_uri=registry.url)  # v1 on the remote server
+        # v1 on the remote server, outdated: the container's retrain is promoted.
+        train_home(tmp_path / "home", tracking_uri=registry.url, outdated=True)
         env = {
             "IRIS_ADMIN_TOKEN": TOKEN,
             "IRIS_TRACKING_URI": registry.url,  # podman runs on the host network

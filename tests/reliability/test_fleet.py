@@ -37,7 +37,8 @@ def test_two_replicas_follow_one_champion_and_lose_no_version(tmp_path, record_p
         postgres_server() as database,
         mlflow_server(tmp_path / "mlflow", backend_uri=database) as registry,
     ):
-        seed = train_home(tmp_path / "seed", tracking_uri=registry.url)  # v1 @champion
+        # v1 @champion, outdated: the first retrain is better and promoted.
+        seed = train_home(tmp_path / "seed", tracking_uri=registry.url, outdated=True)
         # Each replica has its own BentoML store, as separate machines or containers do: a
         # version trained on one reaches the other through the registry only.
         stores = {
@@ -62,6 +63,7 @@ def test_two_replicas_follow_one_champion_and_lose_no_version(tmp_path, record_p
 
             job = retrain_and_wait(a.url, TOKEN)
             assert job["state"] == "succeeded" and job["version"] == "2", job
+            assert job["promotion"]["promoted"] is True, job
             lag = wait_serving(b, "2", timeout=FOLLOW_S)  # the other replica follows
 
             jobs: dict[str, dict] = {}
@@ -83,9 +85,12 @@ def test_two_replicas_follow_one_champion_and_lose_no_version(tmp_path, record_p
                 int(v.version) for v in client.search_model_versions("name='iris-classifier'")
             )
             assert versions == [1, 2, 3, 4]  # no version lost
+            # Both are the same model as v2 again: the gate keeps v2 and makes one of them
+            # challenger (whichever finished last).
+            assert not any(j["promotion"]["promoted"] for j in jobs.values()), jobs
             champion = client.get_model_version_by_alias("iris-classifier", "champion").version
             aliases = client.get_registered_model("iris-classifier").aliases
-            assert aliases.get("champion") == champion and champion in ("3", "4")  # one champion
+            assert champion == "2" and str(aliases.get("challenger")) in ("3", "4"), aliases
             wait_serving(a, champion, timeout=FOLLOW_S)
             wait_serving(b, champion, timeout=FOLLOW_S)
     record_property(

@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 
 from harness.cli import run_pipeline
+from harness.data_files import read_table, with_training_features_rotated, write_table
 from harness.homes import TrainedHome, train_home
 from harness.servers import Server, bento_server
 from harness.state import download_version
 from serving.oip.proto import grpc_predict_v2_pb2 as pb
 from serving.oip.proto import grpc_predict_v2_pb2_grpc as pb_grpc
-from tests.utils.data_files import read_table, with_training_features_rotated, write_table
 from training.model_io import load_classifier
 from training.schema import FEATURES
 from training.settings import Settings

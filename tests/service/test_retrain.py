@@ -29,8 +29,9 @@ RELOAD_S = 1.0
 
 @pytest.fixture(scope="module")
 def own_home(tmp_path_factory) -> TrainedHome:
-    """A registry of this module's own: these tests retrain and move the champion."""
-    return train_home(tmp_path_factory.mktemp("retrain-home"))
+    """A registry of this module's own: these tests retrain and move the champion. v1 is
+    outdated, so the retrain on the shipped data is genuinely better and the gate promotes."""
+    return train_home(tmp_path_factory.mktemp("retrain-home"), outdated=True)
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +128,7 @@ def test_retrain_runs_in_background_single_flight_and_all_workers_reload(server2
     assert final["state"] == "succeeded", final
     assert final["version"] == "2"
     assert final["promotion"]["promoted"] is True
+    assert final["promotion"]["reason"].startswith("promoted, better than champion v1: accuracy")
     assert set(final["metrics"]) >= {"test_accuracy", "test_f1_macro", "test_log_loss"}
     assert final["started_at"] and final["finished_at"] and state
 

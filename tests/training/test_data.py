@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import RAW_CSV
-from tests.utils.data_files import (
+from harness.data_files import (
     BAD_CASES,
     BadCase,
     read_table,

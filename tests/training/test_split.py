@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from harness.cli import RAW_CSV
+from harness.data_files import bad_case, tiny_table, write_table
 from harness.state import folder_entries, processed_files
-from tests.utils.data_files import bad_case, tiny_table, write_table
 from training import data
 from training.pipeline import preprocess
 from training.schema import FEATURES, MIN_ROWS_PER_CLASS, SPECIES, TARGET

@@ -290,3 +290,31 @@ def with_training_features_rotated(table: Table, *, seed: int, test_size: float)
             for col in measurements:
                 out[target][col] = rows[donor][col]
     return [header, *out]
+
+
+def with_two_species_confused(table: Table, *, seed: int, test_size: float) -> Table:
+    """A valid table from which training learns to confuse versicolor and virginica.
+
+    The training rows of the two species swap their measurements (setosa and every test
+    row stay as they are, and the split, which depends only on the species column, the
+    seed and the test size, puts the same rows in the test set as for the untouched table).
+    A model fitted on it gets setosa right and the other two wrong: clearly worse than one
+    trained on the untouched table, so a retrain on that one is a genuine improvement.
+    """
+    header, *rows = table
+    species = header.index(RAW_TARGET)
+    measurements = [header.index(c) for c in RAW_TO_FEATURE]
+    train_idx, _ = train_test_split(
+        list(range(len(rows))),
+        test_size=test_size,
+        random_state=seed,
+        stratify=[r[species] for r in rows],
+    )
+    versicolor, virginica = (
+        sorted(i for i in train_idx if rows[i][species] == s) for s in SPECIES[1:]
+    )
+    out = [list(r) for r in rows]
+    for a, b in zip(versicolor, virginica, strict=True):
+        for col in measurements:
+            out[a][col], out[b][col] = rows[b][col], rows[a][col]
+    return [header, *out]
