@@ -39,14 +39,28 @@ def preprocess(settings: Settings, raw_path: Path | None = None) -> data.Split:
     return result
 
 
-def train_and_register(split: data.Split, settings: Settings) -> PipelineResult:
-    """Train candidates, register the best, and gate its promotion."""
+def train_and_register(
+    split: data.Split, settings: Settings, *, import_to_bento: bool = False
+) -> PipelineResult:
+    """Train candidates, register the best, and gate its promotion.
+
+    With ``import_to_bento``, a promoted version is in the BentoML store before the
+    ``champion`` alias moves to it.
+    """
     experiment_id = registry.configure(settings)
     parent_run_id, candidates = train.train_candidates(split, settings)
     best_id = registry.select_best(parent_run_id, experiment_id, settings)
     best = next(c for c in candidates if c.run_id == best_id)
     version = registry.register(best, settings)
-    decision = registry.gate(version, best.run_id, split.test, settings)
+    decision = registry.gate(
+        version,
+        best.run_id,
+        split.test,
+        settings,
+        before_promotion=(
+            (lambda v: bento_store.import_champion(settings, v)) if import_to_bento else None
+        ),
+    )
     return PipelineResult(
         parent_run_id=parent_run_id,
         best_run_id=best.run_id,
@@ -86,7 +100,7 @@ def run(
     split = preprocess(settings, source)
     if lineage:
         split = replace(split, lineage=lineage)
-    result = train_and_register(split, settings)
+    result = train_and_register(split, settings, import_to_bento=import_to_bento)
     if import_to_bento:
         result.bento_tag = bento_store.import_champion(settings).tag
     logger.info(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,19 +130,31 @@ def predict_version(version: str, test: pd.DataFrame, settings: Settings) -> np.
     return np.asarray(model.class_names)[proba.argmax(axis=1)]
 
 
-def gate(version: str, run_id: str, test: pd.DataFrame, settings: Settings) -> Decision:
+def gate(
+    version: str,
+    run_id: str,
+    test: pd.DataFrame,
+    settings: Settings,
+    before_promotion: Callable[[str], object] | None = None,
+) -> Decision:
     """Make ``version`` champion only if the evidence says it is better (training.gate).
 
     Candidate and champion are scored on the same test rows; the evidence is logged on the
     candidate's run ``run_id`` and written as ``promotion.*`` tags on the version. Otherwise
     the version becomes ``challenger``. The alias moves last: a failure before it (registry
     down, a model that cannot be loaded) leaves the champion where it was.
+
+    ``before_promotion(version)`` runs just before the alias moves to a promoted version
+    (the pipeline imports it into the BentoML store there, so this server's workers find
+    it locally the moment they see the alias move, instead of downloading it).
     """
     import mlflow
 
     current = champion_version(settings)
     if current is None:
         decision = Decision(version, True, "no champion yet")
+        if before_promotion is not None:
+            before_promotion(version)
         _apply(decision, settings, previous=None, evidence={"promotion.method": "first version"})
         return decision
     started = time.monotonic()
@@ -168,6 +181,8 @@ def gate(version: str, run_id: str, test: pd.DataFrame, settings: Settings) -> D
             f" v{current} ({evidence})",
         )
         mlflow.MlflowClient().log_metric(run_id, "promotion_promoted", 0.0)
+    if decision.promoted and before_promotion is not None:
+        before_promotion(version)
     _apply(decision, settings, previous=current, evidence=verdict.evidence.tags())
     logger.info("Gate took %.2f s (both models loaded and scored)", time.monotonic() - started)
     return decision
