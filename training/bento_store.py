@@ -10,8 +10,8 @@ from pathlib import Path
 
 from training import onnx_export
 from training.model_io import load_classifier
-from training.registry import CHAMPION, RegistryError, champion_version
-from training.schema import store_tag
+from training.registry import RegistryError, champion_version
+from training.schema import CHAMPION, store_tag
 from training.settings import Settings
 
 logger = logging.getLogger(__name__)

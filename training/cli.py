@@ -101,10 +101,10 @@ def canary(
     ],
 ) -> None:
     """Send PERCENT of /predict to the challenger; every server follows without restart."""
-    from training import registry
+    from training import canary
 
     settings = _setup()
-    version = _guarded("canary", _on_registry(settings, registry.set_canary, percent, settings))
+    version = _guarded("canary", _on_registry(settings, canary.set_canary, percent, settings))
     if version is None:
         typer.echo("canary ended: the champion answers everything")
     else:
@@ -114,11 +114,11 @@ def canary(
 @app.command("promote-challenger")
 def promote_challenger() -> None:
     """Make the challenger champion and end the canary."""
-    from training import registry
+    from training import canary
 
     settings = _setup()
     decision = _guarded(
-        "promote-challenger", _on_registry(settings, registry.promote_challenger, settings)
+        "promote-challenger", _on_registry(settings, canary.promote_challenger, settings)
     )
     typer.echo(f"{settings.model_name}@champion -> v{decision.version}")
 

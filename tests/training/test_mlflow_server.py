@@ -13,8 +13,7 @@ from harness.state import alias_version, list_store
 from tests.utils.mlflow_server import MlflowServer, mlflow_server
 from training.data import read_split
 from training.model_io import load_classifier
-from training.registry import CHAMPION
-from training.schema import TARGET
+from training.schema import CHAMPION, TARGET
 
 pytestmark = pytest.mark.integration
 

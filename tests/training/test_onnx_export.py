@@ -17,8 +17,7 @@ from serving.champion_lookup import RegistryUnreachableError, champion
 from serving.served_model import ModelIdentity, load_model_dir
 from training import onnx_export
 from training.model_io import load_classifier
-from training.registry import CHAMPION
-from training.schema import FEATURES
+from training.schema import CHAMPION, FEATURES
 from training.settings import PROJECT_DIR
 
 pytestmark = pytest.mark.integration

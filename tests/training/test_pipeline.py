@@ -16,8 +16,7 @@ from harness.homes import TrainedHome
 from harness.state import alias_version, download_version
 from training.data import read_split
 from training.model_io import TRUSTED_TYPES, load_classifier
-from training.registry import CHALLENGER, CHAMPION
-from training.schema import FEATURES, SPECIES, TARGET
+from training.schema import CHALLENGER, CHAMPION, FEATURES, SPECIES, TARGET
 from training.train import CANDIDATES, PRIORITY_TAG
 
 METRICS = ("test_accuracy", "test_f1_macro", "test_log_loss")

@@ -43,8 +43,7 @@ from harness.state import (
 )
 from training import gate
 from training.model_io import load_classifier
-from training.registry import CHALLENGER, CHAMPION
-from training.schema import FEATURES, TARGET
+from training.schema import CHALLENGER, CHAMPION, FEATURES, TARGET
 from training.settings import Settings
 
 
