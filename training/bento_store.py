@@ -32,7 +32,9 @@ def import_champion(settings: Settings, version: str | None = None) -> Imported:
 
     Idempotent: a version already in the store is not copied again. If it is present but is
     not the store's ``latest`` (after a rollback), it is re-created so that ``latest`` -- what
-    ``bentoml build`` packs -- is always the model just imported, still with one entry.
+    ``bentoml build`` packs -- is always the model just imported, still with one entry. An
+    entry without a readable ONNX export (stored before exports existed, or damaged) is
+    re-created too: workers never compile one, so it would be served by scikit-learn.
 
     Raises:
         RegistryError: there is no champion to import.
@@ -51,13 +53,14 @@ def import_champion(settings: Settings, version: str | None = None) -> Imported:
         existing = bentoml.models.get(tag)
     except bentoml.exceptions.NotFound:
         existing = None
-    if existing is not None:
+    if existing is not None and onnx_export.read_or_none(Path(existing.path_of(MLFLOW_SUBDIR))):
         latest = bentoml.models.get(f"{settings.bento_model_name}:latest")
         if latest.tag == existing.tag:
             logger.info("BentoML store already holds %s as latest; nothing to import", tag)
             return Imported(str(existing.tag), version, created=False)
+    if existing is not None:  # not latest, or stored before exports existed: re-create it
         bentoml.models.delete(tag)
-        logger.info("Re-creating %s so that it becomes the store's latest", tag)
+        logger.info("Re-creating %s (the store's latest, with a checked ONNX export)", tag)
     _create(tag, mv, settings)
     logger.info("Imported %s v%s into the BentoML store as %s", settings.model_name, version, tag)
     return Imported(str(tag), version, created=True)

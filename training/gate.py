@@ -9,12 +9,16 @@ seeded from ``IRIS_SEED``, a 95 % percentile interval.
 The rule, checked by MLflow's own threshold API (``mlflow.validate_evaluation_results``
 with ``MetricThreshold``), promotes only when both hold:
 
-1. **Better where it matters**: the candidate gets more of these rows right than the
-   champion (its accuracy is at least one row, ``1/n``, above the champion's:
-   ``MetricThreshold(min_absolute_change=0.5/n)`` on ``accuracy_score``; half a row so that
-   float rounding cannot flip it). Accuracy is what the service is judged by live
-   (``iris_live_accuracy``). An identical retrain (same data, same seed, same predictions)
-   has a difference of exactly 0 and is **not** promoted.
+1. **Better where it matters, beyond chance**: on the rows where the two disagree, the
+   candidate is right significantly more often than the champion: an exact one-sided sign
+   (McNemar) test of wins against losses, ``p < SIGNIFICANCE`` (0.05;
+   ``MetricThreshold(threshold=0.05, greater_is_better=False)`` on
+   ``improvement_p_value``), and its accuracy is at least one row above the champion's
+   (``MetricThreshold(min_absolute_change=0.5/n)`` on ``accuracy_score``). Accuracy is what
+   the service is judged by live (``iris_live_accuracy``). One flower cannot flip the
+   verdict: 1 win and 0 losses is p = 0.5; it takes 5 wins and no loss (p = 0.031). An
+   identical retrain (same data, same seed, same predictions) has no disagreement at all
+   (p = 1) and is **not** promoted.
 2. **Not worse by more than the margin**: the lower bound of the interval is at least
    ``-IRIS_PROMOTION_MARGIN`` (default 0.02): ``MetricThreshold(threshold=-margin)`` on the
    candidate's ``accuracy_diff_ci_low``. A candidate that fixes a few rows but breaks almost
@@ -51,7 +55,11 @@ logger = logging.getLogger(__name__)
 
 RESAMPLES = 2000
 CONFIDENCE = 0.95
-METHOD = f"paired bootstrap of the accuracy difference ({RESAMPLES} resamples, 95% CI)"
+SIGNIFICANCE = 0.05
+METHOD = (
+    f"exact sign test on disagreeing rows (p < {SIGNIFICANCE:g}) and paired bootstrap of the"
+    f" accuracy difference ({RESAMPLES} resamples, 95% CI)"
+)
 CANDIDATE_PREFIX = "promotion_candidate_"
 CHAMPION_PREFIX = "promotion_champion_"
 
@@ -68,6 +76,12 @@ class Evidence:
     ci_low: float
     ci_high: float
     margin: float
+    wins: int = 0
+    """Rows the candidate gets right and the champion wrong."""
+    losses: int = 0
+    """Rows the champion gets right and the candidate wrong."""
+    p_value: float = 1.0
+    """One-sided exact sign test: the chance of this many wins or more if neither is better."""
     resamples: int = RESAMPLES
 
     def tags(self) -> dict[str, str]:
@@ -81,6 +95,9 @@ class Evidence:
             "promotion.diff_ci_low": f"{self.ci_low:.6f}",
             "promotion.diff_ci_high": f"{self.ci_high:.6f}",
             "promotion.margin": f"{self.margin:g}",
+            "promotion.wins": str(self.wins),
+            "promotion.losses": str(self.losses),
+            "promotion.p_value": f"{self.p_value:.6f}",
         }
 
     def metrics(self) -> dict[str, float]:
@@ -91,6 +108,9 @@ class Evidence:
             "promotion_diff_ci_low": self.ci_low,
             "promotion_diff_ci_high": self.ci_high,
             "promotion_margin": self.margin,
+            "promotion_wins": float(self.wins),
+            "promotion_losses": float(self.losses),
+            "promotion_p_value": self.p_value,
         }
 
 
@@ -145,6 +165,16 @@ def paired_bootstrap(
     return float(diff.mean()), float(low), float(high)
 
 
+def sign_test(wins: int, losses: int) -> float:
+    """One-sided exact p-value of ``wins`` or more among ``wins + losses`` fair coin flips."""
+    from math import comb
+
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    return sum(comb(n, k) for k in range(wins, n + 1)) / 2**n
+
+
 def decide(
     test: pd.DataFrame,
     candidate_pred: np.ndarray,
@@ -179,6 +209,10 @@ def decide(
     diff, low, high = paired_bootstrap(
         candidate_pred == truth, champion_pred == truth, seed=seed, resamples=RESAMPLES
     )
+    cand_right, champ_right = candidate_pred == truth, champion_pred == truth
+    wins = int((cand_right & ~champ_right).sum())
+    losses = int((champ_right & ~cand_right).sum())
+    p_value = sign_test(wins, losses)
     candidate = _evaluate(test, candidate_pred, CANDIDATE_PREFIX)
     baseline = _evaluate(test, champion_pred, CHAMPION_PREFIX)
     evidence = Evidence(
@@ -189,6 +223,9 @@ def decide(
         ci_low=low,
         ci_high=high,
         margin=margin,
+        wins=wins,
+        losses=losses,
+        p_value=p_value,
     )
     mlflow.log_metrics(evidence.metrics())
     thresholds = {
@@ -196,16 +233,21 @@ def decide(
             min_absolute_change=0.5 / len(test), greater_is_better=True
         ),
         "accuracy_diff_ci_low": MetricThreshold(threshold=-float(margin), greater_is_better=True),
+        "improvement_p_value": MetricThreshold(threshold=SIGNIFICANCE, greater_is_better=False),
     }
     try:
         with _quiet_mlflow():
             mlflow.validate_evaluation_results(
                 thresholds,
-                EvaluationResult({**candidate, "accuracy_diff_ci_low": low}, {}),
+                EvaluationResult(
+                    {**candidate, "accuracy_diff_ci_low": low, "improvement_p_value": p_value}, {}
+                ),
                 # The champion against itself: difference 0, interval [0, 0]. MLflow reads
                 # every thresholded metric from the baseline too, even when only compared
                 # with a fixed threshold.
-                EvaluationResult({**baseline, "accuracy_diff_ci_low": 0.0}, {}),
+                EvaluationResult(
+                    {**baseline, "accuracy_diff_ci_low": 0.0, "improvement_p_value": 1.0}, {}
+                ),
             )
         promoted = True
     except ModelValidationFailedException as e:
@@ -221,12 +263,13 @@ def reason(e: Evidence, champion: str, promoted: bool) -> str:
     facts = (
         f"accuracy {e.candidate_accuracy:.4f} vs champion v{champion}'s"
         f" {e.champion_accuracy:.4f} on the same {e.rows} test rows, difference {e.diff:+.4f}"
-        f" (95% CI {e.ci_low:+.4f} to {e.ci_high:+.4f}, margin {e.margin:g})"
+        f" (95% CI {e.ci_low:+.4f} to {e.ci_high:+.4f}, margin {e.margin:g});"
+        f" {e.wins} rows won, {e.losses} lost (sign test p={e.p_value:.3f})"
     )
     if promoted:
         return f"promoted, better than champion v{champion}: {facts}"
     if e.diff > 0:
-        return f"not promoted, the gain is within the noise (CI low below -{e.margin:g}): {facts}"
+        return f"not promoted, the gain is within the noise: {facts}"
     if e.diff == 0 and e.ci_low == e.ci_high == 0:
         return f"not promoted, no improvement (same answers on every test row): {facts}"
     if e.diff == 0:

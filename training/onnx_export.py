@@ -209,6 +209,14 @@ def read(model_dir: Path) -> Packed | None:
     return Packed(serialized, inputs, expected, report)
 
 
+def read_or_none(model_dir: Path) -> Packed | None:
+    """The export of a model folder, or None when it has none or it is damaged."""
+    try:
+        return read(model_dir)
+    except ValueError:
+        return None
+
+
 def _frame_like(estimator: object, x: np.ndarray):
     """``x`` with the column names the estimator was fitted with (no feature-name warnings)."""
     names = getattr(estimator, "feature_names_in_", None)

@@ -52,15 +52,24 @@ def train_and_register(
     best_id = registry.select_best(parent_run_id, experiment_id, settings)
     best = next(c for c in candidates if c.run_id == best_id)
     version = registry.register(best, settings)
-    decision = registry.gate(
-        version,
-        best.run_id,
-        split.test,
-        settings,
-        before_promotion=(
-            (lambda v: bento_store.import_champion(settings, v)) if import_to_bento else None
-        ),
-    )
+    imported: list[str] = []
+
+    def import_before_promotion(candidate: str) -> None:
+        bento_store.import_champion(settings, candidate)
+        imported.append(candidate)
+
+    try:
+        decision = registry.gate(
+            version,
+            best.run_id,
+            split.test,
+            settings,
+            before_promotion=import_before_promotion if import_to_bento else None,
+        )
+    except Exception:
+        if imported:  # the store's latest must not stay a version that never became champion
+            _restore_store(settings)
+        raise
     return PipelineResult(
         parent_run_id=parent_run_id,
         best_run_id=best.run_id,
@@ -110,6 +119,14 @@ def run(
         result.reason,
     )
     return result
+
+
+def _restore_store(settings: Settings) -> None:
+    """Make the registry's champion the BentoML store's latest again, as far as possible."""
+    try:
+        bento_store.import_champion(settings)
+    except Exception:
+        logger.exception("Could not put the champion back as the BentoML store's latest")
 
 
 def _safe_uri(settings: Settings) -> str:

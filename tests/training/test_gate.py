@@ -79,10 +79,11 @@ def test_clearly_better_candidate_is_promoted(rows, tracking):
     e = verdict.evidence
     assert e.diff == pytest.approx(29 / 90)
     assert 0 < e.ci_low < e.diff < e.ci_high
+    assert (e.wins, e.losses) == (30, 1) and e.p_value < 1e-7
     assert verdict.reason == (
         "promoted, better than champion v7: accuracy 0.9889 vs champion v7's 0.6667 on the"
         f" same 90 test rows, difference +0.3222 (95% CI {e.ci_low:+.4f} to {e.ci_high:+.4f},"
-        " margin 0.02)"
+        f" margin 0.02); 30 rows won, 1 lost (sign test p={e.p_value:.3f})"
     )
 
 
@@ -112,13 +113,33 @@ def test_a_gain_inside_the_noise_is_not_promoted(rows, tracking):
     assert verdict.reason.startswith("not promoted, the gain is within the noise")
 
 
-def test_one_more_flower_right_and_nothing_broken_is_promoted(rows, tracking):
+def test_one_flower_cannot_flip_the_verdict(rows, tracking):
+    """One more flower right and nothing broken is chance (p = 0.5), not evidence."""
     truth = rows[TARGET].to_numpy()
     verdict = decide(rows, truth.copy(), wrong(truth, [20]))
 
-    assert verdict.promoted is True
-    assert verdict.evidence.diff == pytest.approx(1 / 90)
-    assert verdict.evidence.ci_low == 0.0
+    assert verdict.promoted is False
+    e = verdict.evidence
+    assert e.diff == pytest.approx(1 / 90) and (e.wins, e.losses) == (1, 0)
+    assert e.p_value == 0.5
+    assert verdict.reason.startswith("not promoted, the gain is within the noise")
+
+
+@pytest.mark.parametrize(("fixed", "promoted"), [(4, False), (5, True)])
+def test_it_takes_five_flowers_fixed_and_none_broken(rows, tracking, fixed, promoted):
+    truth = rows[TARGET].to_numpy()
+    verdict = decide(rows, truth.copy(), wrong(truth, list(range(fixed))))
+
+    assert verdict.promoted is promoted
+    assert verdict.evidence.p_value == pytest.approx(0.5**fixed)
+
+
+def test_sign_test_is_exact():
+    assert gate.sign_test(0, 0) == 1.0
+    assert gate.sign_test(1, 0) == 0.5
+    assert gate.sign_test(5, 0) == pytest.approx(1 / 32)
+    assert gate.sign_test(3, 2) == pytest.approx(16 / 32)
+    assert gate.sign_test(0, 3) == 1.0
 
 
 def test_evaluation_and_evidence_are_logged_on_the_active_run(rows, tracking):
@@ -127,18 +148,19 @@ def test_evaluation_and_evidence_are_logged_on_the_active_run(rows, tracking):
     truth = rows[TARGET].to_numpy()
     with mlflow.start_run() as run:
         verdict = gate.decide(
-            rows, truth.copy(), wrong(truth, [0, 1]), champion="1", margin=MARGIN, seed=1
+            rows, truth.copy(), wrong(truth, list(range(6))), champion="1", margin=MARGIN, seed=1
         )
     metrics = mlflow.get_run(run.info.run_id).data.metrics
     e = verdict.evidence
 
     assert metrics["promotion_candidate_accuracy_score"] == 1.0
-    assert metrics["promotion_champion_accuracy_score"] == pytest.approx(88 / 90)
+    assert metrics["promotion_champion_accuracy_score"] == pytest.approx(84 / 90)
     assert metrics["promotion_candidate_example_count"] == 90
     assert {k: metrics[k] for k in e.metrics()} == pytest.approx(e.metrics())
     assert metrics["promotion_promoted"] == 1.0
     tags = e.tags()
     assert tags["promotion.rows"] == "90" and tags["promotion.margin"] == "0.02"
+    assert (tags["promotion.wins"], tags["promotion.losses"]) == ("6", "0")
     assert float(tags["promotion.diff_ci_low"]) == pytest.approx(e.ci_low, abs=1e-6)
 
 

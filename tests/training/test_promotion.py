@@ -320,3 +320,41 @@ def test_promoting_an_unknown_version_fails_in_one_line(story: Story) -> None:
     assert error_lines(proc) == [f"error: promote failed: {name} has no version '99'"]
     assert "Traceback" not in proc.stderr
     assert alias_version(client, name, CHAMPION) == champion
+
+
+def test_an_alias_move_that_fails_leaves_the_store_on_the_champion(tmp_path) -> None:
+    """The promoted v2 enters the BentoML store just before the alias moves; when that move
+    fails, the store's latest (what restarted workers and `bentoml build` load) goes back
+    to the champion, v1."""
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    env = isolated_env(home, home / "bentoml")
+    settings = Settings(home=home)
+    split = {"seed": settings.seed, "test_size": settings.test_size}
+    outdated = write_table(
+        home / "inputs" / "outdated.csv", with_two_species_confused(read_table(), **split)
+    )
+    first = run_pipeline(env, "--raw", str(outdated))
+    script = (
+        "from training import pipeline, registry\n"
+        "from training.settings import get_settings\n"
+        "real = registry._apply\n"
+        "def flaky(decision, *args, **kwargs):\n"
+        "    if decision.promoted:\n"
+        "        raise RuntimeError('registry went away before the alias moved')\n"
+        "    return real(decision, *args, **kwargs)\n"
+        "registry._apply = flaky\n"
+        "pipeline.run(get_settings())\n"
+    )
+    failed = subprocess.run(
+        [sys.executable, "-c", script], cwd=home, env=env, capture_output=True, text=True
+    )
+
+    assert failed.returncode != 0 and "registry went away" in failed.stderr
+    client = registry_client(settings.tracking_uri)
+    assert client.get_registered_model(settings.model_name).aliases == {CHAMPION: 1}
+    store = list_store(home / "bentoml", settings.bento_model_name)
+    assert store.by_version("2"), "v2 entered the store before the alias move (the hook ran)"
+    assert store.latest == first["bento_tag"]  # ...and the champion is latest again
