@@ -75,15 +75,17 @@ class Shadow:
         self,
         challenger: ServedModel | None,
         champion: ServedModel,
-        ids: list[str],
+        base: str,
+        single: bool,
         rows: np.ndarray,
-        names: list[str],
+        proba: np.ndarray,
         protocol: str,
     ) -> None:
-        """Schedule a shadow score for this answer, if it is drawn. Never raises."""
+        """Schedule a shadow score for this answer (id ``base``, the champion's
+        probabilities ``proba``), if it is drawn. Never raises."""
         if challenger is None or self.rate <= 0 or random.random() >= self.rate:
             return
-        args = (challenger, champion, ids, rows, names, protocol)
+        args = (challenger, champion, base, single, rows, proba, protocol)
         if challenger.fast and len(rows) < BULK_ROWS:
             # After the current request's response: the callback runs once the handler
             # has returned and the event loop moves on (microseconds for a few rows).
@@ -108,14 +110,14 @@ class Shadow:
             with self._lock:
                 self._backlog -= 1
 
-    def _score(self, challenger, champion, ids, rows, names, protocol) -> None:
+    def _score(self, challenger, champion, base, single, rows, proba, protocol) -> None:
         started = time.perf_counter()
         pair = {
             "champion": champion.identity.version,
             "challenger": challenger.identity.version,
         }
         try:
-            shadow_names, proba = challenger.predict(rows)
+            _, shadow_proba = challenger.predict(rows)
         except Exception as e:  # noqa: BLE001 - a broken challenger is counted, not raised
             self.metrics.shadow_failed.labels(**pair).inc()
             message = f"{type(e).__name__}: {e}"
@@ -123,10 +125,23 @@ class Shadow:
                 logger.warning("Shadow v%s failed: %s", challenger.identity.version, message)
                 self._last_error = message
             return
-        agreed = sum(a == b for a, b in zip(shadow_names, names, strict=True))
-        self.metrics.shadow_scored.labels(**pair).inc(len(names))
+        agreed = agreement(champion, proba, challenger, shadow_proba)
+        self.metrics.shadow_scored.labels(**pair).inc(len(rows))
         self.metrics.shadow_agreed.labels(**pair).inc(agreed)
-        self.capture(challenger, ids, rows, shadow_names, proba, protocol, started, "shadow")
+        self.capture(challenger, base, single, rows, shadow_proba, protocol, started, "shadow")
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def agreement(
+    champion: ServedModel, proba: np.ndarray, challenger: ServedModel, shadow: np.ndarray
+) -> int:
+    """How many rows both models gave the same species (each the argmax of its own
+    probabilities, as served), without making a name per row."""
+    ours, theirs = proba.argmax(axis=1), shadow.argmax(axis=1)
+    if champion.class_names != challenger.class_names:  # another class order: compare names
+        names = np.asarray(champion.class_names, dtype=object)
+        other = np.asarray(challenger.class_names, dtype=object)
+        return int((names[ours] == other[theirs]).sum())
+    return int((ours == theirs).sum())

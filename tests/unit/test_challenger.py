@@ -87,7 +87,8 @@ def test_a_failing_challenger_is_counted_and_never_reaches_the_answer():
     shadow = Shadow(1.0, metrics, lambda *args: captured.append(args))
 
     async def answer() -> str:
-        shadow.maybe(challenger, champion, ["id"], np.ones((1, 4), np.float32), ["a"], "http")
+        rows, proba = np.ones((1, 4), np.float32), np.array([[1.0, 0.0, 0.0]])
+        shadow.maybe(challenger, champion, "id", True, rows, proba, "http")
         return "answered"
 
     async def scenario() -> str:
