@@ -13,8 +13,9 @@ With a ``@challenger`` in the registry, every worker holds it beside the champio
   requests the champion answered, after the answer has gone: its outputs are captured
   (role ``shadow``) and compared with the champion's (``iris_shadow_agreed_total`` over
   ``iris_shadow_scored_total``), never returned. A challenger that fails or is slow cannot
-  touch an answer: it runs after the response, on one background thread when it is not a
-  microsecond ONNX model, and is skipped (counted) when that thread has a backlog.
+  touch an answer: it runs after the response, on one background thread unless it is an
+  ONNX model scoring a few rows (microseconds), and is skipped (counted) when that thread
+  has a backlog.
 """
 
 from __future__ import annotations
@@ -29,13 +30,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from serving.served_model import BULK_ROWS, ModelHolder, ServedModel
+from serving.served_model import ModelHolder, ServedModel
 
 logger = logging.getLogger(__name__)
 
 BUCKETS = 10_000
 MAX_BACKLOG = 64
 """Shadow calls waiting for the background thread before new ones are skipped."""
+ON_LOOP_ROWS = 16
+"""Largest answer an ONNX challenger scores on the event loop (microseconds). Bigger ones
+(a 1,000-row call takes about a millisecond) go to the background thread, where ONNX
+Runtime runs without the GIL instead of delaying every request queued on the loop."""
 
 
 def in_canary(percent: float, client_key: str | None) -> bool:
@@ -70,6 +75,7 @@ class Shadow:
         self._backlog = 0
         self._lock = threading.Lock()
         self._last_error: str | None = None
+        self._pairs: dict[tuple[str, str], tuple] = {}
 
     def maybe(
         self,
@@ -86,7 +92,7 @@ class Shadow:
         if challenger is None or self.rate <= 0 or random.random() >= self.rate:
             return
         args = (challenger, champion, base, single, rows, proba, protocol)
-        if challenger.fast and len(rows) < BULK_ROWS:
+        if challenger.fast and len(rows) <= ON_LOOP_ROWS:
             # After the current request's response: the callback runs once the handler
             # has returned and the event loop moves on (microseconds for a few rows).
             asyncio.get_running_loop().call_soon(self._score, *args)
@@ -125,10 +131,22 @@ class Shadow:
                 logger.warning("Shadow v%s failed: %s", challenger.identity.version, message)
                 self._last_error = message
             return
-        agreed = agreement(champion, proba, challenger, shadow_proba)
-        self.metrics.shadow_scored.labels(**pair).inc(len(rows))
-        self.metrics.shadow_agreed.labels(**pair).inc(agreed)
+        scored, agreed = self._counters(pair)
+        scored.inc(len(rows))
+        agreed.inc(agreement(champion, proba, challenger, shadow_proba))
         self.capture(challenger, base, single, rows, shadow_proba, protocol, started, "shadow")
+
+    def _counters(self, pair: dict[str, str]):
+        """The (scored, agreed) counters of a (champion, challenger) pair, looked up once:
+        ``labels()`` costs more than the ONNX call of one row."""
+        key = (pair["champion"], pair["challenger"])
+        found = self._pairs.get(key)
+        if found is None:
+            found = self._pairs[key] = (
+                self.metrics.shadow_scored.labels(**pair),
+                self.metrics.shadow_agreed.labels(**pair),
+            )
+        return found
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

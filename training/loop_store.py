@@ -271,6 +271,18 @@ class FeedbackStore:
             return conn.execute(answers.delete().where(answers.c.time < cutoff)).rowcount
 
 
+def row_argmax(proba: np.ndarray) -> np.ndarray:
+    """``proba.argmax(axis=1)`` (first maximum on ties), a few times faster for a few
+    columns and many rows: one vectorised comparison per class instead of one per row."""
+    index = np.zeros(len(proba), dtype=np.intp)
+    best = proba[:, 0].copy()
+    for j in range(1, proba.shape[1]):
+        column = proba[:, j]
+        index[column > best] = j
+        np.maximum(best, column, out=best)
+    return index
+
+
 def answers_of(chunks) -> list[Answer]:
     """What :meth:`FeedbackStore.index` records of capture chunks (serving.capture.Chunk):
     the predicted class of a row is the argmax of its probabilities, as served."""
@@ -282,7 +294,7 @@ def answers_of(chunks) -> list[Answer]:
             c.role,
             c.single,
             tuple(c.classes),
-            c.proba.argmax(axis=1),
+            row_argmax(c.proba),
             c.rows,
         )
         for c in chunks
