@@ -266,4 +266,4 @@ def test_feedback_on_the_last_row_of_a_grpc_batch_counts_through_another_replica
     captured = pd.read_parquet(loop_server.captures)
     row = captured[captured["prediction_id"] == f"{base}-999"]
     assert row["species"].tolist() == [answered[999]]
-    assert row[list(FEATURES)].to_numpy().tolist() == pytest.approx([rows[999]], rel=1e-6)
+    assert row[list(FEATURES)].to_numpy()[0].tolist() == pytest.approx(rows[999], rel=1e-6)
