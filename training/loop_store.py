@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import sqlalchemy as sa
@@ -87,7 +88,7 @@ class Answer:
             "role": self.role,
             "single": self.single,
             "n_rows": len(self.predicted),
-            "classes": json.dumps(list(self.classes)),
+            "classes": _classes_json(self.classes),
             "predicted": np.ascontiguousarray(self.predicted, dtype=_CLASSES).tobytes(),
             "inputs": np.ascontiguousarray(self.inputs, dtype=_INPUTS).tobytes(),
         }
@@ -143,7 +144,7 @@ class FeedbackStore:
         if not records:
             return 0
         with self.engine.begin() as conn:
-            conn.execute(_insert_ignore(conn, answers), records)
+            _insert_many(conn, answers, records)
         return len(records)
 
     def label(self, pairs: Sequence[tuple[str, str]]) -> Labelled:
@@ -271,6 +272,11 @@ class FeedbackStore:
             return conn.execute(answers.delete().where(answers.c.time < cutoff)).rowcount
 
 
+@lru_cache(maxsize=64)
+def _classes_json(classes: tuple[str, ...]) -> str:
+    return json.dumps(list(classes))
+
+
 def row_argmax(proba: np.ndarray) -> np.ndarray:
     """``proba.argmax(axis=1)`` (first maximum on ties), a few times faster for a few
     columns and many rows: one vectorised comparison per class instead of one per row."""
@@ -362,6 +368,31 @@ def _labels_of(conn: sa.Connection, ids: list[str]) -> dict[str, str]:
 def _chunks(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def _insert_many(conn: sa.Connection, table: sa.Table, records: list[dict], page: int = 100):
+    """Insert ``records`` (ids already present are skipped) as multi-row VALUES statements.
+
+    One statement per ``page`` rows instead of one per row (``executemany``): each step of
+    the sqlite3 driver releases and retakes the GIL, and every retake can stall this
+    worker's event loop for a switch interval. 100 rows of 9 columns stay under SQLite's
+    oldest limit of 999 parameters. The text is built once per page size, not compiled by
+    SQLAlchemy for every flush.
+    """
+    columns = list(records[0])
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    for start in range(0, len(records), page):
+        rows = records[start : start + page]
+        sql = _insert_sql(table.name, tuple(columns), len(rows), mark)
+        params = tuple(r[c] for r in rows for c in columns)
+        conn.exec_driver_sql(sql, params)
+
+
+@lru_cache(maxsize=16)
+def _insert_sql(table: str, columns: tuple[str, ...], n: int, mark: str) -> str:
+    one = "(" + ", ".join([mark] * len(columns)) + ")"
+    values = ", ".join([one] * n)
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values} ON CONFLICT DO NOTHING"
 
 
 def _insert_ignore(conn: sa.Connection, table: sa.Table):

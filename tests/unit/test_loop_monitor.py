@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 
 import numpy as np
+import pytest
+import sqlalchemy as sa
 
 from serving.loop_monitor import LoopMonitor
 from serving.served_model import ModelHolder
 from tests.unit.test_champion_watch import _served
+from tests.utils.postgres import postgres_server
+from training import loop_store
 from training.loop_store import Answer, FeedbackStore
 from training.schema import FEATURES, SPECIES
 from training.settings import Settings
@@ -102,10 +107,27 @@ def test_concurrent_labels_for_the_same_ids_count_once(tmp_path):
     assert all(r.updated == 0 for r in results)
 
 
-def test_a_batch_is_one_indexed_answer_whose_rows_take_labels(tmp_path):
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def loop_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'loop.sqlite'}"
+    url = request.getfixturevalue("postgres_url")
+    engine = sa.create_engine(url)
+    loop_store._meta.drop_all(engine)  # each test starts from empty tables
+    engine.dispose()
+    return url
+
+
+def test_a_batch_is_one_indexed_answer_whose_rows_take_labels(loop_url):
     """A 1,000-row answer is one row of the index; ``<id>-<row>`` resolves to that row's
     inputs and predicted species, and anything else is unknown."""
-    store = FeedbackStore(f"sqlite:///{tmp_path / 'loop.sqlite'}")
+    store = FeedbackStore(loop_url)
     rng = np.random.default_rng(0)
     inputs = rng.uniform(1, 7, size=(1000, 4)).astype(np.float32)
     predicted = rng.integers(0, 3, size=1000)
