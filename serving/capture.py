@@ -354,12 +354,18 @@ def _columns(chunks: list[Chunk]) -> dict:
     # Species: the argmax of each row's probabilities (exactly how the served name was
     # chosen), looked up in one list of every class name of the group.
     names: list[str] = []
-    lookup = []
-    for c in chunks:
-        lookup.append(np.array([_index(names, n) for n in c.classes], dtype=np.int32))
-    offsets = np.cumsum([0, *(len(t) for t in lookup)])[:-1]
-    flat = np.concatenate(lookup)
-    species_index = flat[offsets[owner] + row_argmax(proba)]
+    tables: dict[tuple[str, ...], int] = {}  # class order -> its row in ``lookup``
+    lookup: list[list[int]] = []
+    which = np.empty(len(chunks), dtype=np.intp)
+    for k, c in enumerate(chunks):
+        found = tables.get(c.classes)
+        if found is None:
+            found = tables[c.classes] = len(lookup)
+            lookup.append([_index(names, n) for n in c.classes])
+        which[k] = found
+    width = max(len(t) for t in lookup)
+    table = np.array([t + [0] * (width - len(t)) for t in lookup], dtype=np.int32)
+    species_index = table[which[owner], row_argmax(proba)]
 
     micros = np.fromiter((int(c.time * 1_000_000) for c in chunks), np.int64, len(chunks))
     latency = np.fromiter((c.latency_ms for c in chunks), np.float32, len(chunks))
