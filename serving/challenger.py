@@ -65,8 +65,8 @@ class Shadow:
     A drawn request costs its handler one list append. A background thread wakes every
     ``BATCH_S`` and scores everything drawn since in one call of the challenger: a model
     call costs about the same for 1 row as for 100, so at 1,000 requests/s this is 20
-    calls a second instead of 1,000, none of them on the event loop (ONNX Runtime and
-    scikit-learn release the GIL while they compute).
+    calls a second instead of 1,000, none of them on the event loop (ONNX Runtime releases
+    the GIL while it computes).
     """
 
     def __init__(self, rate: float, metrics, capture):
