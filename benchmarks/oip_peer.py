@@ -49,7 +49,10 @@ def main(
     warmup: Annotated[int, typer.Option(min=1, help="Seconds of unmeasured load first.")] = 2,
     concurrency: Annotated[list[int], typer.Option(help="Concurrent clients (repeat).")] = [1, 32],  # noqa: B006
     rows: Annotated[list[int], typer.Option(help="Rows per request (repeat).")] = [1, 1000],  # noqa: B006
-    out: Annotated[Path, typer.Option(help="Folder for oip-latest.json.")] = RESULTS,
+    out: Annotated[Path, typer.Option(help="Folder for the results file.")] = RESULTS,
+    result_name: Annotated[
+        str, typer.Option(help="Results file name without .json (e.g. oip-1 for a repeat).")
+    ] = "oip-latest",
     readme: Annotated[bool, typer.Option("--readme/--no-readme")] = True,
 ) -> None:
     """Measure our V2 REST and gRPC against MLServer's, same model, same requests."""
@@ -65,7 +68,7 @@ def main(
         result["kind"] = "SMOKE RUN, not final" if smoke else "Full run"
         result["ratios"] = ratios(result, max(concurrency))
         out.mkdir(parents=True, exist_ok=True)
-        (out / "oip-latest.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / f"{result_name}.json").write_text(json.dumps(result, indent=2) + "\n")
         text = report.oip_markdown(result)
         if readme:
             _write_readme(text)

@@ -361,9 +361,9 @@ def _present(result: dict) -> list[str]:
     return [k for k in PEER_ORDER if k in result["peers"]]
 
 
-def write(result: dict, out_dir: Path, update_readme: bool) -> Path:
+def write(result: dict, out_dir: Path, update_readme: bool, name: str = "latest") -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "latest.json"
+    path = out_dir / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     if update_readme and README.exists():
         text = README.read_text()

@@ -40,7 +40,8 @@ def main(
     warmup: Annotated[int, typer.Option(min=1, help="Seconds of unmeasured load first.")] = 3,
     wrk_threads: Annotated[int, typer.Option(help="wrk threads (the load shares the CPUs).")] = 1,
     peers: Annotated[
-        list[str], typer.Option(help="Peers to run: ours, noop, seed, mlflow (repeat).")
+        list[str],
+        typer.Option(help="Peers to run: ours, loop_on, loop_off, noop, seed, mlflow (repeat)."),
     ] = list(report.PEER_ORDER),  # noqa: B006
     mlflow_workers: Annotated[
         int, typer.Option(help="uvicorn workers for mlflow models serve (MLflow's default: 1).")
@@ -64,7 +65,11 @@ def main(
             help="After profiling, gc.freeze() the profiled workers and load them again.",
         ),
     ] = True,
-    out: Annotated[Path, typer.Option(help="Folder for latest.json.")] = RESULTS,
+    out: Annotated[Path, typer.Option(help="Folder for the results file.")] = RESULTS,
+    result_name: Annotated[
+        str,
+        typer.Option(help="Results file name without .json (e.g. loop-1 for a --peers subset)."),
+    ] = "latest",
     readme: Annotated[
         bool, typer.Option("--readme/--no-readme", help="Rewrite the table in the README.")
     ] = True,
@@ -102,7 +107,7 @@ def main(
         result["load_average"] = {"start": load_start, "end": load_end}
         result["kind"] = _kind(duration, load_start)
         result["targets"] = report.targets(result)
-        path = report.write(result, out, readme)
+        path = report.write(result, out, readme, result_name)
         typer.echo(report.markdown(result))
         if "profile" in result:
             typer.echo("\nprofile (share of busy worker samples):")

@@ -17,11 +17,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import sqlalchemy as sa
-
 from training.data import file_digest
-from training.loop_store import FeedbackStore, feedback, predictions
-from training.schema import FEATURES, RAW_COLUMNS, RAW_ID, RAW_TO_FEATURE
+from training.loop_store import FeedbackStore
+from training.schema import RAW_COLUMNS, RAW_ID, RAW_TO_FEATURE
 from training.settings import Settings
 
 
@@ -36,14 +34,7 @@ class Combined:
 def labelled(settings: Settings) -> list[tuple[float, float, float, float, str]]:
     """``(four measurements, true species)`` of every served prediction with feedback, in
     the order they were served."""
-    p, f = predictions, feedback
-    query = (
-        sa.select(*(p.c[name] for name in FEATURES), f.c.species)
-        .select_from(p.join(f, f.c.prediction_id == p.c.prediction_id))
-        .order_by(p.c.time, p.c.prediction_id)
-    )
-    with FeedbackStore(settings.loop_url).engine.connect() as conn:
-        return [tuple(row) for row in conn.execute(query)]
+    return FeedbackStore(settings.loop_url).labelled_rows()
 
 
 def export(settings: Settings, out: Path) -> int:

@@ -172,5 +172,5 @@ async def classify(model: ServedModel, rows, protocol: str) -> tuple[list[str], 
     runtime = get_runtime()
     started = time.perf_counter()
     model, names, proba = await runtime.classify_async(rows, model)
-    base, _ = runtime.answered(model, rows, names, proba, protocol, started)
+    base = runtime.answered(model, rows, proba, protocol, started)
     return names, proba, base

@@ -171,3 +171,30 @@ def test_a_hard_kill_loses_at_most_the_last_flush_interval(trained_home, tmp_pat
         f"capture under SIGKILL: {len(lost)} of {len(answered)} answers lost, all from the"
         f" last {window:.2f} s before the kill (flush interval {flush_s:g} s)",
     )
+
+
+def test_a_capturing_worker_loads_pyarrow_but_not_pandas(trained_home, tmp_path):
+    """pandas would add about 40 MiB to every worker; the writer builds Arrow columns
+    without it, so a worker that has written captures has pyarrow mapped and not pandas."""
+    import time
+    from pathlib import Path
+
+    captures = tmp_path / "captures"
+    env = {
+        **trained_home.env,
+        "IRIS_CAPTURE_DIR": str(captures),
+        "IRIS_CAPTURE_FLUSH_S": "0.2",
+        "IRIS_FOLLOW_REGISTRY": "false",
+    }
+    with bento_server(env, tmp_path / "logs") as server:
+        assert httpx.post(server.url + "/predict", json=GOOD).status_code == 200
+        r = httpx.post(server.url + "/predict_batch", json={"instances": [ROW] * 5})
+        assert r.status_code == 200
+        deadline = time.monotonic() + 15
+        while len(pd.read_parquet(captures)) < 6 if captures.exists() else True:
+            assert time.monotonic() < deadline, "nothing captured"
+            time.sleep(0.2)
+        for pid in worker_pids(server):
+            maps = Path(f"/proc/{pid}/maps").read_text()
+            assert "/site-packages/pyarrow/" in maps  # it did write Parquet
+            assert "/site-packages/pandas/" not in maps, f"worker {pid} imported pandas"

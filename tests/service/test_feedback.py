@@ -216,3 +216,54 @@ def _holds(path, base: str) -> bool:
         )
     except (OSError, ValueError):  # renamed or merged meanwhile
         return False
+
+
+def test_feedback_on_the_last_row_of_a_grpc_batch_counts_through_another_replica(
+    loop_server, trained_home, tmp_path
+):
+    """A 1,000-row gRPC answer is indexed as one answer; a label for its row 999 sent to a
+    second server on the same loop database resolves to that row, and rows it did not
+    have are unknown (404)."""
+    from tests.service.test_capture import grpc_infer
+
+    test = pd.read_csv(trained_home.test_csv)
+    flowers = test[list(FEATURES)].to_numpy().tolist()
+    rows = [flowers[i % len(flowers)] for i in range(1000)]
+    response = grpc_infer(loop_server, rows)
+    base = response.parameters["prediction_id"].string_param
+    answered = [s.decode() for s in response.outputs[0].contents.bytes_contents]
+    assert len(answered) == 1000
+    wrong = next(s for s in SPECIES if s != answered[999])
+    items = [
+        {"prediction_id": f"{base}-999", "species": wrong},
+        {"prediction_id": f"{base}-0", "species": answered[0]},
+    ]
+    replica_env = {**loop_server.loop_env, "IRIS_CAPTURE_DIR": str(tmp_path / "captures")}
+    with bento_server(replica_env, tmp_path / "logs") as replica:
+        deadline = time.monotonic() + 15
+        while (
+            r := httpx.post(replica.url + "/feedback", json=items, headers=AUTH)
+        ).status_code == 404:
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.2)
+        assert r.status_code == 200, r.text
+        assert r.json() == {"added": 2, "updated": 0, "unchanged": 0}
+        for unknown in (f"{base}-1000", base, f"{base}-0999"):
+            r = httpx.post(
+                replica.url + "/feedback",
+                json=[{"prediction_id": unknown, "species": wrong}],
+                headers=AUTH,
+            )
+            assert r.status_code == 404, (unknown, r.text)
+        metrics = httpx.get(replica.url + "/metrics").text
+    version = response.model_version
+    wrong_total = re.search(
+        rf'^iris_feedback_total\{{correct="false",model_version="{version}"\}} ([0-9.]+)$',
+        metrics,
+        re.M,
+    )
+    assert wrong_total and float(wrong_total.group(1)) == 1.0  # the replica counted row 999
+    captured = pd.read_parquet(loop_server.captures)
+    row = captured[captured["prediction_id"] == f"{base}-999"]
+    assert row["species"].tolist() == [answered[999]]
+    assert row[list(FEATURES)].to_numpy()[0].tolist() == pytest.approx(rows[999], rel=1e-6)

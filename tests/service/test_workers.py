@@ -14,10 +14,9 @@ pytestmark = pytest.mark.integration
 # Packages with native libraries, so that /proc/PID/maps shows them once imported (pure
 # Python ones such as mlflow never appear there: tests/training/test_onnx_export.py checks
 # sys.modules of a worker-style process instead).
-# pyarrow and pandas are not among them: the capture writer needs pyarrow to write Parquet,
-# and pyarrow imports pandas as soon as it converts an array (about 80 MiB per worker
-# together, measured by `make bench`'s loop_on / loop_off peers; IRIS_CAPTURE=false never
-# imports either).
+# pyarrow is not among them: the capture writer needs it to write Parquet (about 65 MiB
+# per worker; IRIS_CAPTURE=false never imports it). The writer never imports pandas
+# (tests/unit/test_capture.py::test_writing_captures_does_not_import_pandas).
 HEAVY = ("sklearn", "scipy")
 
 

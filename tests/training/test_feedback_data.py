@@ -10,8 +10,8 @@ import pytest
 
 from harness.cli import RAW_CSV
 from harness.training import iris_train, train_home
+from tests.unit.test_loop_monitor import single
 from training.loop_store import FeedbackStore
-from training.schema import FEATURES
 
 pytestmark = pytest.mark.integration
 
@@ -20,14 +20,7 @@ def serve_and_label(store: FeedbackStore, rows: list[tuple[list[float], str, str
     """Record served predictions and their labels, as the server and /feedback would."""
     now = time.time()
     store.index(
-        {
-            "prediction_id": f"{i:032x}",
-            "time": now + i,
-            "model_version": "1",
-            "role": "champion",
-            "species": predicted,
-            **dict(zip(FEATURES, values, strict=True)),
-        }
+        single(f"{i:032x}", now + i, "1", predicted, values)
         for i, (values, predicted, _) in enumerate(rows)
     )
     store.label([(f"{i:032x}", truth) for i, (_, _, truth) in enumerate(rows)])

@@ -8,20 +8,20 @@ import time
 import numpy as np
 import pandas as pd
 
-from serving.capture import CaptureWriter, Chunk, new_id, row_ids
+from serving.capture import CaptureWriter, Chunk, new_id
 from training.schema import FEATURES, SPECIES
 
 
 def chunk(n: int, version: str = "3", at: float | None = None, role: str = "champion") -> Chunk:
     rng = np.random.default_rng(n)
     proba = rng.dirichlet(np.ones(3), size=n).astype(np.float32)
-    base = new_id()
     return Chunk(
         at if at is not None else time.time(),
-        row_ids(base, n) if n > 1 else [base],
+        new_id(),
+        n == 1,
         rng.uniform(1, 7, size=(n, 4)).astype(np.float32),
-        [SPECIES[i] for i in proba.argmax(axis=1)],
         proba,
+        SPECIES,
         "iris-classifier",
         version,
         role,
@@ -138,3 +138,49 @@ def test_a_file_that_cannot_be_written_is_counted_as_dropped(tmp_path):
     assert writer.flush() == 0
     assert dropped == [3]
     assert writer.submit(chunk(1))  # and the writer goes on
+
+
+def test_row_ids_and_species_are_made_in_the_writer_exactly_as_served(tmp_path):
+    """A 1,000-row answer hands over one id; the file has ``<id>-0`` .. ``<id>-999``, and
+    each row's species is its argmax in that model's own class order."""
+    writer = CaptureWriter(tmp_path)
+    big, one = chunk(1000), chunk(1)
+    reordered = SPECIES[::-1]  # a model whose classes come in another order
+    other = Chunk(*(reordered if f == "classes" else getattr(big, f) for f in Chunk.__slots__))
+    for c in (big, one, other):
+        writer.submit(c)
+    assert writer.flush() == 2001
+    frame = pd.read_parquet(tmp_path)
+    assert frame["prediction_id"].is_unique is False  # big and other share their base id
+    rows = frame[frame["prediction_id"].str.startswith(big.base)]
+    assert sorted(rows["prediction_id"]) == sorted(2 * [f"{big.base}-{i}" for i in range(1000)])
+    assert frame[frame["prediction_id"] == one.base].shape[0] == 1  # a single: no suffix
+    got = rows.groupby("prediction_id")["species"].agg(sorted).to_dict()
+    for i in (0, 1, 500, 999):
+        best = int(big.proba[i].argmax())
+        assert got[f"{big.base}-{i}"] == sorted([SPECIES[best], reordered[best]])
+
+
+def test_writing_captures_does_not_import_pandas(tmp_path):
+    """pandas adds about 80 MiB to every worker; pyarrow's ``pa.array`` imports it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time, numpy as np\n"
+        "from pathlib import Path\n"
+        "from serving.capture import CaptureWriter, Chunk, new_id\n"
+        "w = CaptureWriter(Path(sys.argv[1]))\n"
+        "for n in (1, 3):\n"
+        "    w.submit(Chunk(time.time(), new_id(), n == 1, np.ones((n, 4), np.float32),\n"
+        "        np.full((n, 3), 1 / 3, np.float32), ('a', 'b', 'c'), 'm', '1', 'champion',\n"
+        "        'http', 1.0))\n"
+        "    w.flush()\n"
+        "assert w.compact(before=time.time() + 1) == 2\n"
+        "print('pandas' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"
+    assert len(pd.read_parquet(tmp_path)) == 4

@@ -87,7 +87,8 @@ def test_a_failing_challenger_is_counted_and_never_reaches_the_answer():
     shadow = Shadow(1.0, metrics, lambda *args: captured.append(args))
 
     async def answer() -> str:
-        shadow.maybe(challenger, champion, ["id"], np.ones((1, 4), np.float32), ["a"], "http")
+        rows, proba = np.ones((1, 4), np.float32), np.array([[1.0, 0.0, 0.0]])
+        shadow.maybe(challenger, champion, "id", True, rows, proba, "http")
         return "answered"
 
     async def scenario() -> str:
@@ -101,3 +102,41 @@ def test_a_failing_challenger_is_counted_and_never_reaches_the_answer():
         ("shadow_failed", ("challenger", "2"), ("champion", "1")): 1,
     }
     assert captured == []  # nothing captured for the broken challenger
+
+
+def test_shadow_requests_are_scored_together_and_captured_per_answer():
+    """Requests drawn between two wake-ups are one challenger call; each answer is still
+    captured with its own id and its own rows' probabilities, and agreement counts rows."""
+    import numpy as np
+
+    from serving.challenger import Shadow
+
+    calls = []
+
+    class _Recorder:
+        def predict_proba(self, rows):
+            calls.append(len(rows))
+            return np.tile([0.1, 0.2, 0.7], (len(rows), 1))  # always the third class
+
+    from dataclasses import replace
+
+    champion = _served("1")
+    challenger = replace(_served("2"), predictor=_Recorder())
+    metrics, captured = _Counters(), []
+    shadow = Shadow(1.0, metrics, lambda *args: captured.append(args))
+    third, first = np.array([[0.0, 0.1, 0.9]]), np.array([[0.9, 0.1, 0.0]])
+    answers = [("a" * 32, True, third), ("b" * 32, False, np.vstack([first, third, third]))]
+    for base, single, proba in answers:
+        rows = np.full((len(proba), 4), 1.0, np.float32)
+        shadow.maybe(challenger, champion, base, single, rows, proba, "http")
+    assert shadow.drain() == 4
+    assert calls == [4]  # one call for both answers
+    assert [(c[1], c[2], len(c[3]), c[7]) for c in captured] == [
+        ("a" * 32, True, 1, "shadow"),
+        ("b" * 32, False, 3, "shadow"),
+    ]
+    assert metrics.counts[("shadow_agreed", ("challenger", "2"), ("champion", "1"))] == 3
+    assert metrics.counts[("shadow_scored", ("challenger", "2"), ("champion", "1"))] == 4
+    shadow.close()
+    shadow.maybe(challenger, champion, "c" * 32, True, rows[:1], third, "http")
+    assert metrics.counts[("shadow_skipped",)] == 1  # closed: skipped, counted

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
 
 from serving.loop_monitor import LoopMonitor
 from serving.served_model import ModelHolder
 from tests.unit.test_champion_watch import _served
-from training.loop_store import FeedbackStore
-from training.schema import FEATURES
+from tests.utils.postgres import postgres_server
+from training import loop_store
+from training.loop_store import Answer, FeedbackStore
+from training.schema import FEATURES, SPECIES
 from training.settings import Settings
 
 
@@ -38,21 +45,24 @@ class _Metrics:
         return gauge
 
 
+def single(answer_id: str, at: float, version: str, species: str, values=None) -> Answer:
+    """One flower answered as such, as the capture writer indexes it."""
+    return Answer(
+        answer_id,
+        at,
+        version,
+        "champion",
+        True,
+        SPECIES,
+        np.array([SPECIES.index(species)]),
+        np.array([values or [1.0] * len(FEATURES)], dtype=np.float32),
+    )
+
+
 def test_a_version_that_leaves_the_window_stops_reporting_its_accuracy(tmp_path):
     store = FeedbackStore(f"sqlite:///{tmp_path / 'loop.sqlite'}")
     now = time.time()
-    rows = dict.fromkeys(FEATURES, 1.0)
-    store.index(
-        {
-            **rows,
-            "prediction_id": f"{i:032x}",
-            "time": now,
-            "model_version": "3",
-            "role": "champion",
-            "species": "Iris-setosa",
-        }
-        for i in range(4)
-    )
+    store.index(single(f"{i:032x}", now, "3", "Iris-setosa") for i in range(4))
     store.label([(f"{i:032x}", "Iris-virginica" if i else "Iris-setosa") for i in range(4)])
     settings = Settings(home=tmp_path, live_window_s=3600)
     metrics = _Metrics()
@@ -77,15 +87,7 @@ def test_concurrent_labels_for_the_same_ids_count_once(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'loop.sqlite'}"
     FeedbackStore(uri).index(
-        {
-            **dict.fromkeys(FEATURES, 1.0),
-            "prediction_id": f"{i:032x}",
-            "time": time.time(),
-            "model_version": "1",
-            "role": "champion",
-            "species": "Iris-setosa",
-        }
-        for i in range(200)
+        single(f"{i:032x}", time.time(), "1", "Iris-setosa") for i in range(200)
     )
     labels = [(f"{i:032x}", "Iris-setosa") for i in range(200)]
     results, barrier = [], threading.Barrier(4)
@@ -103,3 +105,60 @@ def test_concurrent_labels_for_the_same_ids_count_once(tmp_path):
     assert sum(len(r.added) for r in results) == 200
     assert sum(r.unchanged for r in results) == 3 * 200
     assert all(r.updated == 0 for r in results)
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def loop_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'loop.sqlite'}"
+    url = request.getfixturevalue("postgres_url")
+    engine = sa.create_engine(url)
+    loop_store._meta.drop_all(engine)  # each test starts from empty tables
+    engine.dispose()
+    return url
+
+
+def test_a_batch_is_one_indexed_answer_whose_rows_take_labels(loop_url):
+    """A 1,000-row answer is one row of the index; ``<id>-<row>`` resolves to that row's
+    inputs and predicted species, and anything else is unknown."""
+    store = FeedbackStore(loop_url)
+    rng = np.random.default_rng(0)
+    inputs = rng.uniform(1, 7, size=(1000, 4)).astype(np.float32)
+    predicted = rng.integers(0, 3, size=1000)
+    now = time.time()
+    batch = Answer("b" * 32, now, "5", "champion", False, SPECIES, predicted, inputs)
+    assert store.index([batch, single("a" * 32, now + 1, "5", "Iris-setosa")]) == 2
+    wrong = SPECIES[(predicted[999] + 1) % 3]
+    result = store.label(
+        [
+            (f"{'b' * 32}-999", wrong),
+            (f"{'b' * 32}-0", SPECIES[predicted[0]]),
+            ("a" * 32, "Iris-setosa"),
+        ]
+    )
+    assert sorted(result.added) == [("5", "champion", False), *[("5", "champion", True)] * 2]
+    for bad in (f"{'b' * 32}-1000", "b" * 32, f"{'b' * 32}-007", f"{'a' * 32}-0", f"{'b' * 32}--1"):
+        try:
+            store.label([(bad, "Iris-setosa")])
+        except KeyError as e:
+            assert e.args[0] == [bad]
+        else:
+            raise AssertionError(f"{bad} was accepted")
+    (quality,) = store.quality(now - 1)
+    assert (quality.labelled, quality.correct, quality.unlabelled) == (3, 2, 1001 - 3)
+    rows = store.labelled_rows()
+    np.testing.assert_allclose(rows[0][:4], inputs[0])  # served first, then by id
+    np.testing.assert_allclose(rows[1][:4], inputs[999])
+    assert rows[1][4] == wrong
+    values, species = store.recent_inputs(10)
+    assert len(values) == 10 and species[0] == "Iris-setosa"  # the newest answer first
+    np.testing.assert_allclose(values[1:], inputs[:9])
+    assert species[1:] == [SPECIES[i] for i in predicted[:9]]
+    assert store.forget_before(now + 0.5) == 1
+    assert store.labelled_rows() == [(1.0, 1.0, 1.0, 1.0, "Iris-setosa")]
