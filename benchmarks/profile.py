@@ -57,7 +57,7 @@ py-spy reports some of them as active; they use no CPU, so they are counted apar
 KEY_FUNCTIONS = {
     "IrisClassifier.predict": "service.py",
     "IrisRuntime.predict_rows": "serving/runtime.py",
-    "OnnxPredictor.predict_proba": "serving/served_model.py",
+    "OnnxClassifier.predict_proba": "training/onnx_model.py",
     "json_response": "serving/errors.py",
     "Metrics.record": "serving/metrics.py",
     "AccessLogMiddleware.__call__": "access.py",

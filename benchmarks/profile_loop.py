@@ -36,7 +36,7 @@ WATCH = (
     "Shadow.maybe",
     "Shadow._score",
     "CaptureWriter.flush",
-    "CaptureWriter._write_parquet",
+    "CaptureFiles.write",
     "_columns",
     "write_table",
     "CaptureWriter._to_sinks",

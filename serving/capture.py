@@ -22,27 +22,27 @@ Read it all with one line of pandas: ``pd.read_parquet("var/captures")``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from training.loop_store import row_argmax
-from training.schema import CHALLENGER, CHAMPION, FEATURES
+from serving.capture_files import CaptureFiles
+from training.answers import answers_of
+from training.logs import DistinctErrors
+from training.loop_store import FeedbackStore
+from training.schema import CHALLENGER, CHAMPION, SHADOW
+from training.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-ROLES = (CHAMPION, CHALLENGER, "shadow", "version")
-DICTIONARY_COLUMNS = ["protocol", "model_name", "role", "species"]
+ROLES = (CHAMPION, CHALLENGER, SHADOW, "version")
 """Columns with a handful of values, dictionary-encoded in the files. The others (unique
 ids, measurements) are not: trying a dictionary for them costs half the write time."""
 
@@ -102,8 +102,6 @@ class CaptureWriter:
         self.directory = directory
         self.flush_s = flush_s
         self.max_pending_rows = max_pending_rows
-        self.retention_days = retention_days
-        self.max_bytes = max_bytes
         self.retention_every_s = retention_every_s
         self.sinks = list(sinks)
         self.on_written = on_written
@@ -116,7 +114,10 @@ class CaptureWriter:
         self._last_retention = 0.0
         self._sink_backlog: list[Chunk] = []
         self._compacted_hour = int(time.time() // 3600)
-        self._last_error: str | None = None
+        self._errors = DistinctErrors(logger, "Capture sinks are working again")
+        self.files = CaptureFiles(
+            directory, retention_days, max_bytes, on_error=self._log_once, on_dropped=on_dropped
+        )
         self._thread = threading.Thread(target=self._loop, name="capture-writer", daemon=True)
 
     # -- request path ----------------------------------------------------------------
@@ -169,7 +170,7 @@ class CaptureWriter:
             self._pending_rows = 0
         if not chunks and not self._sink_backlog:
             return 0
-        written = self._write_parquet(chunks)
+        written = self.files.write(chunks)
         self._to_sinks(chunks)
         if self.on_written and written:
             self.on_written(written)
@@ -177,13 +178,21 @@ class CaptureWriter:
         if hour != self._compacted_hour:
             self._compacted_hour = hour
             try:
-                self.compact(before=hour * 3600.0)
+                self.files.compact(before=hour * 3600.0)
             except Exception as e:  # noqa: BLE001 - small files are only slower to read
                 self._log_once("Capture compaction failed", e)
         if time.monotonic() - self._last_retention > self.retention_every_s:
             self._last_retention = time.monotonic()
-            self.enforce_retention()
+            self.files.enforce_retention()
         return written
+
+    def compact(self, before: float) -> int:
+        """Merge this process's files written before ``before`` (see CaptureFiles.compact)."""
+        return self.files.compact(before)
+
+    def enforce_retention(self, now: float | None = None) -> list[Path]:
+        """Apply retention by age and size (see CaptureFiles.enforce_retention)."""
+        return self.files.enforce_retention(now)
 
     def _to_sinks(self, chunks: list[Chunk]) -> None:
         """Hand chunks to every sink; on a failure keep them (bounded) for the next flush,
@@ -203,228 +212,10 @@ class CaptureWriter:
             self._sink_backlog = batch
             return
         self._sink_backlog = []
-        if self._last_error is not None:
-            logger.info("Capture sinks are working again")
-            self._last_error = None
+        self._errors.ok()
 
     def _log_once(self, what: str, e: BaseException) -> None:
-        message = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        if message != self._last_error:
-            logger.error("%s: %s", what, message)
-            logger.debug("Capture failure", exc_info=True)
-        self._last_error = message
-
-    def _write_parquet(self, chunks: list[Chunk]) -> int:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        if not chunks:
-            return 0
-        groups: dict[tuple[str, str], list[Chunk]] = {}
-        for chunk in chunks:
-            day = datetime.fromtimestamp(chunk.time, UTC).strftime("%Y-%m-%d")
-            groups.setdefault((day, chunk.model_version), []).append(chunk)
-        total = 0
-        for (day, version), group in groups.items():
-            rows = sum(len(c) for c in group)
-            folder = self.directory / f"date={day}" / f"model_version={version}"
-            self._seq += 1
-            name = f"part-{os.getpid()}-{int(time.time() * 1000)}-{self._seq:06d}.parquet"
-            partial = folder / f".{name}.tmp"
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-                columns = _columns(group)
-                table = pa.Table.from_arrays(list(columns.values()), names=list(columns))
-                pq.write_table(table, partial, use_dictionary=DICTIONARY_COLUMNS)
-                os.replace(partial, folder / name)
-            except Exception as e:  # noqa: BLE001 - disk full, permissions: counted, not raised
-                with contextlib.suppress(OSError):
-                    partial.unlink(missing_ok=True)
-                self._log_once(f"Capture file not written; {rows} answers dropped", e)
-                if self.on_dropped:
-                    self.on_dropped(rows)
-                continue
-            total += rows
-        return total
-
-    def compact(self, before: float) -> int:
-        """Merge this process's files written before ``before`` into one file per partition.
-
-        A flush every second makes thousands of small files an hour; once an hour each
-        worker rewrites its own finished ones (never another process's) as one file,
-        written under a temporary name and renamed before the small ones are deleted.
-
-        Returns:
-            The number of small files merged away.
-        """
-        merged = 0
-        pid = os.getpid()
-        for folder in self.directory.glob("date=*/model_version=*"):
-            try:
-                merged += self._compact_folder(folder, pid, before)
-            except Exception as e:  # noqa: BLE001 - this folder stays as it is; others go on
-                self._log_once(f"Capture compaction of {folder.name} failed", e)
-        return merged
-
-    def _compact_folder(self, folder: Path, pid: int, before: float) -> int:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        small = []
-        for p in folder.glob(f"part-{pid}-*.parquet"):
-            with contextlib.suppress(FileNotFoundError):  # retention removed it meanwhile
-                if not p.name.endswith("-h.parquet") and p.stat().st_mtime < before:
-                    small.append(p)
-        if len(small) < 2:
-            return 0
-        # ParquetFile.read, unlike pq.read_table, does not import pandas into the worker.
-        table = pa.concat_tables(pq.ParquetFile(p).read() for p in sorted(small))
-        self._seq += 1
-        name = f"part-{pid}-{int(time.time() * 1000)}-{self._seq:06d}-h.parquet"
-        partial = folder / f".{name}.tmp"
-        try:
-            pq.write_table(table, partial)
-            os.replace(partial, folder / name)
-        finally:
-            partial.unlink(missing_ok=True)
-        # A reader listing files right now may see rows twice (the merged file and a small
-        # one not yet removed): readers that need exact counts drop duplicate prediction ids.
-        for p in small:
-            p.unlink(missing_ok=True)
-        return len(small)
-
-    def enforce_retention(self, now: float | None = None) -> list[Path]:
-        """Delete day partitions past retention, then oldest files over the size cap."""
-        removed: list[Path] = []
-        today = datetime.fromtimestamp(now if now is not None else time.time(), UTC).date()
-        for day_dir in sorted(self.directory.glob("date=*")):
-            with contextlib.suppress(ValueError):
-                day = datetime.strptime(day_dir.name[5:], "%Y-%m-%d").date()
-                if (today - day).days > self.retention_days:
-                    shutil.rmtree(day_dir, ignore_errors=True)
-                    removed.append(day_dir)
-        for stale in self.directory.glob("date=*/model_version=*/.part-*.tmp"):
-            with contextlib.suppress(FileNotFoundError):  # a write that died half-way
-                if stale.stat().st_mtime < time.time() - 3600:
-                    stale.unlink()
-        files = []
-        for path in self.directory.glob("date=*/model_version=*/part-*.parquet"):
-            with contextlib.suppress(FileNotFoundError):  # another worker removed it
-                stat = path.stat()
-                files.append((stat.st_mtime, stat.st_size, path))
-        size = sum(f[1] for f in files)
-        for _, nbytes, path in sorted(files):
-            if size <= self.max_bytes:
-                break
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                removed.append(path)
-            size -= nbytes
-        return removed
-
-
-def _columns(chunks: list[Chunk]) -> dict:
-    """Column arrays of a group of chunks, one row per captured prediction.
-
-    Built from numpy buffers and Arrow compute kernels only: no Python object per row
-    (a 1,000-row answer is a few array operations, not 1,000 strings made under the GIL),
-    and no ``pa.array``, which imports pandas (80 MiB per worker) to inspect its argument.
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    counts = np.fromiter((len(c) for c in chunks), dtype=np.int64, count=len(chunks))
-    total = int(counts.sum())
-    owner = np.repeat(np.arange(len(chunks)), counts)  # chunk of each row
-    starts = np.cumsum(counts) - counts
-    row_in_chunk = np.arange(total) - starts[owner]
-    rows = np.concatenate([c.rows for c in chunks]).astype(np.float32, copy=False)
-    proba = np.concatenate([c.proba for c in chunks]).astype(np.float32, copy=False)
-
-    def per_chunk(values: list[str]):  # one value per chunk, repeated over its rows
-        return pc.take(_strings(values), _numeric(owner))
-
-    single = np.fromiter((c.single for c in chunks), dtype=bool, count=len(chunks))[owner]
-    base = per_chunk([c.base for c in chunks])
-    suffixed = pc.binary_join_element_wise(
-        base, pc.cast(_numeric(row_in_chunk), pa.string()), _dashes(total)
-    )
-    ids = pc.if_else(_bools(single), base, suffixed)
-
-    # Species: the argmax of each row's probabilities (exactly how the served name was
-    # chosen), looked up in one list of every class name of the group.
-    names: list[str] = []
-    tables: dict[tuple[str, ...], int] = {}  # class order -> its row in ``lookup``
-    lookup: list[list[int]] = []
-    which = np.empty(len(chunks), dtype=np.intp)
-    for k, c in enumerate(chunks):
-        found = tables.get(c.classes)
-        if found is None:
-            found = tables[c.classes] = len(lookup)
-            lookup.append([_index(names, n) for n in c.classes])
-        which[k] = found
-    width = max(len(t) for t in lookup)
-    table = np.array([t + [0] * (width - len(t)) for t in lookup], dtype=np.int32)
-    species_index = table[which[owner], row_argmax(proba)]
-
-    micros = np.fromiter((int(c.time * 1_000_000) for c in chunks), np.int64, len(chunks))
-    latency = np.fromiter((c.latency_ms for c in chunks), np.float32, len(chunks))
-    columns = {
-        "time": _numeric(micros[owner], pa.timestamp("us", tz="UTC")),
-        "prediction_id": ids,
-        "protocol": per_chunk([c.protocol for c in chunks]),
-        "model_name": per_chunk([c.model_name for c in chunks]),
-        "role": per_chunk([c.role for c in chunks]),
-    }
-    for i, name in enumerate(FEATURES):
-        columns[name] = _numeric(rows[:, i])
-    columns["species"] = pc.take(_strings(names), _numeric(species_index))
-    columns["probabilities"] = pa.FixedSizeListArray.from_arrays(
-        _numeric(proba.reshape(-1)), proba.shape[1]
-    )
-    columns["latency_ms"] = _numeric(latency[owner])
-    return columns
-
-
-def _index(names: list[str], name: str) -> int:
-    if name not in names:
-        names.append(name)
-    return names.index(name)
-
-
-def _numeric(values: np.ndarray, type_=None):
-    """An Arrow array over a numpy array's buffer (its dtype's Arrow type by default)."""
-    import pyarrow as pa
-
-    values = np.ascontiguousarray(values)
-    type_ = type_ or pa.from_numpy_dtype(values.dtype)
-    return pa.Array.from_buffers(type_, len(values), [None, pa.py_buffer(values)])
-
-
-def _bools(values: np.ndarray):
-    import pyarrow as pa
-
-    bits = np.packbits(values, bitorder="little")
-    return pa.Array.from_buffers(pa.bool_(), len(values), [None, pa.py_buffer(bits)])
-
-
-def _dashes(n: int):
-    """``n`` strings ``"-"``, the separator of a row id (an array, as the kernel needs)."""
-    import pyarrow as pa
-
-    offsets = pa.py_buffer(np.arange(n + 1, dtype=np.int32))
-    return pa.StringArray.from_buffers(n, offsets, pa.py_buffer(b"-" * n))
-
-
-def _strings(values: list[str]):
-    """A UTF-8 Arrow array of a few Python strings."""
-    import pyarrow as pa
-
-    encoded = [v.encode() for v in values]
-    offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
-    np.cumsum([len(e) for e in encoded], out=offsets[1:])
-    data = pa.py_buffer(b"".join(encoded))
-    return pa.StringArray.from_buffers(len(encoded), pa.py_buffer(offsets), data)
+        self._errors.failed(logging.ERROR, what, e)
 
 
 def new_id() -> str:
@@ -435,3 +226,21 @@ def new_id() -> str:
 def row_ids(base: str, n: int) -> list[str]:
     """One id per row of a batch: ``<base>-<row>``."""
     return [f"{base}-{i}" for i in range(n)]
+
+
+def capture_writer(settings: Settings, metrics, store: FeedbackStore) -> CaptureWriter:
+    """The writer a worker runs: its settings, its metrics, and the loop store as its sink."""
+
+    def index(chunks: list[Chunk]) -> None:
+        store.index(answers_of(chunks))
+
+    return CaptureWriter(
+        settings.capture_dir,
+        flush_s=settings.capture_flush_s,
+        max_pending_rows=settings.capture_max_pending,
+        retention_days=settings.capture_retention_days,
+        max_bytes=settings.capture_max_bytes,
+        sinks=[index],
+        on_written=metrics.captured.inc,
+        on_dropped=metrics.capture_dropped.inc,
+    )

@@ -28,6 +28,8 @@ import zlib
 import numpy as np
 
 from serving.served_model import ModelHolder, ServedModel
+from training.logs import DistinctErrors
+from training.schema import SHADOW
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +80,7 @@ class Shadow:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last_error: str | None = None
+        self._errors = DistinctErrors(logger, "Shadow scoring works again")
         self._pairs: dict[tuple[str, str], tuple] = {}
 
     def maybe(
@@ -140,10 +142,7 @@ class Shadow:
             _, shadow_proba = challenger.predict(rows)
         except Exception as e:  # noqa: BLE001 - a broken challenger is counted, not raised
             self.metrics.shadow_failed.labels(**pair).inc(len(group))
-            message = f"{type(e).__name__}: {e}"
-            if message != self._last_error:
-                logger.warning("Shadow v%s failed: %s", challenger.identity.version, message)
-                self._last_error = message
+            self._errors.failed(logging.WARNING, f"Shadow v{challenger.identity.version} failed", e)
             return
         proba = np.concatenate([item[5] for item in group])
         scored, agreed = self._counters(pair)
@@ -153,7 +152,7 @@ class Shadow:
         for _, _, base, single, answer_rows, _, protocol in group:
             n = len(answer_rows)
             answer = shadow_proba[at : at + n]
-            self.capture(challenger, base, single, answer_rows, answer, protocol, started, "shadow")
+            self.capture(challenger, base, single, answer_rows, answer, protocol, started, SHADOW)
             at += n
 
     def _counters(self, pair: dict[str, str]):

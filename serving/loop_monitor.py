@@ -25,6 +25,7 @@ import numpy as np
 
 from serving.served_model import ModelHolder
 from training import reference_profile
+from training.logs import DistinctErrors
 from training.loop_store import FeedbackStore, VersionQuality
 from training.schema import FEATURES
 from training.settings import Settings
@@ -39,7 +40,7 @@ class LoopMonitor:
         self.holder = holder
         self.metrics = metrics
         self._stop = threading.Event()
-        self._last_error: str | None = None
+        self._errors = DistinctErrors(logger, "Live quality/drift updated again")
         self._last_cleanup = 0.0
         self._exported: set[str] = set()
         self._thread = threading.Thread(target=self._loop, name="loop-monitor", daemon=True)
@@ -62,14 +63,9 @@ class LoopMonitor:
             self.update_drift()
             self._cleanup()
         except Exception as e:  # noqa: BLE001 - a monitoring outage never stops serving
-            message = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            if message != self._last_error:
-                logger.warning("Live quality/drift not updated: %s", message)
-            self._last_error = message
+            self._errors.failed(logging.WARNING, "Live quality/drift not updated", e)
             return False
-        if self._last_error is not None:
-            logger.info("Live quality/drift updated again")
-            self._last_error = None
+        self._errors.ok()
         return True
 
     def update_quality(self) -> None:

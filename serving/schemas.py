@@ -206,3 +206,29 @@ def feature_rows(records: list[dict] | None, instances: list[list[float]] | None
     # One flat pass over the values: 3x faster than np.array over a list of tuples.
     flat = chain.from_iterable(map(_measurements, records))
     return np.fromiter(flat, dtype=np.float32, count=n * width).reshape(n, width)
+
+
+def prediction_objects(
+    classes: tuple[str, ...], ids: list[str], names: list[str], proba: np.ndarray
+) -> list:
+    """One ``{"prediction_id", "species", "probabilities"}`` object per row, built as cheaply
+    as Python allows.
+
+    A dict display with three keys is twice as fast as ``dict(zip(...))``; at 10,000 rows
+    that is 4 ms of a batch request (benchmarks/README.md).
+    """
+    rows = proba.tolist()
+    if len(classes) == 3:
+        a, b, c = classes
+        return [
+            {"prediction_id": pid, "species": name, "probabilities": {a: pa, b: pb, c: pc}}
+            for pid, name, (pa, pb, pc) in zip(ids, names, rows, strict=True)
+        ]
+    return [
+        {
+            "prediction_id": pid,
+            "species": name,
+            "probabilities": dict(zip(classes, row, strict=True)),
+        }
+        for pid, name, row in zip(ids, names, rows, strict=True)
+    ]

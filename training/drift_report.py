@@ -30,7 +30,7 @@ import pandas as pd
 
 from training import reference_profile
 from training.loop_store import FeedbackStore
-from training.schema import FEATURES, SPECIES
+from training.schema import FEATURES, SHADOW, SPECIES
 from training.settings import Settings
 
 
@@ -54,7 +54,7 @@ def recent_captures(capture_dir: Path, rows: int) -> pd.DataFrame:
         if not any(day.glob("*/part-*.parquet")):
             continue
         frame = pd.read_parquet(day)
-        frame = frame[frame["role"] != "shadow"]
+        frame = frame[frame["role"] != SHADOW]
         frames.append(frame)
         found += len(frame)
         if found >= rows:

@@ -16,6 +16,10 @@ took the prediction and whichever took its label.
 The database is ``IRIS_LOOP_URI``: by default a SQLite file under ``var/`` (shared by the
 workers of one server), a PostgreSQL URL for a fleet (shared by every replica). SQLAlchemy
 Core speaks both, with the same statements.
+
+A little over 250 lines: the two tables, the index, the label upsert and the read queries
+of live quality, drift and retraining share one schema; the packing of an answer lives in
+``training.answers`` and the SQL plumbing in ``training.sql``.
 """
 
 from __future__ import annotations
@@ -26,18 +30,15 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import sqlalchemy as sa
 
-from training.schema import FEATURES
-from training.sql import database_url, make_engine
+from training.answers import CLASSES_DTYPE, INPUTS_DTYPE, Answer, parse_id
+from training.schema import FEATURES, SHADOW
+from training.sql import chunks, database_url, insert_ignore, insert_many, make_engine
 
 logger = logging.getLogger(__name__)
-
-_INPUTS = np.dtype("<f4")  # (rows, 4) float32, little-endian, FEATURES order
-_CLASSES = np.dtype("<u2")  # one class index per row, into the answer's class list
 
 _meta = sa.MetaData()
 answers = sa.Table(
@@ -65,33 +66,6 @@ labels = sa.Table(
     sa.Column("predicted", sa.String(64), nullable=False),
     *(sa.Column(name, sa.Float, nullable=False) for name in FEATURES),
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """One answered request as indexed: all its rows under one id."""
-
-    answer_id: str
-    time: float
-    model_version: str
-    role: str
-    single: bool
-    classes: tuple[str, ...]
-    predicted: np.ndarray  # (n,) class indices into ``classes``
-    inputs: np.ndarray  # (n, 4), FEATURES order
-
-    def record(self) -> dict:
-        return {
-            "answer_id": self.answer_id,
-            "time": self.time,
-            "model_version": self.model_version,
-            "role": self.role,
-            "single": self.single,
-            "n_rows": len(self.predicted),
-            "classes": _classes_json(self.classes),
-            "predicted": np.ascontiguousarray(self.predicted, dtype=_CLASSES).tobytes(),
-            "inputs": np.ascontiguousarray(self.inputs, dtype=_INPUTS).tobytes(),
-        }
 
 
 @dataclass(frozen=True)
@@ -140,11 +114,11 @@ class FeedbackStore:
         Returns:
             The number of answers given to the database.
         """
-        records = [a.record() for a in served if a.role != "shadow"]
+        records = [a.record() for a in served if a.role != SHADOW]
         if not records:
             return 0
         with self.engine.begin() as conn:
-            _insert_many(conn, answers, records)
+            insert_many(conn, answers, records)
         return len(records)
 
     def label(self, pairs: Sequence[tuple[str, str]]) -> Labelled:
@@ -167,7 +141,7 @@ class FeedbackStore:
             inserted: set[str] = set()
             if new:
                 result = conn.execute(
-                    _insert_ignore(conn, labels).returning(labels.c.prediction_id),
+                    insert_ignore(conn, labels).returning(labels.c.prediction_id),
                     [{**served[p], "species": wanted[p], "time": now} for p in new],
                 )
                 inserted = set(result.scalars().all())
@@ -233,9 +207,9 @@ class FeedbackStore:
                 if take <= 0:
                     break
                 names = json.loads(classes)
-                rows = np.frombuffer(inputs, dtype=_INPUTS).reshape(-1, len(FEATURES))[:take]
+                rows = np.frombuffer(inputs, dtype=INPUTS_DTYPE).reshape(-1, len(FEATURES))[:take]
                 values.append(rows)
-                species += [names[i] for i in np.frombuffer(predicted, dtype=_CLASSES)[:take]]
+                species += [names[i] for i in np.frombuffer(predicted, dtype=CLASSES_DTYPE)[:take]]
                 have += len(rows)
             result.close()
         if not values:
@@ -272,60 +246,13 @@ class FeedbackStore:
             return conn.execute(answers.delete().where(answers.c.time < cutoff)).rowcount
 
 
-@lru_cache(maxsize=64)
-def _classes_json(classes: tuple[str, ...]) -> str:
-    return json.dumps(list(classes))
-
-
-def row_argmax(proba: np.ndarray) -> np.ndarray:
-    """``proba.argmax(axis=1)`` (first maximum on ties), a few times faster for a few
-    columns and many rows: one vectorised comparison per class instead of one per row."""
-    index = np.zeros(len(proba), dtype=np.intp)
-    best = proba[:, 0].copy()
-    for j in range(1, proba.shape[1]):
-        column = proba[:, j]
-        index[column > best] = j
-        np.maximum(best, column, out=best)
-    return index
-
-
-def answers_of(chunks) -> list[Answer]:
-    """What :meth:`FeedbackStore.index` records of capture chunks (serving.capture.Chunk):
-    the predicted class of a row is the argmax of its probabilities, as served."""
-    return [
-        Answer(
-            c.base,
-            c.time,
-            c.model_version,
-            c.role,
-            c.single,
-            tuple(c.classes),
-            row_argmax(c.proba),
-            c.rows,
-        )
-        for c in chunks
-        if c.role != "shadow"
-    ]
-
-
-def parse_id(prediction_id: str) -> tuple[str, int | None] | None:
-    """``<answer id>`` -> (id, None); ``<answer id>-<row>`` -> (id, row); None if neither."""
-    base, dash, row = prediction_id.partition("-")
-    if not dash:
-        return base, None
-    # Exactly as the server writes rows (no sign, no leading zero): one spelling per row.
-    if not row.isdigit() or not row.isascii() or (row != "0" and row.startswith("0")):
-        return None
-    return base, int(row)
-
-
 def _resolve(conn: sa.Connection, ids: list[str]) -> dict[str, dict]:
     """What was served under each known id: a ready-made label row (without the label)."""
     parsed = {pid: parse_id(pid) for pid in ids}
     bases = {p[0] for p in parsed.values() if p is not None}
     found = {}
     a = answers
-    for chunk in _chunks(sorted(bases), 500):
+    for chunk in chunks(sorted(bases), 500):
         query = sa.select(
             a.c.answer_id, a.c.time, a.c.model_version, a.c.role, a.c.single, a.c.n_rows,
             a.c.classes, a.c.predicted, a.c.inputs,
@@ -340,9 +267,11 @@ def _resolve(conn: sa.Connection, ids: list[str]) -> dict[str, dict]:
         if (row is None) != bool(answer.single) or (row or 0) >= answer.n_rows:
             continue  # a batch row named without its row, or a row the answer did not have
         index = row or 0
-        features = np.frombuffer(answer.inputs, dtype=_INPUTS).reshape(-1, len(FEATURES))[index]
+        features = np.frombuffer(answer.inputs, dtype=INPUTS_DTYPE).reshape(-1, len(FEATURES))[
+            index
+        ]
         predicted = json.loads(answer.classes)[
-            int(np.frombuffer(answer.predicted, dtype=_CLASSES)[index])
+            int(np.frombuffer(answer.predicted, dtype=CLASSES_DTYPE)[index])
         ]
         served[pid] = {
             "prediction_id": pid,
@@ -357,51 +286,9 @@ def _resolve(conn: sa.Connection, ids: list[str]) -> dict[str, dict]:
 
 def _labels_of(conn: sa.Connection, ids: list[str]) -> dict[str, str]:
     found: dict[str, str] = {}
-    for chunk in _chunks(ids, 500):
+    for chunk in chunks(ids, 500):
         query = sa.select(labels.c.prediction_id, labels.c.species).where(
             labels.c.prediction_id.in_(chunk)
         )
         found.update(conn.execute(query).all())
     return found
-
-
-def _chunks(items: list, size: int):
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
-def _insert_many(conn: sa.Connection, table: sa.Table, records: list[dict], page: int = 100):
-    """Insert ``records`` (ids already present are skipped) as multi-row VALUES statements.
-
-    One statement per ``page`` rows instead of one per row (``executemany``): each step of
-    the sqlite3 driver releases and retakes the GIL, and every retake can stall this
-    worker's event loop for a switch interval. 100 rows of 9 columns stay under SQLite's
-    oldest limit of 999 parameters. The text is built once per page size, not compiled by
-    SQLAlchemy for every flush.
-    """
-    columns = list(records[0])
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    for start in range(0, len(records), page):
-        rows = records[start : start + page]
-        sql = _insert_sql(table.name, tuple(columns), len(rows), mark)
-        params = tuple(r[c] for r in rows for c in columns)
-        conn.exec_driver_sql(sql, params)
-
-
-@lru_cache(maxsize=16)
-def _insert_sql(table: str, columns: tuple[str, ...], n: int, mark: str) -> str:
-    one = "(" + ", ".join([mark] * len(columns)) + ")"
-    values = ", ".join([one] * n)
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values} ON CONFLICT DO NOTHING"
-
-
-def _insert_ignore(conn: sa.Connection, table: sa.Table):
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-
-        return insert(table).on_conflict_do_nothing()
-    if conn.dialect.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-
-        return insert(table).on_conflict_do_nothing()
-    return table.insert()

@@ -22,6 +22,8 @@ CHAMPION = "champion"
 """Registry alias of the version that answers."""
 CHALLENGER = "challenger"
 """Registry alias of a version being tried: shadow scoring and canary answers."""
+SHADOW = "shadow"
+"""Capture role of the challenger's shadow answers (captured, never returned)."""
 CANARY_TAG = "canary_percent"
 """Registered-model tag: the share (0-100) of /predict the challenger answers."""
 

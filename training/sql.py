@@ -6,6 +6,7 @@ PostgreSQL (shared by a fleet), with the same SQLAlchemy Core statements.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -47,3 +48,45 @@ def _sqlite_wal(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.close()
+
+
+def chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def insert_many(conn: sa.Connection, table: sa.Table, records: list[dict], page: int = 100):
+    """Insert ``records`` (ids already present are skipped) as multi-row VALUES statements.
+
+    One statement per ``page`` rows instead of one per row (``executemany``): each step of
+    the sqlite3 driver releases and retakes the GIL, and every retake can stall this
+    worker's event loop for a switch interval. 100 rows of 9 columns stay under SQLite's
+    oldest limit of 999 parameters. The text is built once per page size, not compiled by
+    SQLAlchemy for every flush.
+    """
+    columns = list(records[0])
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    for start in range(0, len(records), page):
+        rows = records[start : start + page]
+        sql = insert_sql_text(table.name, tuple(columns), len(rows), mark)
+        params = tuple(r[c] for r in rows for c in columns)
+        conn.exec_driver_sql(sql, params)
+
+
+@lru_cache(maxsize=16)
+def insert_sql_text(table: str, columns: tuple[str, ...], n: int, mark: str) -> str:
+    one = "(" + ", ".join([mark] * len(columns)) + ")"
+    values = ", ".join([one] * n)
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values} ON CONFLICT DO NOTHING"
+
+
+def insert_ignore(conn: sa.Connection, table: sa.Table):
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+
+        return insert(table).on_conflict_do_nothing()
+    if conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+
+        return insert(table).on_conflict_do_nothing()
+    return table.insert()

@@ -84,7 +84,7 @@ def test_retention_by_age_then_by_size(tmp_path):
         time.sleep(0.02)  # distinct modification times
     recent = sorted(tmp_path.glob("date=*/*/part-*.parquet"), key=lambda p: p.stat().st_mtime)
     newest = recent[-1]
-    writer.max_bytes = newest.stat().st_size + recent[-2].stat().st_size
+    writer.files.max_bytes = newest.stat().st_size + recent[-2].stat().st_size
     removed = writer.enforce_retention(now)
     assert old_day in removed and not old_day.exists()  # past 2 days: the whole day goes
     left = sorted(tmp_path.rglob("part-*.parquet"))

@@ -17,12 +17,19 @@ NAME = "iris-classifier"
 
 
 @pytest.fixture
-def sqlite_registry(tmp_path, monkeypatch):
+def sqlite_registry(tmp_path):
     """An empty MLflow registry in a fresh SQLite file, and a Settings pointing at it."""
+    import mlflow
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
-    return uri, Settings(home=tmp_path, tracking_uri=uri)
+    saved = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    # Set in-process too: another test in this worker may have set MLflow's URIs, and
+    # those win over the environment.
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    yield uri, Settings(home=tmp_path, tracking_uri=uri)
+    mlflow.set_tracking_uri(saved[0])
+    mlflow.set_registry_uri(saved[1])
 
 
 def both(uri: str, settings: Settings, alias: str) -> tuple[str | None, str | None]:

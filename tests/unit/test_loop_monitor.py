@@ -15,7 +15,8 @@ from serving.served_model import ModelHolder
 from tests.unit.test_champion_watch import _served
 from tests.utils.postgres import postgres_server
 from training import loop_store
-from training.loop_store import Answer, FeedbackStore
+from training.answers import Answer
+from training.loop_store import FeedbackStore
 from training.schema import FEATURES, SPECIES
 from training.settings import Settings
 

@@ -61,7 +61,7 @@ def test_wheel_installs_and_imports_every_module_without_the_checkout(tmp_path):
             "--no-build-isolation",
             "--wheel-dir",
             str(dist),
-            str(ROOT),
+            str(src),  # the copy: never ROOT, whose build/ may hold stale modules
         ],
         check=True,
         cwd=tmp_path,
