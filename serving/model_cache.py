@@ -13,9 +13,12 @@ load, and fetching a challenger must not change that.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,6 +44,7 @@ RETRY_FAILED_S = 30.0
 KEEP = 3
 """Fetched versions kept on disk (the newest); older ones are removed at the next fetch."""
 FAILED_SUFFIX = ".failed"
+_HEX = re.compile(r"[0-9a-f]*")
 
 _fetches: set[subprocess.Popen] = set()
 _fetches_lock = threading.Lock()
@@ -63,38 +67,37 @@ def cache_dir(settings: Settings) -> Path:
     return settings.home / "var" / "models"
 
 
-def fetched(
-    settings: Settings, version: str, run_id: str = "", *, share_failure: bool = True
-) -> Path:
+def fetched(settings: Settings, version: str, run_id: str) -> Path:
     """The folder of registry ``version`` on this server, fetched now if no one has yet.
 
-    With ``share_failure``, a failed fetch is remembered on disk (``RETRY_REFUSED_S`` for a
-    refused version, ``RETRY_FAILED_S`` otherwise) so other workers do not repeat it; the
-    Open Inference Protocol's version routes, which any client can name, do not share.
+    A failed fetch is remembered on disk (``RETRY_REFUSED_S`` for a refused version,
+    ``RETRY_FAILED_S`` otherwise), so the other workers do not repeat it.
 
     Raises:
         FetchError: the fetch failed (here, or recently in another worker).
     """
-    if not version.isdigit():  # registry versions are numbers; never a path
-        raise FetchError(f"no version {version!r}", missing=True)
+    if not (version.isascii() and version.isdigit()) or not _HEX.fullmatch(run_id):
+        raise FetchError(f"no version {version!r} (run {run_id!r})", missing=True)
     cache = cache_dir(settings)
     dest = cache / store_tag(version, run_id)
     if dest.is_dir():
+        _touch(dest)
         return dest
     cache.mkdir(parents=True, exist_ok=True)
-    with _exclusive(cache / ".fetch.lock"):
+    with _exclusive(cache / ".fetch.lock") as lock_fd:
         if dest.is_dir():  # another worker fetched it while this one waited
             logger.info("v%s was fetched by another worker; loading it", version)
+            _touch(dest)
             return dest
-        if share_failure:
-            _raise_recent_failure(dest)
+        _raise_recent_failure(dest)
+        _prune(cache, keep=KEEP - 1)  # room for this one; under the lock, leftovers are garbage
         try:
-            fetch(settings.model_name, version, dest, fetch_env(settings))
+            # The child holds the lock too: if this worker dies, no other fetch starts
+            # while the child still writes.
+            fetch(settings.model_name, version, dest, fetch_env(settings), hold_fd=lock_fd)
         except FetchError as e:
-            if share_failure:
-                _record_failure(dest, e)
+            _record_failure(dest, e)
             raise
-        _prune(cache, keep=KEEP)
     return dest
 
 
@@ -104,6 +107,7 @@ def fetch(
     dest: Path,
     env: dict[str, str] | None = None,
     timeout_s: float = FETCH_TIMEOUT_S,
+    hold_fd: int | None = None,
 ) -> Path:
     """Download ``name`` version ``version`` to ``dest`` in a subprocess, checked and exported.
 
@@ -120,6 +124,7 @@ def fetch(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        pass_fds=() if hold_fd is None else (hold_fd,),
     )
     with _fetches_lock:
         _fetches.add(proc)
@@ -152,10 +157,18 @@ def stop_fetches() -> None:
 
 
 @contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
+def _exclusive(path: Path) -> Iterator[int]:
+    """An exclusive lock on ``path``, held until every process with the descriptor closes it
+    (released by the kernel even when they are killed). Yields the descriptor."""
     with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed, even on a kill
-        yield
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield handle.fileno()
+
+
+def _touch(folder: Path) -> None:
+    """Mark a folder as just used, so pruning keeps what workers serve."""
+    with contextlib.suppress(OSError):
+        os.utime(folder)
 
 
 def _record_failure(dest: Path, error: FetchError) -> None:
@@ -186,7 +199,10 @@ def _raise_recent_failure(dest: Path) -> None:
 
 
 def _prune(cache: Path, keep: int) -> None:
-    """Remove all but the ``keep`` newest fetched versions (workers hold theirs in memory)."""
+    """Remove all but the ``keep`` most recently used fetched versions (workers hold theirs
+    in memory), and what killed fetches left behind (called under the lock)."""
+    for partial in cache.glob(".*.partial"):
+        shutil.rmtree(partial, ignore_errors=True)
     folders = sorted(
         (p for p in cache.iterdir() if p.is_dir() and not p.name.startswith(".")),
         key=lambda p: p.stat().st_mtime,

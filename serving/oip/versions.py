@@ -1,10 +1,10 @@
 """Registered versions other than the champion, for ``/v2/models/NAME/versions/V`` routes.
 
 The champion answers from ``holder.current``. Any other version is loaded on first use
-through the path a new champion takes (``serving.model_cache.fetched``: one subprocess per
-server downloads it, loads it with skops and our trusted types, checks its ONNX export;
-then the worker loads the export and replays its parity check), and kept in a small LRU of
-``IRIS_LOADED_VERSIONS`` models per worker (0 serves the champion only).
+through the fetch a new champion takes (``serving.model_cache.fetch``: a subprocess
+downloads it into a temporary folder, loads it with skops and our trusted types, checks
+its ONNX export; then the worker loads the export and replays its parity check), and kept
+in a small LRU of ``IRIS_LOADED_VERSIONS`` models per worker (0 serves the champion only).
 
 Loading costs a subprocess that imports MLflow, so a worker runs one load at a time, and
 a version that does not exist (``NOT_FOUND``) or failed to load is not tried again for
@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import time
 from collections import OrderedDict
+from pathlib import Path
 
 from serving import model_cache
+from serving.child_env import fetch_env
 from serving.model_cache import FetchError
 from serving.oip.protocol import InferError
 from serving.oip.repository import get_repository
@@ -122,8 +125,11 @@ class VersionCache:
     def _fetch_and_load(self, version: str) -> ServedModel:
         name = self.settings.model_name
         identity = ModelIdentity(name, version, "version", "", "registry")
-        path = model_cache.fetched(self.settings, version, share_failure=False)
-        model = load_model_dir(path, identity)
+        # Any client can name a version: fetched into a temporary folder, not the server's
+        # cache, so these loads never hold the champion's fetch lock or evict its folder.
+        with tempfile.TemporaryDirectory(prefix="iris-version-") as tmp:
+            path = model_cache.fetch(name, version, Path(tmp) / "model", fetch_env(self.settings))
+            model = load_model_dir(path, identity)
         logger.info("Loaded version %s on request (%s)", version, model.identity.runtime)
         return model
 

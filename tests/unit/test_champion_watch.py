@@ -89,7 +89,7 @@ class _Predictor:
 
 
 def _served(version: str) -> ServedModel:
-    identity = ModelIdentity("iris-classifier", version, "champion", f"run{version}", "bento")
+    identity = ModelIdentity("iris-classifier", version, "champion", f"abc{version}", "bento")
     return ServedModel(identity, ("a", "b", "c"), _Predictor(), True)
 
 
@@ -100,7 +100,7 @@ def watcher(monkeypatch, tmp_path):
     calls: list[str] = []
     failure: dict = {"error": None}
 
-    def fake_fetch(name, version, dest, env=None, timeout_s=0):
+    def fake_fetch(name, version, dest, env=None, timeout_s=0, hold_fd=None):
         calls.append(version)
         raise failure["error"]
 
@@ -110,7 +110,7 @@ def watcher(monkeypatch, tmp_path):
     monkeypatch.setattr(
         reloader.champion_lookup,
         "champion",
-        lambda uri, name, alias="champion": Champion("2", "run2") if alias == "champion" else None,
+        lambda uri, name, alias="champion": Champion("2", "abc2") if alias == "champion" else None,
     )
     w = reloader.ChampionWatcher(Settings(home=tmp_path), ModelHolder(_served("1")))
     return w, clock, calls, failure

@@ -18,7 +18,7 @@ def counted_fetch(monkeypatch):
     calls: list[str] = []
     failure: dict = {"error": None}
 
-    def fake_fetch(name, version, dest, env=None, timeout_s=0):
+    def fake_fetch(name, version, dest, env=None, timeout_s=0, hold_fd=None):
         calls.append(version)
         time.sleep(0.3)  # long enough for every other worker to queue on the lock
         if failure["error"] is not None:
@@ -55,28 +55,35 @@ def test_a_refused_version_is_not_fetched_again_by_other_workers(tmp_path, count
     settings = Settings(home=tmp_path)
     for _ in range(3):  # three workers in turn
         with pytest.raises(FetchError, match="untrusted types") as raised:
-            model_cache.fetched(settings, "2", "run2")
+            model_cache.fetched(settings, "2", "b2")
         assert raised.value.permanent
     assert calls == ["2"]
 
 
-def test_version_routes_do_not_share_failures_or_accept_paths(tmp_path, counted_fetch):
-    calls, failure = counted_fetch
-    failure["error"] = FetchError("no such version", missing=True)
+def test_only_registry_versions_and_run_ids_make_paths(tmp_path, counted_fetch):
+    calls, _ = counted_fetch
     settings = Settings(home=tmp_path)
-    for _ in range(2):
-        with pytest.raises(FetchError):
-            model_cache.fetched(settings, "999", share_failure=False)
-    assert calls == ["999", "999"]
-    assert not list(model_cache.cache_dir(settings).glob("*.failed"))
-    with pytest.raises(FetchError) as raised:
-        model_cache.fetched(settings, "../../etc", share_failure=False)
-    assert raised.value.missing and calls == ["999", "999"]
+    for version, run_id in (("../../etc", "run"), ("\u0663", "abc"), ("2", "../x")):
+        with pytest.raises(FetchError) as raised:
+            model_cache.fetched(settings, version, run_id)
+        assert raised.value.missing
+    assert calls == []
+
+
+def test_a_killed_fetchs_leftovers_are_removed_at_the_next_fetch(tmp_path, counted_fetch):
+    settings = Settings(home=tmp_path)
+    cache = model_cache.cache_dir(settings)
+    cache.mkdir(parents=True)
+    (cache / ".v1-ab.partial").mkdir()
+    model_cache.fetched(settings, "2", "cd")
+    assert not (cache / ".v1-ab.partial").exists()
 
 
 def test_only_the_newest_fetched_versions_are_kept(tmp_path, counted_fetch):
     settings = Settings(home=tmp_path)
     for version in range(1, 6):
-        model_cache.fetched(settings, str(version), f"run{version}")
+        model_cache.fetched(settings, str(version), f"a{version}")
+        time.sleep(0.02)  # distinct modification times
     kept = sorted(p.name for p in model_cache.cache_dir(settings).iterdir() if p.is_dir())
-    assert len(kept) == model_cache.KEEP and kept[-1].startswith("v5-")
+    # Pruning runs before each fetch, making room: v1 and v2 went when v4 and v5 came.
+    assert kept == ["v3-a3", "v4-a4", "v5-a5"]
