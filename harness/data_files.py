@@ -273,23 +273,8 @@ def with_training_features_rotated(table: Table, *, seed: int, test_size: float)
     of each species get the measurements of the next species' training rows, so a model
     fitted on them predicts the wrong species for real flowers.
     """
-    header, *rows = table
-    species = header.index(RAW_TARGET)
-    measurements = [header.index(c) for c in RAW_TO_FEATURE]
-    train_idx, _ = train_test_split(
-        list(range(len(rows))),
-        test_size=test_size,
-        random_state=seed,
-        stratify=[r[species] for r in rows],
-    )
-    by_species = {s: sorted(i for i in train_idx if rows[i][species] == s) for s in SPECIES}
-    out = [list(r) for r in rows]
-    for k, s in enumerate(SPECIES):
-        donors = by_species[SPECIES[(k + 1) % len(SPECIES)]]
-        for target, donor in zip(by_species[s], donors, strict=True):
-            for col in measurements:
-                out[target][col] = rows[donor][col]
-    return [header, *out]
+    donors = {s: SPECIES[(k + 1) % len(SPECIES)] for k, s in enumerate(SPECIES)}
+    return _training_measurements_from(table, donors, seed=seed, test_size=test_size)
 
 
 def with_two_species_confused(table: Table, *, seed: int, test_size: float) -> Table:
@@ -301,6 +286,16 @@ def with_two_species_confused(table: Table, *, seed: int, test_size: float) -> T
     A model fitted on it gets setosa right and the other two wrong: clearly worse than one
     trained on the untouched table, so a retrain on that one is a genuine improvement.
     """
+    versicolor, virginica = SPECIES[1:]
+    donors = {versicolor: virginica, virginica: versicolor}
+    return _training_measurements_from(table, donors, seed=seed, test_size=test_size)
+
+
+def _training_measurements_from(
+    table: Table, donors: dict[str, str], *, seed: int, test_size: float
+) -> Table:
+    """``table`` where the training rows of each species in ``donors`` take the measurements
+    of the training rows of its donor species (paired in row order); test rows untouched."""
     header, *rows = table
     species = header.index(RAW_TARGET)
     measurements = [header.index(c) for c in RAW_TO_FEATURE]
@@ -310,11 +305,10 @@ def with_two_species_confused(table: Table, *, seed: int, test_size: float) -> T
         random_state=seed,
         stratify=[r[species] for r in rows],
     )
-    versicolor, virginica = (
-        sorted(i for i in train_idx if rows[i][species] == s) for s in SPECIES[1:]
-    )
+    by_species = {s: sorted(i for i in train_idx if rows[i][species] == s) for s in SPECIES}
     out = [list(r) for r in rows]
-    for a, b in zip(versicolor, virginica, strict=True):
-        for col in measurements:
-            out[a][col], out[b][col] = rows[b][col], rows[a][col]
+    for target, donor in donors.items():
+        for t, d in zip(by_species[target], by_species[donor], strict=True):
+            for col in measurements:
+                out[t][col] = rows[d][col]
     return [header, *out]

@@ -245,23 +245,23 @@ PRODUCT = (ROOT / "service.py", ROOT / "serving", ROOT / "training")
 """What docs/architecture.md maps: the service module and the two product packages."""
 
 
-def modules_table(roots: tuple[Path, ...] = PRODUCT) -> str:
-    """Every product module with the first paragraph of its docstring.
-
-    Generated stubs (``serving/oip/proto``) and empty ``__init__`` files are left out.
-    """
+def product_modules(roots: tuple[Path, ...] = PRODUCT) -> list[Path]:
+    """Every product module, generated stubs (``serving/oip/proto``) left out."""
     files: list[Path] = []
     for root in roots:
         files.extend([root] if root.is_file() else sorted(root.rglob("*.py")))
+    return [f for f in files if "/proto/" not in f.relative_to(ROOT).as_posix()]
+
+
+def modules_table(roots: tuple[Path, ...] = PRODUCT) -> str:
+    """Every product module with the first paragraph of its docstring (empty ``__init__``
+    files left out)."""
     rows = ["| module | what it is |", "| --- | --- |"]
-    for path in files:
-        rel = path.relative_to(ROOT).as_posix()
-        if "/proto/" in rel:
-            continue
+    for path in product_modules(roots):
         text = path.read_text(encoding="utf-8")
         doc = ast.get_docstring(ast.parse(text)) or ""
         if path.name == "__init__.py" and not doc:
             continue
         summary = " ".join(doc.split("\n\n")[0].split()).replace("|", "\\|")
-        rows.append(f"| `{rel}` | {summary} |")
+        rows.append(f"| `{path.relative_to(ROOT).as_posix()}` | {summary} |")
     return "\n".join(rows)

@@ -186,14 +186,6 @@ class CaptureWriter:
             self.files.enforce_retention()
         return written
 
-    def compact(self, before: float) -> int:
-        """Merge this process's files written before ``before`` (see CaptureFiles.compact)."""
-        return self.files.compact(before)
-
-    def enforce_retention(self, now: float | None = None) -> list[Path]:
-        """Apply retention by age and size (see CaptureFiles.enforce_retention)."""
-        return self.files.enforce_retention(now)
-
     def _to_sinks(self, chunks: list[Chunk]) -> None:
         """Hand chunks to every sink; on a failure keep them (bounded) for the next flush,
         so a database blip delays indexing instead of losing it."""

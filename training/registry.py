@@ -105,7 +105,10 @@ def alias_version(settings: Settings, alias: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return str(MlflowClient().get_model_version_by_alias(settings.model_name, alias).version)
+        client = MlflowClient(
+            tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri
+        )
+        return str(client.get_model_version_by_alias(settings.model_name, alias).version)
     except MlflowException as e:
         if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None

@@ -7,6 +7,8 @@ document BentoML merges into its own.
 
 from __future__ import annotations
 
+import functools
+
 from starlette.responses import Response
 
 from serving import route_docs
@@ -50,12 +52,11 @@ def _links(model: str, version: str) -> dict[str, dict]:
 _infer_docs = {"requestBody": route_docs.request_body(doc.InferRequest)}
 
 oip_app = route_docs.app("Open Inference Protocol")
-_route = oip_app.add_api_route
+_route = functools.partial(oip_app.add_api_route, tags=TAGS)  # every route: one tag
 _route(
     "/",
     server_metadata,
     methods=["GET"],
-    tags=TAGS,
     response_model=doc.ServerMetadata,
     operation_id="oip_server_metadata",
     summary="Server metadata",
@@ -64,7 +65,6 @@ _route(
     "/health/live",
     live,
     methods=["GET"],
-    tags=TAGS,
     response_model=doc.Live,
     operation_id="oip_live",
     summary="Server live",
@@ -73,7 +73,6 @@ _route(
     "/health/ready",
     ready,
     methods=["GET"],
-    tags=TAGS,
     response_model=doc.Ready,
     operation_id="oip_ready",
     summary="Server ready",
@@ -87,7 +86,6 @@ for _base, _suffix, (_metadata_route, _ready_route, _infer_route) in _versions:
         _base,
         _metadata_route,
         methods=["GET"],
-        tags=TAGS,
         response_model=None,
         responses={
             200: {
@@ -103,7 +101,6 @@ for _base, _suffix, (_metadata_route, _ready_route, _infer_route) in _versions:
         _base + "/ready",
         _ready_route,
         methods=["GET"],
-        tags=TAGS,
         response_model=None,
         responses={200: {"model": doc.ModelReady}, **_model_errors},
         operation_id=f"oip_model_ready{_suffix}",
@@ -113,7 +110,6 @@ for _base, _suffix, (_metadata_route, _ready_route, _infer_route) in _versions:
         _base + "/infer",
         _infer_route,
         methods=["POST"],
-        tags=TAGS,
         response_model=None,
         responses={
             200: {
@@ -138,7 +134,6 @@ _route(
     "/repository/index",
     repository_index,
     methods=["POST"],
-    tags=TAGS,
     response_model=None,
     responses={
         200: {
@@ -156,7 +151,6 @@ for _action, _handler in (("load", repository_load), ("unload", repository_unloa
         f"/repository/models/{{model}}/{_action}",
         _handler,
         methods=["POST"],
-        tags=TAGS,
         response_model=None,
         response_class=Response,
         responses={200: {"description": "Done (empty body)"}, **_admin_errors},

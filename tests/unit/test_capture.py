@@ -85,7 +85,7 @@ def test_retention_by_age_then_by_size(tmp_path):
     recent = sorted(tmp_path.glob("date=*/*/part-*.parquet"), key=lambda p: p.stat().st_mtime)
     newest = recent[-1]
     writer.files.max_bytes = newest.stat().st_size + recent[-2].stat().st_size
-    removed = writer.enforce_retention(now)
+    removed = writer.files.enforce_retention(now)
     assert old_day in removed and not old_day.exists()  # past 2 days: the whole day goes
     left = sorted(tmp_path.rglob("part-*.parquet"))
     assert newest in left and recent[-2] in left and len(left) == 2  # oldest over the cap go
@@ -121,12 +121,12 @@ def test_compaction_merges_a_workers_finished_files_and_loses_nothing(tmp_path):
         writer.flush()
     before = sorted(tmp_path.rglob("part-*.parquet"))
     assert len(before) == 4
-    assert writer.compact(before=time.time() + 1) == 4
+    assert writer.files.compact(before=time.time() + 1) == 4
     after = list(tmp_path.rglob("part-*.parquet"))
     assert len(after) == 1 and after[0].name.endswith("-h.parquet")
     frame = pd.read_parquet(tmp_path)
     assert sorted(frame["prediction_id"]) == sorted(i for c in chunks for i in c.ids)
-    assert writer.compact(before=time.time() + 1) == 0  # a merged file is not merged again
+    assert writer.files.compact(before=time.time() + 1) == 0  # a merged file is not merged again
 
 
 def test_a_file_that_cannot_be_written_is_counted_as_dropped(tmp_path):
@@ -176,7 +176,7 @@ def test_writing_captures_does_not_import_pandas(tmp_path):
         "        np.full((n, 3), 1 / 3, np.float32), ('a', 'b', 'c'), 'm', '1', 'champion',\n"
         "        'http', 1.0))\n"
         "    w.flush()\n"
-        "assert w.compact(before=time.time() + 1) == 2\n"
+        "assert w.files.compact(before=time.time() + 1) == 2\n"
         "print('pandas' in sys.modules)\n"
     )
     out = subprocess.run(
