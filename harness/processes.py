@@ -17,24 +17,31 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+_next_port: dict[int, int] = {}
+
 
 def free_port() -> int:
     """A free TCP port on 127.0.0.1, from a range of this pytest-xdist worker's own.
 
     Servers bind their ports seconds after we pick them; with ports from the kernel's
     shared ephemeral range, two workers could pick the same one in that window. Each
-    worker draws from its own block below the ephemeral range (which starts at 32768).
+    worker draws from its own block below the ephemeral range (which starts at 32768),
+    walking it in order from a random start, so two calls in one process never hand out
+    the same port (a server's HTTP and gRPC ports were once drawn equal) until the walk
+    wraps after 2,000 ports.
     """
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
     block = 20000 + 2000 * (int(worker) % 6 if worker.isdigit() else 0)
-    for _ in range(200):
-        port = random.randrange(block, block + 2000)
+    offset = _next_port.get(block, random.randrange(2000))
+    for step in range(2000):
+        port = block + (offset + step) % 2000
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
+        _next_port[block] = (offset + step + 1) % 2000
+        return port
     raise RuntimeError(f"no free port in {block}-{block + 2000}")
 
 
