@@ -254,19 +254,26 @@ def stop(server: Server) -> None:
 
 
 def memory(server: Server) -> dict:
-    """VmRSS of every process in the server's tree; workers are the leaves that serve."""
+    """VmRSS of every process in the server's tree: workers serve, each with its capture
+    sink (``serving.capture_sink``) when capture is on; the rest supervise."""
     root = psutil.Process(server.process.pid)
     procs = [root, *root.children(recursive=True)]
     rows = []
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
-            leaf = not proc.children()
             cmdline = " ".join(proc.cmdline())
-            helper = "resource_tracker" in cmdline
+            if "serving.capture_sink" in cmdline:
+                role = "capture sink"
+            elif "resource_tracker" in cmdline:
+                role = "supervisor"
+            elif "_bentoml_impl.worker" in cmdline or not proc.children():
+                role = "worker"
+            else:
+                role = "supervisor"
             rows.append(
                 {
                     "pid": proc.pid,
-                    "role": "worker" if leaf and not helper else "supervisor",
+                    "role": role,
                     "rss_mib": round(vm_rss_kib(proc.pid) / 1024, 1),
                     "cmdline": cmdline[:160],
                 }
@@ -277,6 +284,7 @@ def memory(server: Server) -> dict:
         "workers": len(workers),
         "worker_rss_mib": workers,
         "workers_sum_mib": round(sum(workers), 1),
+        "capture_sinks_mib": [r["rss_mib"] for r in rows if r["role"] == "capture sink"],
         "total_mib": round(sum(r["rss_mib"] for r in rows), 1),
     }
 

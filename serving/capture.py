@@ -2,49 +2,44 @@
 
 A request hands the writer one :class:`Chunk` (all rows of one answer) and returns: the
 hand-off is a deque append under a lock, never a wait and never an exception. A daemon
-thread per worker process flushes every ``IRIS_CAPTURE_FLUSH_S`` seconds:
+thread per worker process wakes every ``IRIS_CAPTURE_FLUSH_S`` seconds and spools what
+is queued as one Arrow file (``<dir>/.spool``, written under a temporary name and renamed);
+the worker's own capture sink process (``serving.capture_sink``) writes it to Parquet,
+partitioned Hive-style as ``<dir>/date=YYYY-MM-DD/model_version=V/part-<pid>-….parquet``,
+and indexes it for feedback. The worker thus only copies buffers: Parquet encoding and
+database inserts never hold its GIL, and the sink runs niced so answers come first.
 
-- to Parquet, partitioned Hive-style as
-  ``<dir>/date=YYYY-MM-DD/model_version=V/part-<pid>-<seq>.parquet``. Each worker writes
-  only files named with its own PID, each written to a temporary name and renamed when
-  complete, so workers never touch each other's files and a reader never sees half a file.
-  Once an hour each worker merges its own files of the past hour into one;
-- to every extra sink given (the prediction index that feedback is checked against).
-
-The queue is bounded (``IRIS_CAPTURE_MAX_PENDING`` rows): when the writer falls behind,
-new chunks are dropped and counted (``iris_capture_dropped_total``), and answers go on.
-A clean stop flushes what is pending; a hard kill loses at most one flush interval.
-Retention removes day partitions older than ``IRIS_CAPTURE_RETENTION_DAYS`` and then the
-oldest files while the folder is over ``IRIS_CAPTURE_MAX_BYTES``.
+The queue is bounded (``IRIS_CAPTURE_MAX_PENDING`` rows, queued plus spooled and not yet
+written): when the sink falls behind, new chunks are dropped and counted
+(``iris_capture_dropped_total``), and answers go on. A clean stop spools what is pending
+and waits for the sink to write it; a hard kill of the worker loses at most one flush
+interval (the sink sees its pipe close and writes what was spooled).
 
 Read it all with one line of pandas: ``pd.read_parquet("var/captures")``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from serving.capture_files import CaptureFiles
-from training.answers import answers_of
-from training.logs import DistinctErrors
-from training.loop_store import FeedbackStore
-from training.schema import CHALLENGER, CHAMPION, SHADOW
-from training.settings import Settings
+from serving.capture_spool import pending_rows, write_spool
+from serving.capture_table import capture_table
+from serving.child_env import capture_sink_env
+from training.settings import PROJECT_DIR, Settings
 
 logger = logging.getLogger(__name__)
-
-ROLES = (CHAMPION, CHALLENGER, SHADOW, "version")
-"""Columns with a handful of values, dictionary-encoded in the files. The others (unique
-ids, measurements) are not: trying a dictionary for them costs half the write time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +75,10 @@ class Chunk:
         return [self.classes[i] for i in self.proba.argmax(axis=1)]
 
 
-Sink = Callable[[list[Chunk]], None]
-
-
 class CaptureWriter:
-    """One per worker process: a bounded queue and the thread that drains it."""
+    """One per worker process: a bounded queue, the thread that spools it, and the sink
+    process that writes the spool (started by :meth:`start` when ``sink_env`` is given;
+    without one, something else drains the spool, as the unit tests do in-process)."""
 
     def __init__(
         self,
@@ -92,18 +86,15 @@ class CaptureWriter:
         *,
         flush_s: float = 1.0,
         max_pending_rows: int = 100_000,
-        retention_days: int = 30,
-        max_bytes: int = 1 << 30,
-        retention_every_s: float = 60.0,
-        sinks: Sequence[Sink] = (),
+        sink_env: dict[str, str] | None = None,
         on_written: Callable[[int], None] | None = None,
         on_dropped: Callable[[int], None] | None = None,
     ):
         self.directory = directory
+        self.spool = directory / ".spool"
         self.flush_s = flush_s
         self.max_pending_rows = max_pending_rows
-        self.retention_every_s = retention_every_s
-        self.sinks = list(sinks)
+        self.sink_env = sink_env
         self.on_written = on_written
         self.on_dropped = on_dropped
         self._pending: deque[Chunk] = deque()
@@ -111,13 +102,9 @@ class CaptureWriter:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._seq = 0
-        self._last_retention = 0.0
-        self._sink_backlog: list[Chunk] = []
-        self._compacted_hour = int(time.time() // 3600)
-        self._errors = DistinctErrors(logger, "Capture sinks are working again")
-        self.files = CaptureFiles(
-            directory, retention_days, max_bytes, on_error=self._log_once, on_dropped=on_dropped
-        )
+        self._sink: subprocess.Popen | None = None
+        self._sink_started = 0.0
+        self._reports: list[threading.Thread] = []
         self._thread = threading.Thread(target=self._loop, name="capture-writer", daemon=True)
 
     # -- request path ----------------------------------------------------------------
@@ -132,24 +119,36 @@ class CaptureWriter:
                 self._pending.append(chunk)
                 self._pending_rows += n
                 accepted = True
-        if not accepted and self.on_dropped:
-            self.on_dropped(n)
+        if not accepted:
+            self._dropped(n)
         return accepted
 
     # -- writer thread ---------------------------------------------------------------
 
     def start(self) -> CaptureWriter:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.spool.mkdir(parents=True, exist_ok=True)
+        self._start_sink()
         self._thread.start()
         return self
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop accepting, flush everything pending, and wait for the thread."""
+        """Stop accepting, spool everything pending, and wait for the sink to write it."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
         else:
             self.flush()
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.stdin.close()  # the sink drains the spool and exits
+            try:
+                sink.wait(timeout)
+            except subprocess.TimeoutExpired:
+                logger.error(
+                    "Capture sink %d still writing after %.0f s; left to it", sink.pid, timeout
+                )
+        for reader in self._reports:
+            reader.join(1.0)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.flush_s):
@@ -163,51 +162,72 @@ class CaptureWriter:
             logger.exception("Capture flush failed")
 
     def flush(self) -> int:
-        """Write what is pending now; returns the number of rows written."""
+        """Spool what is pending now; returns the number of rows spooled."""
         with self._lock:
             chunks = list(self._pending)
             self._pending.clear()
             self._pending_rows = 0
-        if not chunks and not self._sink_backlog:
+        if self.sink_env is not None and self._sink is not None and self._sink.poll() is not None:
+            self._restart_sink()
+        if not chunks:
             return 0
-        written = self.files.write(chunks)
-        self._to_sinks(chunks)
-        if self.on_written and written:
-            self.on_written(written)
-        hour = int(time.time() // 3600)
-        if hour != self._compacted_hour:
-            self._compacted_hour = hour
-            try:
-                self.files.compact(before=hour * 3600.0)
-            except Exception as e:  # noqa: BLE001 - small files are only slower to read
-                self._log_once("Capture compaction failed", e)
-        if time.monotonic() - self._last_retention > self.retention_every_s:
-            self._last_retention = time.monotonic()
-            self.files.enforce_retention()
-        return written
-
-    def _to_sinks(self, chunks: list[Chunk]) -> None:
-        """Hand chunks to every sink; on a failure keep them (bounded) for the next flush,
-        so a database blip delays indexing instead of losing it."""
-        if not self.sinks:
-            return
-        batch = self._sink_backlog + chunks
+        rows = sum(len(c) for c in chunks)
+        if pending_rows(self.spool, os.getpid()) + rows > self.max_pending_rows:
+            self._dropped(rows)  # the sink is behind: what it has not written bounds us
+            return 0
         try:
-            for sink in self.sinks:
-                sink(batch)
-        except Exception as e:  # noqa: BLE001 - a sink's outage never stops capture
-            self._log_once(f"Capture sink failed; {len(batch)} chunk(s) kept for retry", e)
-            while sum(len(c) for c in batch) > self.max_pending_rows and batch:
-                dropped = batch.pop(0)
-                if self.on_dropped:
-                    self.on_dropped(len(dropped))
-            self._sink_backlog = batch
-            return
-        self._sink_backlog = []
-        self._errors.ok()
+            self._spool(capture_table(chunks))
+        except Exception:
+            self._dropped(rows)
+            raise
+        return rows
 
-    def _log_once(self, what: str, e: BaseException) -> None:
-        self._errors.failed(logging.ERROR, what, e)
+    def _spool(self, table) -> None:
+        self._seq += 1
+        write_spool(self.spool, table, os.getpid(), self._seq)
+        if self._sink is not None:
+            with contextlib.suppress(OSError, ValueError):  # a dead sink is restarted
+                self._sink.stdin.write(b"\n")
+                self._sink.stdin.flush()
+
+    # -- the sink process ------------------------------------------------------------
+
+    def _start_sink(self) -> None:
+        if self.sink_env is None:
+            return
+        self._sink_started = time.monotonic()
+        self._sink = subprocess.Popen(
+            [sys.executable, "-m", "serving.capture_sink", str(os.getpid())],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=PROJECT_DIR,
+            env=self.sink_env,
+        )
+        reader = threading.Thread(
+            target=self._read_reports, args=(self._sink,), name="capture-reports", daemon=True
+        )
+        reader.start()
+        self._reports = [r for r in self._reports if r.is_alive()] + [reader]
+
+    def _restart_sink(self) -> None:
+        if time.monotonic() - self._sink_started < 10:  # at most one restart per 10 s
+            return
+        logger.error("Capture sink exited with %s; starting a new one", self._sink.returncode)
+        self._start_sink()
+
+    def _read_reports(self, sink: subprocess.Popen) -> None:
+        """Turn the sink's ``written N`` / ``dropped N`` lines into the worker's counters."""
+        for line in sink.stdout:
+            kind, _, n = line.decode(errors="replace").partition(" ")
+            with contextlib.suppress(ValueError):
+                if kind == "written" and self.on_written:
+                    self.on_written(int(n))
+                elif kind == "dropped":
+                    self._dropped(int(n))
+
+    def _dropped(self, n: int) -> None:
+        if self.on_dropped:
+            self.on_dropped(n)
 
 
 def new_id() -> str:
@@ -220,19 +240,13 @@ def row_ids(base: str, n: int) -> list[str]:
     return [f"{base}-{i}" for i in range(n)]
 
 
-def capture_writer(settings: Settings, metrics, store: FeedbackStore) -> CaptureWriter:
-    """The writer a worker runs: its settings, its metrics, and the loop store as its sink."""
-
-    def index(chunks: list[Chunk]) -> None:
-        store.index(answers_of(chunks))
-
+def capture_writer(settings: Settings, metrics) -> CaptureWriter:
+    """The writer a worker runs, its sink process set up from the same settings."""
     return CaptureWriter(
         settings.capture_dir,
         flush_s=settings.capture_flush_s,
         max_pending_rows=settings.capture_max_pending,
-        retention_days=settings.capture_retention_days,
-        max_bytes=settings.capture_max_bytes,
-        sinks=[index],
+        sink_env=capture_sink_env(settings),
         on_written=metrics.captured.inc,
         on_dropped=metrics.capture_dropped.inc,
     )

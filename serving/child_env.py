@@ -44,3 +44,20 @@ def fetch_env(settings: Settings, environ: Mapping[str, str] | None = None) -> d
     return _mlflow_http(
         _base(environ), settings.fetch_mlflow_retries, settings.fetch_mlflow_timeout_s
     )
+
+
+def capture_sink_env(
+    settings: Settings, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Environment of a worker's capture sink (``serving.capture_sink``): the worker's own
+    capture settings, resolved, so the sink writes exactly where the worker spools."""
+    env = _base(environ)
+    env.update(
+        IRIS_CAPTURE_DIR=str(settings.capture_dir),
+        IRIS_CAPTURE_MAX_PENDING=str(settings.capture_max_pending),
+        IRIS_CAPTURE_RETENTION_DAYS=str(settings.capture_retention_days),
+        IRIS_CAPTURE_MAX_BYTES=str(settings.capture_max_bytes),
+        IRIS_CAPTURE_SINK_NICE=str(settings.capture_sink_nice),
+        IRIS_LOOP_URI=settings.loop_url,
+    )
+    return env

@@ -62,11 +62,7 @@ class IrisRuntime:
         self.jobs = JobStore(settings.jobs_url, lease_s=settings.jobs_lease_s)
         self.retrains = RetrainLauncher(settings, self.jobs, self._on_retrain_finished)
         self.feedback_store = FeedbackStore(settings.loop_url)
-        self.capturer = (
-            capture_writer(settings, self.metrics, self.feedback_store)
-            if settings.capture
-            else None
-        )
+        self.capturer = capture_writer(settings, self.metrics) if settings.capture else None
         self.monitor = LoopMonitor(settings, self.feedback_store, self.holder, self.metrics)
         self.shadow = challenger.Shadow(settings.shadow_rate, self.metrics, self.capture)
         self.watcher = ChampionWatcher(

@@ -13,8 +13,6 @@ from functools import lru_cache
 
 import numpy as np
 
-from training.schema import SHADOW
-
 INPUTS_DTYPE = np.dtype("<f4")  # (rows, 4) float32, little-endian, FEATURES order
 CLASSES_DTYPE = np.dtype("<u2")  # one class index per row, into the answer's class list
 
@@ -61,25 +59,6 @@ def row_argmax(proba: np.ndarray) -> np.ndarray:
         index[column > best] = j
         np.maximum(best, column, out=best)
     return index
-
-
-def answers_of(chunks) -> list[Answer]:
-    """What :meth:`FeedbackStore.index` records of capture chunks (serving.capture.Chunk):
-    the predicted class of a row is the argmax of its probabilities, as served."""
-    return [
-        Answer(
-            c.base,
-            c.time,
-            c.model_version,
-            c.role,
-            c.single,
-            tuple(c.classes),
-            row_argmax(c.proba),
-            c.rows,
-        )
-        for c in chunks
-        if c.role != SHADOW
-    ]
 
 
 def parse_id(prediction_id: str) -> tuple[str, int | None] | None:

@@ -145,7 +145,17 @@ class Settings(BaseSettings):
         1.0, gt=0, description="Capture flush interval (what a hard kill can lose)."
     )
     capture_max_pending: int = Field(
-        100_000, ge=1, description="Rows queued for capture before new ones are dropped."
+        100_000,
+        ge=1,
+        description="Rows a worker holds for capture (queued or spooled, not yet written) "
+        "before new ones are dropped.",
+    )
+    capture_sink_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Niceness of each worker's capture sink process (Parquet, index): under "
+        "full load, answering comes first.",
     )
     capture_retention_days: int = Field(
         30, ge=0, description="Keep captures and indexed predictions this many days."

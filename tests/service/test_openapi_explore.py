@@ -50,9 +50,11 @@ def explore_server(explore_home, tmp_path_factory) -> Iterator[Server]:
         "IRIS_ADMIN_TOKEN": TOKEN,
         "IRIS_FOLLOW_REGISTRY": "false",
         "IRIS_LOADED_VERSIONS": "0",
-        # Captures are written every 10 ms, so that the feedback a link sends right after
-        # its prediction finds it (feedback for unflushed ids is a 404 by design).
+        # Captures are spooled every 10 ms and indexed by a sink that is not niced below
+        # the exploring client, so that the feedback a link sends right after its
+        # prediction finds it (feedback for ids not yet indexed is a 404 by design).
         "IRIS_CAPTURE_FLUSH_S": "0.01",
+        "IRIS_CAPTURE_SINK_NICE": "0",
     }
     with bento_server(env, tmp_path_factory.mktemp("explore-logs")) as server:
         yield server

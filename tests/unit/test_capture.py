@@ -1,4 +1,8 @@
-"""The capture writer: Parquet partitions, a bounded queue that drops and counts, retention."""
+"""The capture writer and its sink: Parquet partitions, a bounded queue that drops and
+counts, the prediction index, retention.
+
+Most tests run the sink's pass (:class:`Drain`) in-process after the worker side spools;
+``test_a_real_sink_process_writes_everything_on_a_clean_close`` runs the sink process."""
 
 from __future__ import annotations
 
@@ -7,9 +11,13 @@ import time
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from serving.capture import CaptureWriter, Chunk, new_id
+from serving.capture_sink import Drain
+from serving.child_env import capture_sink_env
 from training.schema import FEATURES, SPECIES
+from training.settings import Settings
 
 
 def chunk(n: int, version: str = "3", at: float | None = None, role: str = "champion") -> Chunk:
@@ -30,13 +38,26 @@ def chunk(n: int, version: str = "3", at: float | None = None, role: str = "cham
     )
 
 
+class Reports(list):
+    """What a sink reports to its worker: ``(kind, rows)`` pairs."""
+
+    def __call__(self, kind: str, n: int) -> None:
+        self.append((kind, n))
+
+
+def sink(directory, index=None, **kwargs) -> Drain:
+    """The sink's pass over the spool of this process's writer, run in-process."""
+    return Drain(directory, os.getpid(), index=index, report=Reports(), **kwargs)
+
+
 def test_flush_writes_one_row_per_prediction_partitioned_by_day_and_version(tmp_path):
-    written = []
-    writer = CaptureWriter(tmp_path, on_written=written.append)
+    writer, drain = CaptureWriter(tmp_path), sink(tmp_path)
     chunks = [chunk(1), chunk(5, version="4"), chunk(2)]
     for c in chunks:
         assert writer.submit(c)
-    assert writer.flush() == 8 and written == [8]
+    assert writer.flush() == 8  # spooled
+    assert drain.once() == 8 and drain.report == [("written", 8)]
+    assert not list((tmp_path / ".spool").iterdir())  # written, then the spool file goes
     frame = pd.read_parquet(tmp_path)
     assert len(frame) == 8
     assert sorted(frame["prediction_id"]) == sorted(i for c in chunks for i in c.ids)
@@ -61,83 +82,131 @@ def test_a_full_queue_drops_and_counts_and_never_blocks(tmp_path):
     assert time.perf_counter() - started < 0.05
     assert dropped == [3]
     assert writer.flush() == 10
-    assert writer.submit(chunk(3))  # room again after a flush
+    assert writer.submit(chunk(3))  # room again in the queue after a flush ...
+    assert writer.flush() == 0 and dropped == [3, 3]  # ... but the spool is not written yet
+    assert sink(tmp_path).once() == 10
+    assert writer.submit(chunk(3)) and writer.flush() == 3
 
 
-def test_close_flushes_what_is_pending(tmp_path):
-    writer = CaptureWriter(tmp_path, flush_s=3600).start()
-    writer.submit(chunk(7))
+def test_a_real_sink_process_writes_everything_on_a_clean_close(tmp_path):
+    captures, written = tmp_path / "captures", []
+    settings = Settings(home=tmp_path, capture_dir=captures)
+    writer = CaptureWriter(
+        captures, flush_s=3600, sink_env=capture_sink_env(settings), on_written=written.append
+    ).start()
+    big, small = chunk(7), chunk(1)
+    writer.submit(big)
+    writer.submit(small)
     writer.close()
-    assert len(pd.read_parquet(tmp_path)) == 7
+    frame = pd.read_parquet(captures)
+    assert sorted(frame["prediction_id"]) == sorted(big.ids + small.ids)
+    assert written == [8]  # reported back by the sink, counted by the worker
     assert writer.submit(chunk(1)) is False  # closed: nothing more is accepted
+    assert not list((captures / ".spool").iterdir())
+    from training.loop_store import FeedbackStore
+
+    store = FeedbackStore(settings.loop_url)
+    assert store.label([(big.ids[3], "Iris-setosa")])  # indexed by the sink: labels resolve
 
 
 def test_retention_by_age_then_by_size(tmp_path):
-    writer = CaptureWriter(tmp_path, retention_days=2, retention_every_s=float("inf"))
+    writer = CaptureWriter(tmp_path)
+    drain = sink(tmp_path, retention_days=2, retention_every_s=float("inf"))
+    drain._last_housekeeping = time.monotonic()
     now = time.time()
     writer.submit(chunk(3, at=now - 5 * 86400))
     writer.flush()
+    drain.once()
     old_day = next(tmp_path.glob("date=*"))
     for _ in range(3):
         writer.submit(chunk(3, at=now))
         writer.flush()
+        drain.once()
         time.sleep(0.02)  # distinct modification times
     recent = sorted(tmp_path.glob("date=*/*/part-*.parquet"), key=lambda p: p.stat().st_mtime)
     newest = recent[-1]
-    writer.files.max_bytes = newest.stat().st_size + recent[-2].stat().st_size
-    removed = writer.files.enforce_retention(now)
+    drain.files.max_bytes = newest.stat().st_size + recent[-2].stat().st_size
+    removed = drain.files.enforce_retention(now)
     assert old_day in removed and not old_day.exists()  # past 2 days: the whole day goes
     left = sorted(tmp_path.rglob("part-*.parquet"))
     assert newest in left and recent[-2] in left and len(left) == 2  # oldest over the cap go
 
 
-def test_a_failing_sink_keeps_its_chunks_for_the_next_flush(tmp_path, caplog):
+def test_an_unreachable_index_keeps_answers_in_the_spool_until_it_is_back(tmp_path, caplog):
     calls = {"n": 0}
     indexed: list[str] = []
 
-    def flaky(chunks):
+    def flaky(answers):
         calls["n"] += 1
         if calls["n"] <= 2:
             raise ConnectionError("database unreachable")
-        indexed.extend(i for c in chunks for i in c.ids)
+        indexed.extend(a.answer_id for a in answers)
 
-    writer = CaptureWriter(tmp_path, sinks=[flaky])
-    first, second = chunk(2), chunk(3)
+    writer, drain = CaptureWriter(tmp_path), sink(tmp_path, index=flaky)
+    first, second, shadow = chunk(2), chunk(3), chunk(4, role="shadow")
     writer.submit(first)
-    assert writer.flush() == 2  # the files are written even though the sink failed
-    writer.submit(second)
     writer.flush()
-    assert indexed == []
-    writer.flush()  # nothing new, but the backlog is retried
-    assert indexed == [*first.ids, *second.ids]
-    assert caplog.text.count("database unreachable") == 1  # logged once, not every flush
+    assert drain.once() == 2  # the files are written even though the index failed
+    assert [p.name.endswith(".unindexed") for p in (tmp_path / ".spool").iterdir()] == [True]
+    writer.submit(second)
+    writer.submit(shadow)
+    writer.flush()
+    assert drain.once() == 7
+    assert sorted(indexed) == sorted([first.base, second.base])  # shadow scores: never
+    assert not list((tmp_path / ".spool").iterdir())
+    assert caplog.text.count("database unreachable") == 1  # logged once, not every pass
+    assert len(pd.read_parquet(tmp_path)) == 9
 
 
 def test_compaction_merges_a_workers_finished_files_and_loses_nothing(tmp_path):
-    writer = CaptureWriter(tmp_path)
+    writer, drain = CaptureWriter(tmp_path), sink(tmp_path)
     chunks = [chunk(n) for n in (1, 2, 3, 4)]
     for c in chunks:
         writer.submit(c)
         writer.flush()
+        drain.once()
     before = sorted(tmp_path.rglob("part-*.parquet"))
     assert len(before) == 4
-    assert writer.files.compact(before=time.time() + 1) == 4
+    assert drain.files.compact(before=time.time() + 1) == 4
     after = list(tmp_path.rglob("part-*.parquet"))
     assert len(after) == 1 and after[0].name.endswith("-h.parquet")
     frame = pd.read_parquet(tmp_path)
     assert sorted(frame["prediction_id"]) == sorted(i for c in chunks for i in c.ids)
-    assert writer.files.compact(before=time.time() + 1) == 0  # a merged file is not merged again
+    assert drain.files.compact(before=time.time() + 1) == 0  # a merged file is not merged again
 
 
 def test_a_file_that_cannot_be_written_is_counted_as_dropped(tmp_path):
-    dropped = []
-    blocker = tmp_path / "captures"
-    blocker.write_text("not a folder")  # every partition folder under it fails to be made
-    writer = CaptureWriter(blocker, on_dropped=dropped.append)
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    (tmp_path / f"date={day}").write_text("not a folder")  # its partitions cannot be made
+    writer, drain = CaptureWriter(tmp_path), sink(tmp_path)
     writer.submit(chunk(3))
-    assert writer.flush() == 0
-    assert dropped == [3]
+    writer.flush()
+    assert drain.once() == 0 and drain.report == [("dropped", 3)]
     assert writer.submit(chunk(1))  # and the writer goes on
+
+
+def test_a_spool_that_cannot_be_written_is_counted_as_dropped(tmp_path):
+    dropped = []
+    (tmp_path / ".spool").write_text("not a folder")
+    writer = CaptureWriter(tmp_path, on_dropped=dropped.append)
+    writer.submit(chunk(3))
+    with pytest.raises(OSError):
+        writer.flush()  # the writer thread logs it and goes on
+    assert dropped == [3]
+    assert writer.submit(chunk(1))
+
+
+def test_a_dead_workers_spool_is_adopted_by_another_sink(tmp_path):
+    writer = CaptureWriter(tmp_path)
+    writer.submit(first := chunk(2))
+    writer.flush()
+    (spooled,) = (tmp_path / ".spool").iterdir()
+    dead = 2**22 + 1  # above the default pid_max: no process has it
+    spooled.rename(spooled.with_name(spooled.name.replace(f"{os.getpid()}-", f"{dead}-", 1)))
+    other = Drain(tmp_path, 1, index=None, report=Reports())  # another worker's sink
+    assert other.once() == 2
+    assert sorted(pd.read_parquet(tmp_path)["prediction_id"]) == sorted(first.ids)
+    assert list(tmp_path.rglob(f"part-{dead}-*.parquet"))  # still named for its worker
 
 
 def test_row_ids_and_species_are_made_in_the_writer_exactly_as_served(tmp_path):
@@ -150,6 +219,7 @@ def test_row_ids_and_species_are_made_in_the_writer_exactly_as_served(tmp_path):
     for c in (big, one, other):
         writer.submit(c)
     assert writer.flush() == 2001
+    assert sink(tmp_path).once() == 2001
     frame = pd.read_parquet(tmp_path)
     assert frame["prediction_id"].is_unique is False  # big and other share their base id
     rows = frame[frame["prediction_id"].str.startswith(big.base)]
@@ -167,16 +237,19 @@ def test_writing_captures_does_not_import_pandas(tmp_path):
     import sys
 
     code = (
-        "import sys, time, numpy as np\n"
+        "import os, sys, time, numpy as np\n"
         "from pathlib import Path\n"
         "from serving.capture import CaptureWriter, Chunk, new_id\n"
+        "from serving.capture_sink import Drain\n"
         "w = CaptureWriter(Path(sys.argv[1]))\n"
+        "d = Drain(Path(sys.argv[1]), os.getpid(), index=None, report=lambda k, n: None)\n"
         "for n in (1, 3):\n"
         "    w.submit(Chunk(time.time(), new_id(), n == 1, np.ones((n, 4), np.float32),\n"
         "        np.full((n, 3), 1 / 3, np.float32), ('a', 'b', 'c'), 'm', '1', 'champion',\n"
         "        'http', 1.0))\n"
         "    w.flush()\n"
-        "assert w.files.compact(before=time.time() + 1) == 2\n"
+        "    d.once()\n"
+        "assert d.files.compact(before=time.time() + 1) == 2\n"
         "print('pandas' in sys.modules)\n"
     )
     out = subprocess.run(
