@@ -50,6 +50,15 @@ def worker_pids(server: Server) -> list[int]:
     )
 
 
+def capture_sink_pids(server: Server) -> dict[int, int]:
+    """``{worker pid: capture sink pid}`` of a `bentoml serve` we started."""
+    return {
+        int(cmdline(p).split()[-1]): p
+        for p in descendants(server.process.pid)
+        if "serving.capture_sink" in cmdline(p)
+    }
+
+
 @dataclass
 class Server:
     name: str

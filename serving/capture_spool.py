@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.capture_table import _numeric, numpy_of
+from serving.capture_table import _numeric, _strings, numpy_of
 from training.answers import Answer, row_argmax
 from training.schema import FEATURES, SHADOW
 
@@ -65,7 +65,8 @@ def answers_in(table) -> list[Answer]:
     not: nobody saw them, so nobody can label them). Rows of an answer are contiguous."""
     import pyarrow.compute as pc
 
-    served = table.filter(pc.not_equal(table["role"], SHADOW))
+    # An Arrow scalar, not a Python str: converting one imports pandas into the sink.
+    served = table.filter(pc.not_equal(table["role"], _strings([SHADOW])[0]))
     if not served.num_rows:
         return []
     owner = numpy_of(served["answer"], np.int32)

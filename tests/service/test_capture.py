@@ -9,7 +9,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from harness.servers import bento_server, worker_pids
+from harness.servers import bento_server, capture_sink_pids, worker_pids
 
 pytestmark = pytest.mark.integration
 
@@ -174,8 +174,9 @@ def test_a_hard_kill_loses_at_most_the_last_flush_interval(trained_home, tmp_pat
 
 
 def test_a_capturing_worker_loads_pyarrow_but_not_pandas(trained_home, tmp_path):
-    """pandas would add about 40 MiB to every worker; the writer builds Arrow columns
-    without it, so a worker that has written captures has pyarrow mapped and not pandas."""
+    """pandas would add about 40 MiB to every worker and its sink; both build and read
+    Arrow columns without it, so once captures are on disk, each worker and its one
+    capture sink have pyarrow mapped and not pandas."""
     import time
     from pathlib import Path
 
@@ -194,7 +195,12 @@ def test_a_capturing_worker_loads_pyarrow_but_not_pandas(trained_home, tmp_path)
         while len(pd.read_parquet(captures)) < 6 if captures.exists() else True:
             assert time.monotonic() < deadline, "nothing captured"
             time.sleep(0.2)
-        for pid in worker_pids(server):
+        workers, sinks = worker_pids(server), capture_sink_pids(server)
+        assert sorted(sinks) == workers  # one capture sink per worker, started by it
+        for pid in workers:
             maps = Path(f"/proc/{pid}/maps").read_text()
-            assert "/site-packages/pyarrow/" in maps  # it did write Parquet
+            assert "/site-packages/pyarrow/" in maps  # it did spool Arrow files
             assert "/site-packages/pandas/" not in maps, f"worker {pid} imported pandas"
+            sink_maps = Path(f"/proc/{sinks[pid]}/maps").read_text()
+            assert "/site-packages/pyarrow/" in sink_maps  # it did write Parquet
+            assert "/site-packages/pandas/" not in sink_maps, f"sink of {pid} imported pandas"

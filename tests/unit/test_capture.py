@@ -232,7 +232,8 @@ def test_row_ids_and_species_are_made_in_the_writer_exactly_as_served(tmp_path):
 
 
 def test_writing_captures_does_not_import_pandas(tmp_path):
-    """pandas adds about 80 MiB to every worker; pyarrow's ``pa.array`` imports it."""
+    """pandas adds about 80 MiB to every worker and sink; pyarrow imports it to convert
+    Python values (``pa.array``, a ``str`` compared with a column, ``to_numpy``)."""
     import subprocess
     import sys
 
@@ -242,7 +243,10 @@ def test_writing_captures_does_not_import_pandas(tmp_path):
         "from serving.capture import CaptureWriter, Chunk, new_id\n"
         "from serving.capture_sink import Drain\n"
         "w = CaptureWriter(Path(sys.argv[1]))\n"
-        "d = Drain(Path(sys.argv[1]), os.getpid(), index=None, report=lambda k, n: None)\n"
+        # The index in a dot file, which Parquet readers of the folder skip.
+        "from training.loop_store import FeedbackStore\n"
+        "index = FeedbackStore(f'sqlite:///{sys.argv[1]}/.loop.db').index\n"
+        "d = Drain(Path(sys.argv[1]), os.getpid(), index=index, report=lambda k, n: None)\n"
         "for n in (1, 3):\n"
         "    w.submit(Chunk(time.time(), new_id(), n == 1, np.ones((n, 4), np.float32),\n"
         "        np.full((n, 3), 1 / 3, np.float32), ('a', 'b', 'c'), 'm', '1', 'champion',\n"
