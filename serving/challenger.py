@@ -34,8 +34,12 @@ from training.schema import SHADOW
 logger = logging.getLogger(__name__)
 
 BUCKETS = 10_000
-BATCH_S = 0.02
-"""How long a drawn request waits to be scored together with the others."""
+BATCH_S = 0.2
+"""How long a drawn request waits to be scored together with the others. Every wake-up
+takes the worker's GIL for a fixed cost (the model call, the captures): at 0.02 s (50 a
+second), workers answering /predict at full load with capture and shadow on spent 10-25 %
+more CPU per request than with both off; at 0.2 s, 5-7 % (``python -m
+benchmarks.loop_cpu``; benchmarks/README.md, "Capture and shadow cost")."""
 MAX_PENDING_ROWS = 65_536
 """Rows waiting for the challenger before new requests are skipped (counted)."""
 
@@ -66,7 +70,7 @@ class Shadow:
 
     A drawn request costs its handler one list append. A background thread wakes every
     ``BATCH_S`` and scores everything drawn since in one call of the challenger: a model
-    call costs about the same for 1 row as for 100, so at 1,000 requests/s this is 20
+    call costs about the same for 1 row as for 100, so at 1,000 requests/s this is 5
     calls a second instead of 1,000, none of them on the event loop (ONNX Runtime releases
     the GIL while it computes).
     """

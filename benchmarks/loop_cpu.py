@@ -1,0 +1,95 @@
+"""``python -m benchmarks.loop_cpu``: CPU time per answered request, by process, with the
+loop on and off.
+
+Serves the benchmark's registry as the ``loop_on`` peer of ``benchmarks.run`` (capture on,
+every request scored in shadow), then ``loop_off``, then ``loop_on`` again (to see the
+machine's drift), loads each with ``/predict`` at c=32 (wrk), and prints the CPU seconds
+its workers and capture sinks used per request (user + system, from the kernel's
+accounting, so threads and idle waits are counted as they really are: a sampling
+profiler's idle detection is not involved). Requests/s depend on how wrk's connections
+land on the workers; CPU per request does not, which is why this diagnosis exists.
+Nothing is written to the results folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import psutil
+import typer
+
+from benchmarks import launch, load, run
+from harness.training import train_home
+
+app = typer.Typer(help=__doc__, add_completion=False)
+
+
+def cpu_by_role(root: psutil.Process) -> dict[int, tuple[str, float]]:
+    """``{pid: (role, cpu seconds)}`` of a server's process tree."""
+    found = {}
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            times, cmdline = proc.cpu_times(), " ".join(proc.cmdline())
+        except psutil.NoSuchProcess:
+            continue
+        if "serving.capture_sink" in cmdline:
+            role = "capture sink"
+        elif "_bentoml_impl.worker" in cmdline:
+            role = "worker"
+        else:
+            role = "supervisor"
+        found[proc.pid] = (role, times.user + times.system)
+    return found
+
+
+@app.command()
+def main(
+    seconds: Annotated[int, typer.Option(min=2, help="Seconds of load per peer.")] = 15,
+    connections: Annotated[int, typer.Option(help="Concurrent clients.")] = 32,
+    env: Annotated[
+        list[str], typer.Option(help="KEY=VALUE set on the loop_on peer (repeatable).")
+    ] = [],  # noqa: B006 - typer reads the default, never mutates it
+) -> None:
+    """Measure CPU per request of loop_on, loop_off, loop_on."""
+    work = Path(tempfile.mkdtemp(prefix="iris-loop-cpu-"))
+    try:
+        trained = train_home(work / "home")
+        trained.env["PATH"] = run._path()
+        trained.env["IRIS_TRACKING_URI"] = trained.tracking_uri
+        run._add_challenger(trained)
+        peers = launch.build_peers(trained.env, work, load.iris_rows(1)[0], 1)
+        peers["loop_on"].env.update(item.split("=", 1) for item in env)
+        for key in ("loop_on", "loop_off", "loop_on"):
+            peer = peers[key]
+            body = work / "body.json"
+            body.write_text(json.dumps(peer.body))
+            with launch.running(peer, work) as live:
+                root = psutil.Process(live.server.process.pid)
+                load.run_wrk(peer.url + "/predict", body, connections=connections, duration_s=3)
+                time.sleep(2)
+                before = cpu_by_role(root)
+                result = load.run_wrk(
+                    peer.url + "/predict", body, connections=connections, duration_s=seconds
+                )
+                after = cpu_by_role(root)
+            used: dict[str, float] = {}
+            for pid, (role, cpu) in after.items():
+                used[role] = used.get(role, 0.0) + cpu - before.get(pid, (role, 0.0))[1]
+            per_request = {
+                role: round(1e6 * cpu / result.requests) for role, cpu in sorted(used.items())
+            }
+            typer.echo(
+                f"{key}: {result.rps:,.0f} requests/s; CPU µs per request: "
+                + ", ".join(f"{role} {us}" for role, us in per_request.items())
+            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    app()
