@@ -9,8 +9,6 @@ import sys
 import uuid
 from pathlib import Path
 
-import pytest
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RAW_CSV = REPO_ROOT / "data" / "raw" / "Iris.csv"
 CLI_TIMEOUT_S = 300.0
@@ -74,8 +72,16 @@ def run_cli(
     )
 
 
+class CliRunError(AssertionError):
+    """An ``iris-train`` run the caller needed exited non-zero."""
+
+
 def run_pipeline(env: dict[str, str], *args: str) -> dict:
     """``iris-train run ARGS``; fails the calling test with the CLI's stderr unless it succeeds.
+
+    Raises:
+        CliRunError: the run exited non-zero (an AssertionError, so pytest reports a failure
+            and a benchmark stops with the CLI's own words; the harness needs no pytest).
 
     Returns:
         The pipeline result (``PipelineResult.to_dict()``), read from ``--result-json``.
@@ -83,9 +89,8 @@ def run_pipeline(env: dict[str, str], *args: str) -> dict:
     result_path = Path(env["IRIS_HOME"]) / f"result-{uuid.uuid4().hex[:8]}.json"
     proc = run_cli("run", "--result-json", str(result_path), *args, env=env)
     if proc.returncode != 0:
-        pytest.fail(
-            f"iris-train run {' '.join(args)} exited {proc.returncode}:\n{tail(proc.stderr)}",
-            pytrace=False,
+        raise CliRunError(
+            f"iris-train run {' '.join(args)} exited {proc.returncode}:\n{tail(proc.stderr)}"
         )
     return json.loads(result_path.read_text())
 

@@ -149,7 +149,9 @@ def gate(
 
     ``before_promotion(version)`` runs just before the alias moves to a promoted version
     (the pipeline imports it into the BentoML store there, so this server's workers find
-    it locally the moment they see the alias move, instead of downloading it).
+    it locally the moment they see the alias move, instead of downloading it). If the
+    champion moved meanwhile, the version is not promoted after all: the caller undoes
+    what its hook did.
     """
     import mlflow
 
@@ -173,9 +175,13 @@ def gate(
             seed=settings.seed,
         )
     decision = Decision(version, verdict.promoted, verdict.reason)
-    if verdict.promoted and (now := champion_version(settings)) != current:
+    if decision.promoted and before_promotion is not None:
+        before_promotion(version)  # seconds of work: the champion is read again after it
+    if decision.promoted and (now := champion_version(settings)) != current:
         # Another retrain moved the champion while this one was scored: this evidence is
         # about a model that no longer answers, so the candidate waits as challenger.
+        # (What remains is the moment between this read and the alias write below: the
+        # registry has no compare-and-set.)
         evidence = verdict.reason.removeprefix("promoted, ")
         decision = Decision(
             version,
@@ -184,8 +190,6 @@ def gate(
             f" v{current} ({evidence})",
         )
         mlflow.MlflowClient().log_metric(run_id, "promotion_promoted", 0.0)
-    if decision.promoted and before_promotion is not None:
-        before_promotion(version)
     _apply(decision, settings, previous=current, evidence=verdict.evidence.tags())
     logger.info("Gate took %.2f s (both models loaded and scored)", time.monotonic() - started)
     return decision
