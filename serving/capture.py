@@ -16,6 +16,9 @@ and waits for the sink to write it; a hard kill of the worker loses at most one 
 interval (the sink sees its pipe close and writes what was spooled).
 
 Read it all with one line of pandas: ``pd.read_parquet("var/captures")``.
+
+A little over 250 lines: the queue, the writer thread and the supervision of the sink
+process (start, restart, its reports) share the writer's state.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import numpy as np
 from serving.capture_spool import pending_rows, write_spool
 from serving.capture_table import capture_table
 from serving.child_env import capture_sink_env
+from training.logs import DistinctErrors
 from training.settings import PROJECT_DIR, Settings
 
 logger = logging.getLogger(__name__)
@@ -80,6 +84,9 @@ class CaptureWriter:
     process that writes the spool (started by :meth:`start` when ``sink_env`` is given;
     without one, something else drains the spool, as the unit tests do in-process)."""
 
+    RESTART_S = 10.0
+    """A sink that died is restarted at the next flush, at most once per this long."""
+
     def __init__(
         self,
         directory: Path,
@@ -99,6 +106,8 @@ class CaptureWriter:
         self.on_dropped = on_dropped
         self._pending: deque[Chunk] = deque()
         self._pending_rows = 0
+        self._spooled_rows = 0  # spooled and not yet written, as of the last flush
+        self._errors = DistinctErrors(logger, "Capture spooling works again")
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._seq = 0
@@ -113,7 +122,8 @@ class CaptureWriter:
         """Queue a chunk; False (and counted) if the queue is full. Never blocks or raises."""
         n = len(chunk)
         with self._lock:
-            if self._pending_rows + n > self.max_pending_rows or self._stop.is_set():
+            held = self._pending_rows + self._spooled_rows + n
+            if held > self.max_pending_rows or self._stop.is_set():
                 accepted = False
             else:
                 self._pending.append(chunk)
@@ -126,7 +136,12 @@ class CaptureWriter:
     # -- writer thread ---------------------------------------------------------------
 
     def start(self) -> CaptureWriter:
-        self.spool.mkdir(parents=True, exist_ok=True)
+        """Start the sink and the writer thread. A capture folder that cannot be made is
+        logged and its answers counted as dropped at each flush: the worker serves on."""
+        try:
+            self.spool.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            self._errors.failed(logging.ERROR, f"Capture folder {self.spool} unusable", e)
         self._start_sink()
         self._thread.start()
         return self
@@ -140,7 +155,8 @@ class CaptureWriter:
             self.flush()
         sink, self._sink = self._sink, None
         if sink is not None:
-            sink.stdin.close()  # the sink drains the spool and exits
+            with contextlib.suppress(OSError):  # a sink that died: nothing to tell it
+                sink.stdin.close()  # the sink drains the spool and exits
             try:
                 sink.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -158,8 +174,10 @@ class CaptureWriter:
     def _flush_logged(self) -> None:
         try:
             self.flush()
-        except Exception:  # never let the writer thread die: the next interval tries again
-            logger.exception("Capture flush failed")
+        except Exception as e:  # noqa: BLE001 - the thread never dies; counted as dropped
+            self._errors.failed(logging.ERROR, "Capture spooling failed", e)
+        else:
+            self._errors.ok()
 
     def flush(self) -> int:
         """Spool what is pending now; returns the number of rows spooled."""
@@ -169,10 +187,11 @@ class CaptureWriter:
             self._pending_rows = 0
         if self.sink_env is not None and self._sink is not None and self._sink.poll() is not None:
             self._restart_sink()
+        self._spooled_rows = pending_rows(self.spool, os.getpid())
         if not chunks:
             return 0
         rows = sum(len(c) for c in chunks)
-        if pending_rows(self.spool, os.getpid()) + rows > self.max_pending_rows:
+        if self._spooled_rows + rows > self.max_pending_rows:
             self._dropped(rows)  # the sink is behind: what it has not written bounds us
             return 0
         try:
@@ -180,15 +199,17 @@ class CaptureWriter:
         except Exception:
             self._dropped(rows)
             raise
+        self._spooled_rows += rows
         return rows
 
     def _spool(self, table) -> None:
         self._seq += 1
         write_spool(self.spool, table, os.getpid(), self._seq)
         if self._sink is not None:
-            with contextlib.suppress(OSError, ValueError):  # a dead sink is restarted
-                self._sink.stdin.write(b"\n")
-                self._sink.stdin.flush()
+            # One byte wakes the sink; a full pipe (a sink stuck on its database) already
+            # holds plenty, and a dead sink is restarted at the next flush.
+            with contextlib.suppress(OSError, ValueError):
+                os.write(self._sink.stdin.fileno(), b"\n")
 
     # -- the sink process ------------------------------------------------------------
 
@@ -203,6 +224,7 @@ class CaptureWriter:
             cwd=PROJECT_DIR,
             env=self.sink_env,
         )
+        os.set_blocking(self._sink.stdin.fileno(), False)  # never wait on a stuck sink
         reader = threading.Thread(
             target=self._read_reports, args=(self._sink,), name="capture-reports", daemon=True
         )
@@ -210,20 +232,23 @@ class CaptureWriter:
         self._reports = [r for r in self._reports if r.is_alive()] + [reader]
 
     def _restart_sink(self) -> None:
-        if time.monotonic() - self._sink_started < 10:  # at most one restart per 10 s
+        if time.monotonic() - self._sink_started < self.RESTART_S:
             return
         logger.error("Capture sink exited with %s; starting a new one", self._sink.returncode)
+        with contextlib.suppress(OSError):
+            self._sink.stdin.close()
         self._start_sink()
 
     def _read_reports(self, sink: subprocess.Popen) -> None:
         """Turn the sink's ``written N`` / ``dropped N`` lines into the worker's counters."""
-        for line in sink.stdout:
-            kind, _, n = line.decode(errors="replace").partition(" ")
-            with contextlib.suppress(ValueError):
-                if kind == "written" and self.on_written:
-                    self.on_written(int(n))
-                elif kind == "dropped":
-                    self._dropped(int(n))
+        with sink.stdout:
+            for line in sink.stdout:
+                kind, _, n = line.decode(errors="replace").partition(" ")
+                with contextlib.suppress(ValueError):
+                    if kind == "written" and self.on_written:
+                        self.on_written(int(n))
+                    elif kind == "dropped":
+                        self._dropped(int(n))
 
     def _dropped(self, n: int) -> None:
         if self.on_dropped:

@@ -22,7 +22,7 @@ from serving.capture_table import DICTIONARY_COLUMNS, PARQUET_COLUMNS, _bools, n
 
 
 class CaptureFiles:
-    """One process's view of the capture folder: its own files, and retention for all."""
+    """A sink's view of the capture folder: its worker's files, and retention for all."""
 
     def __init__(
         self,
@@ -87,7 +87,7 @@ class CaptureFiles:
         ``before`` into one file per partition.
 
         A flush every second makes thousands of small files an hour; once an hour each
-        worker rewrites its own finished ones (never another process's) as one file,
+        worker's sink rewrites that worker's finished ones (never another's) as one file,
         written under a temporary name and renamed before the small ones are deleted.
 
         Returns:

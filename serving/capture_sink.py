@@ -7,12 +7,14 @@ Each worker starts one (``python -m serving.capture_sink <worker pid>``, niced b
 nothing: no GIL held for tens of milliseconds a second in the process that answers, and
 under full load the kernel gives the CPU to answering first.
 
-For each spool file, in order: claim it (a rename, so two sinks never process one file),
-index its answers (first, since feedback for them waits on it), write its Parquet
-partitions (named after the spool file, so a retry replaces rather than duplicates),
-delete it. If the index database is unreachable, the file
-waits as ``*.unindexed`` (bounded like the queue; the oldest beyond the bound are dropped
-and counted) and is retried every pass. Files of a worker or sink that died are adopted.
+A sink holds its worker's lock (``serving.capture_spool.owner_lock``) for life, and takes
+its worker's spool files in order: index the answers (first, since feedback for them
+waits on it), write the Parquet partitions (named after the spool file, so a retry
+replaces rather than duplicates), delete the file. If the index database fails, the file
+waits as ``*.unindexed`` (at most ``IRIS_CAPTURE_MAX_PENDING`` rows of them; beyond, the
+oldest are only logged: their Parquet rows stay) and the database is tried again after
+``INDEX_RETRY_S``, while Parquet writing goes on. Once a minute a sink adopts the files of
+any worker whose lock is free (its sink is gone), and sweeps retention.
 
 The worker's stdin pipe is the only control: a byte means "new file", end of file means
 "drain and exit" (a worker that exits, cleanly or killed, closes it), so SIGTERM sent to
@@ -33,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from serving.capture_files import CaptureFiles
-from serving.capture_spool import alive, answers_in, parse_spool_name, read_spool
+from serving.capture_spool import answers_in, owner_lock, parse_spool_name, read_spool, spool_files
 from training.answers import Answer
 from training.logs import DistinctErrors, configure_logging
 
@@ -42,8 +44,14 @@ logger = logging.getLogger(__name__)
 Report = Callable[[str, int], None]
 
 
+INDEX_RETRY_S = 5.0
+"""After a failed index insert, files are written to Parquet without trying the database
+again for this long: a database that hangs (rather than refusing) must not slow the
+Parquet capture down to one timeout per file."""
+
+
 class Drain:
-    """One pass over the spool: write, index, delete; then the folder's housekeeping."""
+    """One pass over a worker's spool: index, write, delete; then the folder's upkeep."""
 
     def __init__(
         self,
@@ -63,7 +71,9 @@ class Drain:
         self.report = report
         self.max_pending_rows = max_pending_rows
         self.retention_every_s = retention_every_s
-        self._errors = DistinctErrors(logger, "Capture indexing works again")
+        self._index_errors = DistinctErrors(logger, "Capture indexing works again")
+        self._file_errors = DistinctErrors(logger, "Capture files are written again")
+        self._index_retry_at = 0.0
         self.files = CaptureFiles(
             directory,
             retention_days,
@@ -75,14 +85,15 @@ class Drain:
         self._compacted_hour = int(time.time() // 3600)
 
     def once(self) -> int:
-        """Process every spool file of ours (and orphans); returns the rows written."""
-        written = 0
-        for path in self._files(orphans=self._housekeeping_due()):
-            written += self._process(path)
-        self._retry_unindexed()
-        if self._housekeeping_due():
+        """Process every spool file of the owner (and, now and then, of workers whose sink
+        is gone); returns the rows written."""
+        written = sum(self._process(path) for path in spool_files(self.spool, self.owner))
+        self._retry_unindexed(self.owner)
+        if time.monotonic() - self._last_housekeeping > self.retention_every_s:
             self._last_housekeeping = time.monotonic()
+            written += self._adopt_orphans()
             self.files.enforce_retention()
+            self._sweep_partial_spools()
         hour = int(time.time() // 3600)
         if hour != self._compacted_hour:
             self._compacted_hour = hour
@@ -92,91 +103,103 @@ class Drain:
                 self._failed("Capture compaction failed", e)
         return written
 
-    def _housekeeping_due(self) -> bool:
-        return time.monotonic() - self._last_housekeeping > self.retention_every_s
+    def close(self) -> None:
+        """After the last pass: the owner is gone, so is its lock file."""
+        with contextlib.suppress(OSError):
+            (self.spool / f".owner-{self.owner}.lock").unlink()
 
-    def _files(self, *, orphans: bool) -> list[Path]:
-        """Our spool files in order; with ``orphans``, also those of dead workers and of
-        sinks that died holding a claim."""
-        found = []
-        with contextlib.suppress(FileNotFoundError):
-            for path in self.spool.iterdir():
-                parsed = parse_spool_name(path.name)
-                if parsed is None or path.name.endswith(".unindexed"):
-                    continue
-                if path.name.startswith(".claimed-"):
-                    claimer = int(path.name.split("-")[1])
-                    if orphans and claimer != os.getpid() and not alive(claimer):
-                        found.append(path)
-                elif parsed[0] == self.owner or (orphans and not alive(parsed[0])):
-                    found.append(path)
-        return sorted(found, key=lambda p: parse_spool_name(p.name)[1])
+    def _adopt_orphans(self) -> int:
+        """Process the files of every other worker whose lock is free (its sink is gone:
+        killed with its worker, or never restarted)."""
+        owners = {parse_spool_name(p.name)[0] for p in spool_files(self.spool)}
+        owners |= {parse_spool_name(p.name)[0] for p in spool_files(self.spool, unindexed=True)}
+        written = 0
+        for owner in sorted(owners - {self.owner}):
+            lock = owner_lock(self.spool, owner, wait=False)
+            if lock is None:  # its sink is alive and working
+                continue
+            with lock:
+                logger.info("Capture sink of %d adopts the spool of worker %d", self.owner, owner)
+                written += sum(self._process(path) for path in spool_files(self.spool, owner))
+                self._retry_unindexed(owner)
+                if not spool_files(self.spool, owner, unindexed=True):
+                    (self.spool / f".owner-{owner}.lock").unlink(missing_ok=True)
+        return written
 
     def _process(self, path: Path) -> int:
-        plain = path.name.split("-", 2)[2] if path.name.startswith(".claimed-") else path.name
-        claimed = self.spool / f".claimed-{os.getpid()}-{plain}"
+        _, stem, rows, _ = parse_spool_name(path.name)
         try:
-            os.rename(path, claimed)
-        except FileNotFoundError:  # another sink took it
+            table = read_spool(path)
+        except FileNotFoundError:  # processed meanwhile (an adopter of a reused PID)
             return 0
-        _, stem, rows = parse_spool_name(plain)
-        try:
-            table = read_spool(claimed)
         except Exception as e:  # noqa: BLE001 - a damaged spool file is dropped, counted
-            self._failed(f"Capture spool file {plain} unreadable; {rows} answers dropped", e)
+            self._failed(f"Capture spool file {path.name} unreadable; {rows} answers dropped", e)
             self.report("dropped", rows)
-            claimed.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             return 0
         indexed = self._index(table)  # first: feedback for these answers waits on it
         written = self.files.write(table, stem)
         if written:
             self.report("written", written)
+            self._file_errors.ok()
         if indexed:
-            claimed.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
         else:
-            os.replace(claimed, self.spool / f"{plain}.unindexed")
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(path, path.with_name(f"{path.name}.unindexed"))
             self._bound_unindexed()
         return written
 
     def _index(self, table) -> bool:
         if self.index is None:
             return True
+        if time.monotonic() < self._index_retry_at:
+            return False
         try:
             self.index(answers_in(table))
         except Exception as e:  # noqa: BLE001 - a database outage never stops capture
-            self._failed("Capture indexing failed; the answers wait in the spool", e)
+            self._index_retry_at = time.monotonic() + INDEX_RETRY_S
+            self._index_errors.failed(
+                logging.ERROR, "Capture indexing failed; the answers wait in the spool", e
+            )
             return False
-        self._errors.ok()
+        self._index_errors.ok()
         return True
 
-    def _unindexed(self) -> list[Path]:
-        with contextlib.suppress(FileNotFoundError):
-            return sorted(self.spool.glob("*.unindexed"), key=lambda p: parse_spool_name(p.name)[1])
-        return []
-
-    def _retry_unindexed(self) -> None:
-        for path in self._unindexed():
+    def _retry_unindexed(self, owner: int) -> None:
+        for path in spool_files(self.spool, owner, unindexed=True):
             try:
                 table = read_spool(path)
-            except FileNotFoundError:  # another sink indexed it
+            except FileNotFoundError:
                 continue
             if not self._index(table):
                 return
             path.unlink(missing_ok=True)
 
     def _bound_unindexed(self) -> None:
-        waiting = [(parse_spool_name(p.name)[2], p) for p in self._unindexed()]
-        total = sum(rows for rows, _ in waiting)
-        for rows, path in waiting:
+        """Keep at most ``max_pending_rows`` of the owner's rows waiting for the index; the
+        oldest beyond go (their Parquet rows stay: only feedback for them will be 404)."""
+        waiting = spool_files(self.spool, self.owner, unindexed=True)
+        total = sum(parse_spool_name(p.name)[2] for p in waiting)
+        for path in waiting:
             if total <= self.max_pending_rows:
                 break
+            rows = parse_spool_name(path.name)[2]
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-                self.report("dropped", rows)
+                logger.error("Capture index backlog full: %d answers will not be indexed", rows)
             total -= rows
 
+    def _sweep_partial_spools(self) -> None:
+        """Spool files a killed worker left half-written (``.<name>.tmp``), after an hour."""
+        with contextlib.suppress(OSError):
+            for stale in self.spool.glob(".*.tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    if stale.stat().st_mtime < time.time() - 3600:
+                        stale.unlink()
+
     def _failed(self, what: str, e: BaseException) -> None:
-        self._errors.failed(logging.ERROR, what, e)
+        self._file_errors.failed(logging.ERROR, what, e)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(f"{kind} {n}\n")
             sys.stdout.flush()
 
+    settings.capture_dir.joinpath(".spool").mkdir(parents=True, exist_ok=True)
+    lock = owner_lock(settings.capture_dir / ".spool", int(owner), wait=True)  # held for life
     drain = Drain(
         settings.capture_dir,
         int(owner),
@@ -215,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:  # never die with files waiting: the next pass tries again
             logger.exception("Capture sink pass failed")
     drain.once()
+    drain.close()
+    lock.close()
     return 0
 
 

@@ -3,17 +3,21 @@ answers a spooled table holds.
 
 A spool file is one flush of one worker, an Arrow IPC file named
 ``<worker pid>-<ms>-<seq>-<rows>.arrow`` (whose, in order, how big), renamed into place
-when complete. Its sink claims it as ``.claimed-<sink pid>-<name>`` and, while the index
-database is unreachable, keeps it as ``<name>.unindexed``.
+when complete; while the index database is unreachable its sink keeps it as
+``<name>.unindexed``. Whoever processes a worker's files holds that worker's lock
+(:func:`owner_lock`, an ``flock`` the kernel releases when its holder dies, so neither a
+dead process nor a reused PID can leave files that nobody may take).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import time
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -27,37 +31,45 @@ def spool_name(owner: int, seq: int, rows: int) -> str:
     return f"{owner}-{int(time.time() * 1000)}-{seq:06d}-{rows}.arrow"
 
 
-def parse_spool_name(name: str) -> tuple[int, str, int] | None:
-    """(owner pid, Parquet stem, rows) of a spool file name, claimed or not; else None."""
-    if name.startswith(".claimed-"):
-        name = name.split("-", 2)[2]
-    if name.endswith(".unindexed"):
-        name = name.removesuffix(".unindexed")
+def parse_spool_name(name: str) -> tuple[int, str, int, tuple[int, int]] | None:
+    """(owner pid, Parquet stem, rows, (ms, seq) order) of a spool file name; else None."""
+    name = name.removesuffix(".unindexed")
     parts = name.removesuffix(".arrow").split("-")
     if not name.endswith(".arrow") or len(parts) != 4 or not all(p.isdigit() for p in parts):
         return None
-    return int(parts[0]), "-".join(parts[:3]), int(parts[3])
+    return int(parts[0]), "-".join(parts[:3]), int(parts[3]), (int(parts[1]), int(parts[2]))
+
+
+def spool_files(spool: Path, owner: int | None = None, *, unindexed: bool = False) -> list[Path]:
+    """Spool files (of ``owner``, or of everyone), oldest first; ``unindexed`` ones only
+    if asked, else only those not yet written."""
+    found = []
+    with contextlib.suppress(OSError), os.scandir(spool) as entries:
+        for entry in entries:
+            parsed = parse_spool_name(entry.name)
+            if parsed is None or entry.name.endswith(".unindexed") != unindexed:
+                continue
+            if owner is None or parsed[0] == owner:
+                found.append((parsed[3], Path(entry.path)))
+    return [path for _, path in sorted(found)]
 
 
 def pending_rows(spool: Path, owner: int) -> int:
     """Rows ``owner`` spooled that are not yet written (what bounds its queue)."""
-    total = 0
-    with contextlib.suppress(OSError), os.scandir(spool) as entries:
-        for entry in entries:
-            parsed = parse_spool_name(entry.name)
-            if parsed and parsed[0] == owner and not entry.name.endswith(".unindexed"):
-                total += parsed[2]
-    return total
+    return sum(parse_spool_name(p.name)[2] for p in spool_files(spool, owner))
 
 
-def alive(pid: int) -> bool:
+def owner_lock(spool: Path, owner: int, *, wait: bool) -> IO | None:
+    """Hold ``owner``'s lock (its sink does, for life; another sink, to adopt the files of
+    a worker whose sink is gone). Returns the open lock file, or None if ``wait`` is False
+    and someone holds it."""
+    lock = open(spool / f".owner-{owner}.lock", "a")  # noqa: SIM115 - held by the caller
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock
 
 
 def answers_in(table) -> list[Answer]:

@@ -53,7 +53,9 @@ def capture_sink_env(
     capture settings, resolved, so the sink writes exactly where the worker spools."""
     env = _base(environ)
     env.update(
-        IRIS_CAPTURE_DIR=str(settings.capture_dir),
+        IRIS_HOME=str(settings.home.resolve()),
+        IRIS_LOG_DIR=str(settings.log_dir.resolve()),
+        IRIS_CAPTURE_DIR=str(settings.capture_dir.resolve()),
         IRIS_CAPTURE_MAX_PENDING=str(settings.capture_max_pending),
         IRIS_CAPTURE_RETENTION_DAYS=str(settings.capture_retention_days),
         IRIS_CAPTURE_MAX_BYTES=str(settings.capture_max_bytes),

@@ -107,8 +107,8 @@ async def post_feedback(request: Request) -> Response:
         ]
         return json_error(
             404,
-            f"{len(unknown)} prediction_id(s) were never served here (or were captured less "
-            f"than IRIS_CAPTURE_FLUSH_S ago): {', '.join(unknown[:3])}",
+            f"{len(unknown)} prediction_id(s) were never served here (or not indexed yet: "
+            f"about IRIS_CAPTURE_FLUSH_S after the answer): {', '.join(unknown[:3])}",
             details,
         )
     except sa.exc.SQLAlchemyError as e:

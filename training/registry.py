@@ -150,8 +150,8 @@ def gate(
     ``before_promotion(version)`` runs just before the alias moves to a promoted version
     (the pipeline imports it into the BentoML store there, so this server's workers find
     it locally the moment they see the alias move, instead of downloading it). If the
-    champion moved meanwhile, the version is not promoted after all: the caller undoes
-    what its hook did.
+    champion moved meanwhile, the version is not promoted after all, and the caller puts
+    the champion back (``training.pipeline.run`` imports the champion as its last step).
     """
     import mlflow
 

@@ -15,6 +15,7 @@ import pytest
 
 from serving.capture import CaptureWriter, Chunk, new_id
 from serving.capture_sink import Drain
+from serving.capture_spool import owner_lock
 from serving.child_env import capture_sink_env
 from training.schema import FEATURES, SPECIES
 from training.settings import Settings
@@ -82,9 +83,10 @@ def test_a_full_queue_drops_and_counts_and_never_blocks(tmp_path):
     assert time.perf_counter() - started < 0.05
     assert dropped == [3]
     assert writer.flush() == 10
-    assert writer.submit(chunk(3))  # room again in the queue after a flush ...
-    assert writer.flush() == 0 and dropped == [3, 3]  # ... but the spool is not written yet
+    assert writer.submit(chunk(3)) is False  # spooled rows count until the sink writes them
+    assert dropped == [3, 3]
     assert sink(tmp_path).once() == 10
+    writer.flush()  # the writer learns at its next flush that the spool was written
     assert writer.submit(chunk(3)) and writer.flush() == 3
 
 
@@ -106,7 +108,36 @@ def test_a_real_sink_process_writes_everything_on_a_clean_close(tmp_path):
     from training.loop_store import FeedbackStore
 
     store = FeedbackStore(settings.loop_url)
-    assert store.label([(big.ids[3], "Iris-setosa")])  # indexed by the sink: labels resolve
+    labelled = store.label([(big.ids[3], "Iris-setosa")])  # unknown ids would raise KeyError
+    assert len(labelled.added) == 1  # indexed by the sink: the label resolved and was stored
+
+
+def test_a_sink_that_dies_is_restarted_and_a_dead_sink_never_breaks_close(tmp_path):
+    import signal
+
+    captures, written = tmp_path / "captures", []
+    settings = Settings(home=tmp_path, capture_dir=captures)
+    writer = CaptureWriter(
+        captures, flush_s=3600, sink_env=capture_sink_env(settings), on_written=written.append
+    ).start()
+    writer.RESTART_S = 0.0
+    first = writer._sink
+    first.kill()
+    first.wait(10)
+    assert first.returncode == -signal.SIGKILL
+    writer.submit(big := chunk(5))
+    assert writer.flush() == 5  # spooled; the dead sink is noticed and replaced
+    assert writer._sink is not first and writer._sink.poll() is None
+    writer.close()
+    assert sorted(pd.read_parquet(captures)["prediction_id"]) == sorted(big.ids)
+    assert written == [5]
+
+    dead = CaptureWriter(captures / "other", sink_env=capture_sink_env(settings)).start()
+    dead._sink.kill()
+    dead._sink.wait(10)
+    dead.submit(chunk(1))
+    dead.close()  # spools, finds the sink gone: no exception (its spool waits for adoption)
+    assert len(list((captures / "other" / ".spool").glob("*.arrow"))) == 1
 
 
 def test_retention_by_age_then_by_size(tmp_path):
@@ -132,7 +163,10 @@ def test_retention_by_age_then_by_size(tmp_path):
     assert newest in left and recent[-2] in left and len(left) == 2  # oldest over the cap go
 
 
-def test_an_unreachable_index_keeps_answers_in_the_spool_until_it_is_back(tmp_path, caplog):
+def test_an_unreachable_index_keeps_answers_in_the_spool_until_it_is_back(
+    tmp_path, caplog, monkeypatch
+):
+    monkeypatch.setattr("serving.capture_sink.INDEX_RETRY_S", 0.0)  # retry at every pass
     calls = {"n": 0}
     indexed: list[str] = []
 
@@ -196,17 +230,42 @@ def test_a_spool_that_cannot_be_written_is_counted_as_dropped(tmp_path):
     assert writer.submit(chunk(1))
 
 
-def test_a_dead_workers_spool_is_adopted_by_another_sink(tmp_path):
+def test_a_dead_workers_spool_is_adopted_by_another_sink_once_its_lock_is_free(tmp_path):
     writer = CaptureWriter(tmp_path)
     writer.submit(first := chunk(2))
     writer.flush()
     (spooled,) = (tmp_path / ".spool").iterdir()
-    dead = 2**22 + 1  # above the default pid_max: no process has it
-    spooled.rename(spooled.with_name(spooled.name.replace(f"{os.getpid()}-", f"{dead}-", 1)))
+    gone = os.getpid() + 1  # any PID: liveness is the lock, never the PID
+    spooled.rename(spooled.with_name(spooled.name.replace(f"{os.getpid()}-", f"{gone}-", 1)))
     other = Drain(tmp_path, 1, index=None, report=Reports())  # another worker's sink
+    held = owner_lock(tmp_path / ".spool", gone, wait=False)  # its sink is alive
+    assert held is not None
+    assert other.once() == 0  # not adopted while its sink holds the lock
+    held.close()  # the kernel releases it when that sink dies
+    other._last_housekeeping = 0.0  # adoption is checked once a minute
     assert other.once() == 2
     assert sorted(pd.read_parquet(tmp_path)["prediction_id"]) == sorted(first.ids)
-    assert list(tmp_path.rglob(f"part-{dead}-*.parquet"))  # still named for its worker
+    assert list(tmp_path.rglob(f"part-{gone}-*.parquet"))  # still named for its worker
+    assert not list((tmp_path / ".spool").iterdir())  # its lock file went too
+
+
+def test_index_failures_keep_parquet_going_and_the_backlog_is_bounded(tmp_path, caplog):
+    calls = []
+
+    def down(answers):
+        calls.append(len(answers))
+        raise TimeoutError("database hangs")
+
+    writer = CaptureWriter(tmp_path)
+    drain = sink(tmp_path, index=down, max_pending_rows=5)
+    for n in (3, 3):
+        writer.submit(chunk(n))
+        writer.flush()
+    assert drain.once() == 6  # both files written to Parquet
+    assert calls == [1]  # one try (one answer of 3 rows), none more until INDEX_RETRY_S
+    waiting = list((tmp_path / ".spool").glob("*.unindexed"))
+    assert len(waiting) == 1  # 6 rows waiting > 5: the oldest file went (logged)
+    assert "will not be indexed" in caplog.text
 
 
 def test_row_ids_and_species_are_made_in_the_writer_exactly_as_served(tmp_path):
