@@ -181,35 +181,39 @@ class CaptureWriter:
 
     def flush(self) -> int:
         """Spool what is pending now; returns the number of rows spooled."""
+        on_disk = pending_rows(self.spool, os.getpid())  # the sink only ever lowers it
         with self._lock:
             chunks = list(self._pending)
+            rows = self._pending_rows
             self._pending.clear()
             self._pending_rows = 0
+            self._spooled_rows = on_disk + rows  # rows being spooled count from now on
         if self.sink_env is not None and self._sink is not None and self._sink.poll() is not None:
             self._restart_sink()
-        self._spooled_rows = pending_rows(self.spool, os.getpid())
         if not chunks:
             return 0
-        rows = sum(len(c) for c in chunks)
-        if self._spooled_rows + rows > self.max_pending_rows:
-            self._dropped(rows)  # the sink is behind: what it has not written bounds us
-            return 0
         try:
+            if on_disk + rows > self.max_pending_rows:
+                raise _SpoolFullError  # the sink is behind: what it has not written bounds us
             self._spool(capture_table(chunks))
-        except Exception:
+        except Exception as e:
+            with self._lock:
+                self._spooled_rows -= rows
             self._dropped(rows)
+            if isinstance(e, _SpoolFullError):
+                return 0
             raise
-        self._spooled_rows += rows
         return rows
 
     def _spool(self, table) -> None:
         self._seq += 1
         write_spool(self.spool, table, os.getpid(), self._seq)
-        if self._sink is not None:
+        sink = self._sink  # close() may clear it meanwhile
+        if sink is not None and not sink.stdin.closed:
             # One byte wakes the sink; a full pipe (a sink stuck on its database) already
             # holds plenty, and a dead sink is restarted at the next flush.
             with contextlib.suppress(OSError, ValueError):
-                os.write(self._sink.stdin.fileno(), b"\n")
+                os.write(sink.stdin.fileno(), b"\n")
 
     # -- the sink process ------------------------------------------------------------
 
@@ -253,6 +257,10 @@ class CaptureWriter:
     def _dropped(self, n: int) -> None:
         if self.on_dropped:
             self.on_dropped(n)
+
+
+class _SpoolFullError(Exception):
+    """The worker's bound is reached: this flush's rows are dropped (and counted)."""
 
 
 def new_id() -> str:

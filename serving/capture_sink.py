@@ -14,7 +14,9 @@ replaces rather than duplicates), delete the file. If the index database fails, 
 waits as ``*.unindexed`` (at most ``IRIS_CAPTURE_MAX_PENDING`` rows of them; beyond, the
 oldest are only logged: their Parquet rows stay) and the database is tried again after
 ``INDEX_RETRY_S``, while Parquet writing goes on. Once a minute a sink adopts the files of
-any worker whose lock is free (its sink is gone), and sweeps retention.
+any worker whose lock is free (its sink is gone; an adopted worker's ``*.unindexed`` files
+are thus retried once a minute), and sweeps retention. Lock files are never deleted: an
+``flock`` belongs to the file, and a new file under the old name would let two sinks in.
 
 The worker's stdin pipe is the only control: a byte means "new file", end of file means
 "drain and exit" (a worker that exits, cleanly or killed, closes it), so SIGTERM sent to
@@ -103,11 +105,6 @@ class Drain:
                 self._failed("Capture compaction failed", e)
         return written
 
-    def close(self) -> None:
-        """After the last pass: the owner is gone, so is its lock file."""
-        with contextlib.suppress(OSError):
-            (self.spool / f".owner-{self.owner}.lock").unlink()
-
     def _adopt_orphans(self) -> int:
         """Process the files of every other worker whose lock is free (its sink is gone:
         killed with its worker, or never restarted)."""
@@ -120,13 +117,13 @@ class Drain:
                 continue
             with lock:
                 logger.info("Capture sink of %d adopts the spool of worker %d", self.owner, owner)
-                written += sum(self._process(path) for path in spool_files(self.spool, owner))
+                written += sum(
+                    self._process(path, owner) for path in spool_files(self.spool, owner)
+                )
                 self._retry_unindexed(owner)
-                if not spool_files(self.spool, owner, unindexed=True):
-                    (self.spool / f".owner-{owner}.lock").unlink(missing_ok=True)
         return written
 
-    def _process(self, path: Path) -> int:
+    def _process(self, path: Path, owner: int | None = None) -> int:
         _, stem, rows, _ = parse_spool_name(path.name)
         try:
             table = read_spool(path)
@@ -147,7 +144,7 @@ class Drain:
         else:
             with contextlib.suppress(FileNotFoundError):
                 os.replace(path, path.with_name(f"{path.name}.unindexed"))
-            self._bound_unindexed()
+            self._bound_unindexed(self.owner if owner is None else owner)
         return written
 
     def _index(self, table) -> bool:
@@ -176,10 +173,10 @@ class Drain:
                 return
             path.unlink(missing_ok=True)
 
-    def _bound_unindexed(self) -> None:
-        """Keep at most ``max_pending_rows`` of the owner's rows waiting for the index; the
+    def _bound_unindexed(self, owner: int) -> None:
+        """Keep at most ``max_pending_rows`` of ``owner``'s rows waiting for the index; the
         oldest beyond go (their Parquet rows stay: only feedback for them will be 404)."""
-        waiting = spool_files(self.spool, self.owner, unindexed=True)
+        waiting = spool_files(self.spool, owner, unindexed=True)
         total = sum(parse_spool_name(p.name)[2] for p in waiting)
         for path in waiting:
             if total <= self.max_pending_rows:
@@ -240,8 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:  # never die with files waiting: the next pass tries again
             logger.exception("Capture sink pass failed")
     drain.once()
-    drain.close()
-    lock.close()
+    lock.close()  # the file stays: deleting a lock file others may have open breaks flock
     return 0
 
 

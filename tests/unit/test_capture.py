@@ -104,7 +104,7 @@ def test_a_real_sink_process_writes_everything_on_a_clean_close(tmp_path):
     assert sorted(frame["prediction_id"]) == sorted(big.ids + small.ids)
     assert written == [8]  # reported back by the sink, counted by the worker
     assert writer.submit(chunk(1)) is False  # closed: nothing more is accepted
-    assert not list((captures / ".spool").iterdir())
+    assert not list((captures / ".spool").glob("*.arrow*"))  # all written, none waiting
     from training.loop_store import FeedbackStore
 
     store = FeedbackStore(settings.loop_url)
@@ -132,12 +132,14 @@ def test_a_sink_that_dies_is_restarted_and_a_dead_sink_never_breaks_close(tmp_pa
     assert sorted(pd.read_parquet(captures)["prediction_id"]) == sorted(big.ids)
     assert written == [5]
 
-    dead = CaptureWriter(captures / "other", sink_env=capture_sink_env(settings)).start()
+    other = captures / "other"
+    elsewhere = capture_sink_env(Settings(home=tmp_path, capture_dir=other))
+    dead = CaptureWriter(other, sink_env=elsewhere).start()
     dead._sink.kill()
     dead._sink.wait(10)
     dead.submit(chunk(1))
     dead.close()  # spools, finds the sink gone: no exception (its spool waits for adoption)
-    assert len(list((captures / "other" / ".spool").glob("*.arrow"))) == 1
+    assert len(list((other / ".spool").glob("*.arrow"))) == 1
 
 
 def test_retention_by_age_then_by_size(tmp_path):
@@ -240,13 +242,18 @@ def test_a_dead_workers_spool_is_adopted_by_another_sink_once_its_lock_is_free(t
     other = Drain(tmp_path, 1, index=None, report=Reports())  # another worker's sink
     held = owner_lock(tmp_path / ".spool", gone, wait=False)  # its sink is alive
     assert held is not None
+    other._last_housekeeping = 0.0  # adoption is looked at once a minute: now
     assert other.once() == 0  # not adopted while its sink holds the lock
+    assert len(list((tmp_path / ".spool").glob("*.arrow"))) == 1
     held.close()  # the kernel releases it when that sink dies
-    other._last_housekeeping = 0.0  # adoption is checked once a minute
+    other._last_housekeeping = 0.0
     assert other.once() == 2
     assert sorted(pd.read_parquet(tmp_path)["prediction_id"]) == sorted(first.ids)
     assert list(tmp_path.rglob(f"part-{gone}-*.parquet"))  # still named for its worker
-    assert not list((tmp_path / ".spool").iterdir())  # its lock file went too
+    assert not list((tmp_path / ".spool").glob("*.arrow*"))
+    # The lock file stays: a flock belongs to the file, and a sink restarted for this
+    # worker may be waiting on it; a new file under the same name would let two sinks in.
+    assert (tmp_path / ".spool" / f".owner-{gone}.lock").exists()
 
 
 def test_index_failures_keep_parquet_going_and_the_backlog_is_bounded(tmp_path, caplog):
@@ -261,11 +268,19 @@ def test_index_failures_keep_parquet_going_and_the_backlog_is_bounded(tmp_path, 
     for n in (3, 3):
         writer.submit(chunk(n))
         writer.flush()
+    spooled = sorted((tmp_path / ".spool").glob("*.arrow"))  # oldest first (same ms: seq)
     assert drain.once() == 6  # both files written to Parquet
     assert calls == [1]  # one try (one answer of 3 rows), none more until INDEX_RETRY_S
     waiting = list((tmp_path / ".spool").glob("*.unindexed"))
-    assert len(waiting) == 1  # 6 rows waiting > 5: the oldest file went (logged)
+    assert [p.name for p in waiting] == [spooled[-1].name + ".unindexed"]  # the oldest went
     assert "will not be indexed" in caplog.text
+    indexed = []
+    drain.index = lambda answers: indexed.extend(a.answer_id for a in answers)
+    drain.once()
+    assert indexed == []  # still backing off
+    drain._index_retry_at = 0.0  # INDEX_RETRY_S later
+    drain.once()
+    assert len(indexed) == 1 and not list((tmp_path / ".spool").glob("*.unindexed"))
 
 
 def test_row_ids_and_species_are_made_in_the_writer_exactly_as_served(tmp_path):
