@@ -253,6 +253,18 @@ def stop(server: Server) -> None:
     psutil.wait_procs(tree, timeout=5)
 
 
+def process_role(proc: psutil.Process, cmdline: str) -> str:
+    """What a process of a server's tree is: a worker serves (or is a peer's leaf process),
+    a capture sink writes one worker's captures, the rest supervise."""
+    if "serving.capture_sink" in cmdline:
+        return "capture sink"
+    if "resource_tracker" in cmdline:
+        return "supervisor"
+    if "_bentoml_impl.worker" in cmdline or not proc.children():
+        return "worker"
+    return "supervisor"
+
+
 def memory(server: Server) -> dict:
     """VmRSS of every process in the server's tree: workers serve, each with its capture
     sink (``serving.capture_sink``) when capture is on; the rest supervise."""
@@ -262,18 +274,10 @@ def memory(server: Server) -> dict:
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
             cmdline = " ".join(proc.cmdline())
-            if "serving.capture_sink" in cmdline:
-                role = "capture sink"
-            elif "resource_tracker" in cmdline:
-                role = "supervisor"
-            elif "_bentoml_impl.worker" in cmdline or not proc.children():
-                role = "worker"
-            else:
-                role = "supervisor"
             rows.append(
                 {
                     "pid": proc.pid,
-                    "role": role,
+                    "role": process_role(proc, cmdline),
                     "rss_mib": round(vm_rss_kib(proc.pid) / 1024, 1),
                     "cmdline": cmdline[:160],
                 }

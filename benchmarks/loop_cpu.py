@@ -24,7 +24,6 @@ import psutil
 import typer
 
 from benchmarks import launch, load, run
-from harness.training import train_home
 
 app = typer.Typer(help=__doc__, add_completion=False)
 
@@ -34,15 +33,10 @@ def cpu_by_role(root: psutil.Process) -> dict[int, tuple[str, float]]:
     found = {}
     for proc in [root, *root.children(recursive=True)]:
         try:
-            times, cmdline = proc.cpu_times(), " ".join(proc.cmdline())
+            times = proc.cpu_times()
+            role = launch.process_role(proc, " ".join(proc.cmdline()))
         except psutil.NoSuchProcess:
             continue
-        if "serving.capture_sink" in cmdline:
-            role = "capture sink"
-        elif "_bentoml_impl.worker" in cmdline:
-            role = "worker"
-        else:
-            role = "supervisor"
         found[proc.pid] = (role, times.user + times.system)
     return found
 
@@ -58,10 +52,7 @@ def main(
     """Measure CPU per request of loop_on, loop_off, loop_on."""
     work = Path(tempfile.mkdtemp(prefix="iris-loop-cpu-"))
     try:
-        trained = train_home(work / "home")
-        trained.env["PATH"] = run._path()
-        trained.env["IRIS_TRACKING_URI"] = trained.tracking_uri
-        run._add_challenger(trained)
+        trained = run.trained_registry(work)
         peers = launch.build_peers(trained.env, work, load.iris_rows(1)[0], 1)
         peers["loop_on"].env.update(item.split("=", 1) for item in env)
         for key in ("loop_on", "loop_off", "loop_on"):

@@ -24,7 +24,6 @@ from typing import Annotated
 import typer
 
 from benchmarks import launch, load, oip_peer, profile, run
-from harness.training import train_home
 
 app = typer.Typer(help=__doc__, add_completion=False)
 WATCH = (
@@ -93,10 +92,7 @@ def main(
     """Profile the loop_on peer under /predict and V2 gRPC load."""
     work = Path(tempfile.mkdtemp(prefix="iris-profile-loop-"))
     try:
-        trained = train_home(work / "home")
-        trained.env["PATH"] = run._path()
-        trained.env["IRIS_TRACKING_URI"] = trained.tracking_uri
-        run._add_challenger(trained)
+        trained = run.trained_registry(work)
         row = load.iris_rows(1)[0]
         peer = launch.build_peers(trained.env, work, row, 1)["loop_on"]
         grpc_port = int(peer.env["IRIS_GRPC_PORT"])

@@ -121,7 +121,9 @@ def main(
             shutil.rmtree(work, ignore_errors=True)
 
 
-def run(work: Path, **opts) -> dict:
+def trained_registry(work: Path):
+    """The benchmark's registry under ``work/home``: a Random Forest champion (v1) and a
+    ``@challenger`` (v2), with the environment every peer is started from."""
     typer.echo(f"training a fresh registry in {work}/home ...")
     trained = train_home(work / "home")
     trained.env["PATH"] = _path()  # the venv's mlflow, uvicorn and bentoml first
@@ -130,6 +132,12 @@ def run(work: Path, **opts) -> dict:
     if champion["best_candidate"] != "random_forest" or not champion["promoted"]:
         raise AssertionError(f"expected a Random Forest champion, got {champion}")
     _add_challenger(trained)
+    return trained
+
+
+def run(work: Path, **opts) -> dict:
+    trained = trained_registry(work)
+    champion = trained.result
     row = load.iris_rows(1)[0]
     peers = launch.build_peers(trained.env, work, row, opts["mlflow_workers"])
     result: dict = {

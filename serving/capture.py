@@ -188,22 +188,25 @@ class CaptureWriter:
             self._pending.clear()
             self._pending_rows = 0
             self._spooled_rows = on_disk + rows  # rows being spooled count from now on
-        if self.sink_env is not None and self._sink is not None and self._sink.poll() is not None:
+        if self._sink is not None and self._sink.poll() is not None:
             self._restart_sink()
         if not chunks:
             return 0
+        if on_disk + rows > self.max_pending_rows:
+            self._give_back(rows)  # the sink is behind: what it has not written bounds us
+            return 0
         try:
-            if on_disk + rows > self.max_pending_rows:
-                raise _SpoolFullError  # the sink is behind: what it has not written bounds us
             self._spool(capture_table(chunks))
-        except Exception as e:
-            with self._lock:
-                self._spooled_rows -= rows
-            self._dropped(rows)
-            if isinstance(e, _SpoolFullError):
-                return 0
+        except Exception:
+            self._give_back(rows)
             raise
         return rows
+
+    def _give_back(self, rows: int) -> None:
+        """Rows that were taken from the queue and not spooled: uncounted, and dropped."""
+        with self._lock:
+            self._spooled_rows -= rows
+        self._dropped(rows)
 
     def _spool(self, table) -> None:
         self._seq += 1
@@ -257,10 +260,6 @@ class CaptureWriter:
     def _dropped(self, n: int) -> None:
         if self.on_dropped:
             self.on_dropped(n)
-
-
-class _SpoolFullError(Exception):
-    """The worker's bound is reached: this flush's rows are dropped (and counted)."""
 
 
 def new_id() -> str:

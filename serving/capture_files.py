@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.capture_table import DICTIONARY_COLUMNS, PARQUET_COLUMNS, _bools, numpy_of
+from serving.capture_table import DICTIONARY_COLUMNS, PARQUET_COLUMNS, bool_array, numpy_of
 
 
 class CaptureFiles:
@@ -60,7 +60,7 @@ class CaptureFiles:
         for k, part in enumerate(np.unique(key)):
             day, code = divmod(int(part), len(versions.dictionary))
             version = versions.dictionary[code].as_py()
-            selected = table.filter(_bools(key == part)).select(list(PARQUET_COLUMNS))
+            selected = table.filter(bool_array(key == part)).select(list(PARQUET_COLUMNS))
             folder = (
                 self.directory
                 / f"date={datetime.fromtimestamp(day * 86400, UTC):%Y-%m-%d}"

@@ -21,7 +21,7 @@ from typing import IO
 
 import numpy as np
 
-from serving.capture_table import _numeric, _strings, numpy_of
+from serving.capture_table import numeric_array, numpy_of, string_array
 from training.answers import Answer, row_argmax
 from training.schema import FEATURES, SHADOW
 
@@ -78,7 +78,7 @@ def answers_in(table) -> list[Answer]:
     import pyarrow.compute as pc
 
     # An Arrow scalar, not a Python str: converting one imports pandas into the sink.
-    served = table.filter(pc.not_equal(table["role"], _strings([SHADOW])[0]))
+    served = table.filter(pc.not_equal(table["role"], string_array([SHADOW])[0]))
     if not served.num_rows:
         return []
     owner = numpy_of(served["answer"], np.int32)
@@ -89,7 +89,7 @@ def answers_in(table) -> list[Answer]:
     proba = proba.reshape(-1, width)
     predicted = row_argmax(proba)
     inputs = np.column_stack([numpy_of(served[f], np.float32) for f in FEATURES])
-    first = _numeric(starts)
+    first = numeric_array(starts)
     micros = numpy_of(pc.take(served["time"], first), np.int64)
     fields = {
         name: pc.take(served[name], first).to_pylist()

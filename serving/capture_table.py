@@ -57,14 +57,14 @@ def capture_table(chunks: list[Chunk]):
     proba = np.concatenate([c.proba for c in chunks]).astype(np.float32, copy=False)
 
     def per_chunk(values: list[str]):  # one value per chunk, repeated over its rows
-        return pc.take(_strings(values), _numeric(owner))
+        return pc.take(string_array(values), numeric_array(owner))
 
     single = np.fromiter((c.single for c in chunks), dtype=bool, count=len(chunks))[owner]
     base = per_chunk([c.base for c in chunks])
     suffixed = pc.binary_join_element_wise(
-        base, pc.cast(_numeric(row_in_chunk), pa.string()), _dashes(total)
+        base, pc.cast(numeric_array(row_in_chunk), pa.string()), _dashes(total)
     )
-    ids = pc.if_else(_bools(single), base, suffixed)
+    ids = pc.if_else(bool_array(single), base, suffixed)
 
     # Species: the argmax of each row's probabilities (exactly how the served name was
     # chosen), looked up in one list of every class name of the group.
@@ -86,24 +86,24 @@ def capture_table(chunks: list[Chunk]):
     micros = np.fromiter((int(c.time * 1_000_000) for c in chunks), np.int64, len(chunks))
     latency = np.fromiter((c.latency_ms for c in chunks), np.float32, len(chunks))
     columns = {
-        "time": _numeric(micros[owner], pa.timestamp("us", tz="UTC")),
+        "time": numeric_array(micros[owner], pa.timestamp("us", tz="UTC")),
         "prediction_id": ids,
         "protocol": per_chunk([c.protocol for c in chunks]),
         "model_name": per_chunk([c.model_name for c in chunks]),
         "role": per_chunk([c.role for c in chunks]),
     }
     for i, name in enumerate(FEATURES):
-        columns[name] = _numeric(rows[:, i])
-    columns["species"] = pc.take(_strings(names), _numeric(species_index))
+        columns[name] = numeric_array(rows[:, i])
+    columns["species"] = pc.take(string_array(names), numeric_array(species_index))
     columns["probabilities"] = pa.FixedSizeListArray.from_arrays(
-        _numeric(proba.reshape(-1)), proba.shape[1]
+        numeric_array(proba.reshape(-1)), proba.shape[1]
     )
-    columns["latency_ms"] = _numeric(latency[owner])
+    columns["latency_ms"] = numeric_array(latency[owner])
     columns["model_version"] = per_chunk([c.model_version for c in chunks])
-    columns["answer"] = _numeric(owner)
+    columns["answer"] = numeric_array(owner)
     columns["answer_id"] = base
-    columns["single"] = _bools(single)
-    columns["classes"] = pc.take(_strings(orders), _numeric(which[owner].astype(np.int32)))
+    columns["single"] = bool_array(single)
+    columns["classes"] = pc.take(string_array(orders), numeric_array(which[owner].astype(np.int32)))
     return pa.Table.from_arrays(list(columns.values()), names=list(columns))
 
 
@@ -113,7 +113,7 @@ def _index(names: list[str], name: str) -> int:
     return names.index(name)
 
 
-def _numeric(values: np.ndarray, type_=None):
+def numeric_array(values: np.ndarray, type_=None):
     """An Arrow array over a numpy array's buffer (its dtype's Arrow type by default)."""
     import pyarrow as pa
 
@@ -122,7 +122,7 @@ def _numeric(values: np.ndarray, type_=None):
     return pa.Array.from_buffers(type_, len(values), [None, pa.py_buffer(values)])
 
 
-def _bools(values: np.ndarray):
+def bool_array(values: np.ndarray):
     import pyarrow as pa
 
     bits = np.packbits(values, bitorder="little")
@@ -137,7 +137,7 @@ def _dashes(n: int):
     return pa.StringArray.from_buffers(n, offsets, pa.py_buffer(b"-" * n))
 
 
-def _strings(values: list[str]):
+def string_array(values: list[str]):
     """A UTF-8 Arrow array of a few Python strings."""
     import pyarrow as pa
 

@@ -46,7 +46,8 @@ def test_a_champion_moved_during_the_store_import_is_not_overruled(tmp_path):
     home = train_home(tmp_path / "home", tmp_path / "home" / "bentoml", outdated=True)
     iris_train(home.env, "run", "--raw", str(tmp_path / "home" / "inputs" / "outdated.csv"))
     client = registry_client(home.tracking_uri)
-    name = Settings(home=home.home).model_name
+    settings = Settings(home=home.home)
+    name = settings.model_name
     assert alias_version(client, name, CHAMPION) == "1"  # v2, the same model again, waits
 
     out = subprocess.run(
@@ -67,6 +68,6 @@ def test_a_champion_moved_during_the_store_import_is_not_overruled(tmp_path):
     assert result["calls"] == ["3", None]
     assert alias_version(client, name, CHAMPION) == "2"  # the other retrain's promotion stands
     assert alias_version(client, name, CHALLENGER) == "3"
-    store = list_store(home.bentoml_home, Settings(home=home.home).bento_model_name)
+    store = list_store(home.bentoml_home, settings.bento_model_name)
     (latest,) = [m for m in store.models if m.tag == store.latest]
     assert latest.labels["registry_version"] == "2"  # what workers load is the champion
