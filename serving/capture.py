@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.capture_spool import pending_rows, write_spool
-from serving.capture_table import capture_table
+from serving.capture_table import spool_table
 from serving.child_env import capture_sink_env
 from training.logs import DistinctErrors
 from training.settings import PROJECT_DIR, Settings
@@ -51,8 +51,9 @@ class Chunk:
     """The rows of one answer, as the model saw and answered them.
 
     Handing one over costs the same for 1 row as for 1,000: the rows' ids and species
-    names are not built on the request path, only in the writer thread (``ids``,
-    ``species``), from the answer's id and its probabilities.
+    names are built neither on the request path nor in the worker, only by its capture
+    sink, from the answer's id and its probabilities (``ids`` and ``species`` here say
+    what they will be).
     """
 
     time: float  # epoch seconds
@@ -196,7 +197,7 @@ class CaptureWriter:
             self._give_back(rows)  # the sink is behind: what it has not written bounds us
             return 0
         try:
-            self._spool(capture_table(chunks))
+            self._spool(spool_table(chunks), rows)
         except Exception:
             self._give_back(rows)
             raise
@@ -208,9 +209,9 @@ class CaptureWriter:
             self._spooled_rows -= rows
         self._dropped(rows)
 
-    def _spool(self, table) -> None:
+    def _spool(self, table, rows: int) -> None:
         self._seq += 1
-        write_spool(self.spool, table, os.getpid(), self._seq)
+        write_spool(self.spool, table, os.getpid(), self._seq, rows)
         sink = self._sink  # close() may clear it meanwhile
         if sink is not None and not sink.stdin.closed:
             # One byte wakes the sink; a full pipe (a sink stuck on its database) already

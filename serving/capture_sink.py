@@ -38,6 +38,7 @@ from pathlib import Path
 
 from serving.capture_files import CaptureFiles
 from serving.capture_spool import answers_in, owner_lock, parse_spool_name, read_spool, spool_files
+from serving.capture_table import capture_table
 from training.answers import Answer
 from training.logs import DistinctErrors, configure_logging
 
@@ -126,7 +127,9 @@ class Drain:
     def _process(self, path: Path, owner: int | None = None) -> int:
         _, stem, rows, _ = parse_spool_name(path.name)
         try:
-            table = read_spool(path)
+            spooled = read_spool(path)
+            answers = answers_in(spooled)
+            table = capture_table(spooled)
         except FileNotFoundError:  # processed meanwhile (an adopter of a reused PID)
             return 0
         except Exception as e:  # noqa: BLE001 - a damaged spool file is dropped, counted
@@ -134,7 +137,7 @@ class Drain:
             self.report("dropped", rows)
             path.unlink(missing_ok=True)
             return 0
-        indexed = self._index(table)  # first: feedback for these answers waits on it
+        indexed = self._index(answers)  # first: feedback for these answers waits on it
         written = self.files.write(table, stem)
         if written:
             self.report("written", written)
@@ -147,13 +150,13 @@ class Drain:
             self._bound_unindexed(self.owner if owner is None else owner)
         return written
 
-    def _index(self, table) -> bool:
+    def _index(self, answers: list[Answer]) -> bool:
         if self.index is None:
             return True
         if time.monotonic() < self._index_retry_at:
             return False
         try:
-            self.index(answers_in(table))
+            self.index(answers)
         except Exception as e:  # noqa: BLE001 - a database outage never stops capture
             self._index_retry_at = time.monotonic() + INDEX_RETRY_S
             self._index_errors.failed(
@@ -166,10 +169,10 @@ class Drain:
     def _retry_unindexed(self, owner: int) -> None:
         for path in spool_files(self.spool, owner, unindexed=True):
             try:
-                table = read_spool(path)
+                answers = answers_in(read_spool(path))
             except FileNotFoundError:
                 continue
-            if not self._index(table):
+            if not self._index(answers):
                 return
             path.unlink(missing_ok=True)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import time
 from pathlib import Path
@@ -21,9 +20,9 @@ from typing import IO
 
 import numpy as np
 
-from serving.capture_table import numeric_array, numpy_of, string_array
+from serving.capture_table import numpy_of, spool_rows
 from training.answers import Answer, row_argmax
-from training.schema import FEATURES, SHADOW
+from training.schema import SHADOW
 
 
 def spool_name(owner: int, seq: int, rows: int) -> str:
@@ -74,48 +73,42 @@ def owner_lock(spool: Path, owner: int, *, wait: bool) -> IO | None:
 
 def answers_in(table) -> list[Answer]:
     """The answers of a spool table as the loop store indexes them (shadow scores are
-    not: nobody saw them, so nobody can label them). Rows of an answer are contiguous."""
-    import pyarrow.compute as pc
-
-    # An Arrow scalar, not a Python str: converting one imports pandas into the sink.
-    served = table.filter(pc.not_equal(table["role"], string_array([SHADOW])[0]))
-    if not served.num_rows:
+    not: nobody saw them, so nobody can label them)."""
+    found = spool_rows(table)
+    served = np.array([m.role != SHADOW for m in found.metas] or [False])
+    keep = np.flatnonzero(served[found.meta])
+    if not len(keep):
         return []
-    owner = numpy_of(served["answer"], np.int32)
-    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
-    ends = np.r_[starts[1:], len(owner)]
-    width = served.schema.field("probabilities").type.list_size
-    proba = numpy_of(served["probabilities"].combine_chunks().flatten(), np.float32)
-    proba = proba.reshape(-1, width)
-    predicted = row_argmax(proba)
-    inputs = np.column_stack([numpy_of(served[f], np.float32) for f in FEATURES])
-    first = numeric_array(starts)
-    micros = numpy_of(pc.take(served["time"], first), np.int64)
-    fields = {
-        name: pc.take(served[name], first).to_pylist()
-        for name in ("answer_id", "model_version", "role", "single", "classes")
-    }
-    orders: dict[str, tuple[str, ...]] = {}
-    return [
-        Answer(
-            fields["answer_id"][k],
-            micros[k] / 1e6,
-            fields["model_version"][k],
-            fields["role"][k],
-            fields["single"][k],
-            orders.setdefault(fields["classes"][k], tuple(json.loads(fields["classes"][k]))),
-            predicted[start:end],
-            inputs[start:end],
+    predicted = row_argmax(found.proba)
+    micros = numpy_of(table["time"], np.int64)
+    ids = table["answer_id"].to_pylist()
+    singles = table["single"].to_pylist()
+    starts = found.starts
+    answers = []
+    for k in keep.tolist():
+        meta = found.metas[found.meta[k]]
+        start, end = starts[k], starts[k + 1]
+        answers.append(
+            Answer(
+                ids[k],
+                micros[k] / 1e6,
+                meta.model_version,
+                meta.role,
+                singles[k],
+                meta.classes,
+                predicted[start:end],
+                found.inputs[start:end],
+            )
         )
-        for k, (start, end) in enumerate(zip(starts, ends, strict=True))
-    ]
+    return answers
 
 
-def write_spool(spool: Path, table, owner: int, seq: int) -> Path:
-    """Write ``table`` as ``owner``'s spool file number ``seq``, complete or not at all."""
+def write_spool(spool: Path, table, owner: int, seq: int, rows: int) -> Path:
+    """Write ``table`` (a :func:`serving.capture_table.spool_table` of ``rows`` flowers) as
+    ``owner``'s spool file number ``seq``, complete or not at all."""
     import pyarrow as pa
 
-    path = spool / spool_name(owner, seq, table.num_rows)
+    path = spool / spool_name(owner, seq, rows)
     partial = spool / f".{path.name}.tmp"
     try:
         spool.mkdir(parents=True, exist_ok=True)

@@ -283,7 +283,7 @@ def test_index_failures_keep_parquet_going_and_the_backlog_is_bounded(tmp_path, 
     assert len(indexed) == 1 and not list((tmp_path / ".spool").glob("*.unindexed"))
 
 
-def test_row_ids_and_species_are_made_in_the_writer_exactly_as_served(tmp_path):
+def test_row_ids_and_species_are_made_in_the_sink_exactly_as_served(tmp_path):
     """A 1,000-row answer hands over one id; the file has ``<id>-0`` .. ``<id>-999``, and
     each row's species is its argmax in that model's own class order."""
     writer = CaptureWriter(tmp_path)
