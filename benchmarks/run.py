@@ -1,12 +1,14 @@
 """``python -m benchmarks.run``: train a fresh registry, serve its champion four ways, load each.
 
 One peer runs at a time, on 127.0.0.1, and is stopped (by process group and PID) before the
-next one starts, also on failure or Ctrl-C. Results go to ``benchmarks/results/latest.json``
-and the table in ``benchmarks/README.md``.
+next one starts, also on failure or Ctrl-C; the two loop peers (capture and shadow on and
+off) run together, their rounds alternating, since their ratio is the measurement. Results
+go to ``benchmarks/results/latest.json`` and the table in ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -28,6 +30,8 @@ from training.schema import SPECIES
 app = typer.Typer(help=__doc__, add_completion=False)
 RESULTS = Path(__file__).with_name("results")
 QUIET_LOAD = 0.5
+PAIR = ("loop_on", "loop_off")
+"""Peers compared with each other (the closed loop's cost): run together, interleaved."""
 
 
 @app.command()
@@ -163,15 +167,24 @@ def run(work: Path, **opts) -> dict:
         },
         "peers": {},
     }
-    for key in opts["keys"]:
-        peer = peers[key]
-        typer.echo(f"== {peer.title}")
-        entry = {"title": peer.title, "settings": peer.settings}
-        result["peers"][key] = entry
+    keys = list(opts["keys"])
+    paired = PAIR if set(PAIR) <= set(keys) else ()
+    for key in keys:
+        if key in paired[1:]:
+            continue  # measured with the first of its pair
+        group = [peers[k] for k in (paired if key in paired else (key,))]
+        entries = {}
+        for peer in group:
+            typer.echo(f"== {peer.title}")
+            entries[peer.key] = result["peers"][peer.key] = {
+                "title": peer.title,
+                "settings": peer.settings,
+            }
         try:
-            measure(peer, work, entry, opts, champion["version"])
+            measure(group, work, entries, opts, champion["version"])
         except (RuntimeError, TimeoutError, AssertionError, httpx.HTTPError) as e:
-            entry["error"] = str(e)[:2000]
+            for entry in entries.values():
+                entry["error"] = str(e)[:2000]
             typer.echo(f"   FAILED: {str(e).splitlines()[0]}")
     answers = {p["answer"]["species"] for p in result["peers"].values() if "answer" in p}
     result["same_species_from_every_peer"] = len(answers) == 1
@@ -204,55 +217,78 @@ def _add_challenger(trained) -> None:
     client.set_registered_model_alias(trained.settings.model_name, "challenger", "2")
 
 
-def measure(peer: launch.Peer, work: Path, entry: dict, opts: dict, version: str) -> None:
-    body_file = work / f"body-{peer.key}.json"
-    body_file.write_text(json.dumps(peer.body))
-    url = peer.url + peer.predict_path
-    with launch.running(peer, work) as live:
-        entry["cold_start_s"] = round(live.cold_start_s, 2)
-        entry["settled_s"] = round(live.settled_s, 2)
-        typer.echo(f"   healthy after {live.cold_start_s:.1f} s, idle after {live.settled_s:.1f} s")
-        entry["answer"] = check_answer(peer, version)
-        load.run_wrk(
-            url, body_file, connections=max(opts["concurrency"]), duration_s=opts["warmup"]
-        )
-        entry["load"] = {}
+def measure(group: list[launch.Peer], work: Path, entries: dict, opts: dict, version: str) -> None:
+    """Load the peers of ``group`` (one, or the :data:`PAIR`) round by round. A pair is up
+    at once and its rounds alternate (A B, B A, A B, ...), so the machine's drift over
+    minutes falls on both alike rather than on whichever ran second."""
+    with contextlib.ExitStack() as stack:
+        lives = {}
+        for peer in group:
+            lives[peer.key] = live = stack.enter_context(launch.running(peer, work))
+            _ready(live, peer, work, entries[peer.key], opts, version)
         for c in opts["concurrency"]:
             rounds = opts["rounds"] if c == max(opts["concurrency"]) else 1
-            steps = [_step(live, peer, url, body_file, c, opts) for _ in range(rounds)]
-            entry["load"][str(c)] = step = load.combine(steps)
-            typer.echo(
-                f"   c={c}: {step['rps']:,.0f} req/s, p50 {step['p50_ms']:.1f} ms, "
-                f"p99 {step['p99_ms']:.1f} ms, errors {step['errors']}"
-                + (f" (median of {rounds} rounds)" if rounds > 1 else "")
-                + f", connections by pid {step['connections_per_process']}"
-            )
-        if peer.key == "ours":
-            entry["batch"] = {
-                shape: load.time_batches(
-                    live.server, body, opts["batch_rows"], opts["batch_repeats"]
+            steps: dict[str, list[dict]] = {peer.key: [] for peer in group}
+            for r in range(rounds):
+                for peer in group if r % 2 == 0 else group[::-1]:
+                    url = peer.url + peer.predict_path
+                    body_file = work / f"body-{peer.key}.json"
+                    steps[peer.key].append(_step(lives[peer.key], peer, url, body_file, c, opts))
+            for peer in group:
+                entries[peer.key].setdefault("load", {})[str(c)] = step = load.combine(
+                    steps[peer.key]
                 )
-                for shape, body in load.batch_bodies(opts["batch_rows"]).items()
-            }
-            for shape, b in entry["batch"].items():
                 typer.echo(
-                    f"   batch {shape}: client {b['client_median_ms']} ms, "
-                    f"server {b['server_median_ms']} ms"
+                    f"   {peer.key} c={c}: {step['rps']:,.0f} req/s, p50 {step['p50_ms']:.1f} "
+                    f"ms, p99 {step['p99_ms']:.1f} ms, errors {step['errors']}"
+                    + (f" (median of {rounds} rounds)" if rounds > 1 else "")
+                    + f", connections by pid {step['connections_per_process']}"
                 )
-        if peer.key.startswith("loop_"):
-            entry["loop"] = loop_counters(live.server.url)
-            typer.echo(f"   loop: {entry['loop']}")
-        entry["memory"] = launch.memory(live.server)
-    if peer.key == "ours" and opts["profile_seconds"] > 0:
+        for peer in group:
+            _after_load(lives[peer.key], peer, entries[peer.key], opts)
+    if group[0].key == "ours" and opts["profile_seconds"] > 0:
         typer.echo("   profiling a fresh instance (py-spy + GC probe) ...")
-        entry["profile"] = profile.profile_ours(
-            peer,
+        entries["ours"]["profile"] = profile.profile_ours(
+            group[0],
             work,
-            body_file,
+            work / "body-ours.json",
             seconds=opts["profile_seconds"],
             connections=max(opts["concurrency"]),
             freeze=opts["gc_freeze"],
         )
+
+
+def _ready(
+    live: launch.Running, peer: launch.Peer, work: Path, entry: dict, opts: dict, version: str
+) -> None:
+    """A started peer: its start-up times, one checked answer, and unmeasured load."""
+    body_file = work / f"body-{peer.key}.json"
+    body_file.write_text(json.dumps(peer.body))
+    entry["cold_start_s"] = round(live.cold_start_s, 2)
+    entry["settled_s"] = round(live.settled_s, 2)
+    typer.echo(
+        f"   {peer.key} healthy after {live.cold_start_s:.1f} s, idle after {live.settled_s:.1f} s"
+    )
+    entry["answer"] = check_answer(peer, version)
+    url = peer.url + peer.predict_path
+    load.run_wrk(url, body_file, connections=max(opts["concurrency"]), duration_s=opts["warmup"])
+
+
+def _after_load(live: launch.Running, peer: launch.Peer, entry: dict, opts: dict) -> None:
+    if peer.key == "ours":
+        entry["batch"] = {
+            shape: load.time_batches(live.server, body, opts["batch_rows"], opts["batch_repeats"])
+            for shape, body in load.batch_bodies(opts["batch_rows"]).items()
+        }
+        for shape, b in entry["batch"].items():
+            typer.echo(
+                f"   batch {shape}: client {b['client_median_ms']} ms, "
+                f"server {b['server_median_ms']} ms"
+            )
+    if peer.key.startswith("loop_"):
+        entry["loop"] = loop_counters(live.server.url)
+        typer.echo(f"   {peer.key} loop: {entry['loop']}")
+    entry["memory"] = launch.memory(live.server)
 
 
 def _step(
@@ -260,6 +296,7 @@ def _step(
 ) -> dict:
     """One wrk run at ``c`` connections, with how the server's processes shared them."""
     spread: dict[str, int] = {}
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
     probe = threading.Timer(
         opts["duration"] / 2,
         lambda: spread.update(launch.connections_per_process(live.server, peer.port)),
@@ -272,7 +309,7 @@ def _step(
     finally:
         probe.cancel()
         probe.join()
-    return {**step.to_dict(), "connections_per_process": spread}
+    return {**step.to_dict(), "started": started, "connections_per_process": spread}
 
 
 def check_answer(peer: launch.Peer, version: str) -> dict:

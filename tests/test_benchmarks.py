@@ -60,6 +60,13 @@ def test_benchmark_smoke_run_reports_every_measure(tmp_path: Path) -> None:
     on, off = result["peers"]["loop_on"]["loop"], result["peers"]["loop_off"]["loop"]
     assert on["captured"] > 100 and on["shadow_scored"] > 100, on
     assert off["captured"] == 0 and off["shadow_scored"] == 0, off
+    # The pair ran together, its rounds alternating: on off, then off on.
+    starts = {
+        key: [r["started"] for r in result["peers"][key]["load"]["4"]["rounds"]]
+        for key in ("loop_on", "loop_off")
+    }
+    assert starts["loop_on"][0] < starts["loop_off"][0] < starts["loop_off"][1], starts
+    assert starts["loop_off"][1] < starts["loop_on"][1], starts
     loop = next(t for name, t in measured.items() if "capture+shadow on / off" in name)
     assert loop["measured"] > 0
     assert README.read_bytes() == readme_before, "--no-readme must leave the README alone"
