@@ -76,10 +76,11 @@ def spool_table(chunks: list[Chunk]):
     times, bases, singles, rows, probas, latency, *meta_fields = zip(
         *map(_FIELDS, chunks), strict=True
     )
-    codes: dict[tuple, int] = {}
-    meta = np.fromiter(
-        (codes.setdefault(m, len(codes)) for m in zip(*meta_fields, strict=True)), np.int32, n
-    )
+    keys = list(zip(*meta_fields, strict=True))
+    codes = dict.fromkeys(keys)  # each (model, role, protocol, classes) once, in order
+    for code, key in enumerate(codes):
+        codes[key] = code
+    meta = np.fromiter(map(codes.__getitem__, keys), np.int32, n)
     widths = {len(m[-1]) for m in codes}
     if len(widths) != 1:
         raise ValueError(f"answers of models with {sorted(widths)} classes in one flush")
