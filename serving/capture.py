@@ -1,7 +1,8 @@
 """Capture every answered prediction, off the request path, into Parquet files.
 
 A request hands the writer one :class:`Chunk` (all rows of one answer) and returns: the
-hand-off is a deque append under a lock, never a wait and never an exception. A daemon
+hand-off copies it into preallocated arrays under a lock (so the request's own objects
+are freed at once), never a wait and never an exception. A daemon
 thread per worker process wakes every ``IRIS_CAPTURE_FLUSH_S`` seconds and spools what
 is queued as one Arrow file (``<dir>/.spool``, written under a temporary name and renamed);
 the worker's own capture sink process (``serving.capture_sink``) writes it to Parquet,
@@ -30,15 +31,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from serving.capture_columns import AnswerColumns
 from serving.capture_spool import pending_rows, write_spool
-from serving.capture_table import spool_table
 from serving.child_env import capture_sink_env
 from training.logs import DistinctErrors
 from training.settings import PROJECT_DIR, Settings
@@ -105,7 +105,9 @@ class CaptureWriter:
         self.sink_env = sink_env
         self.on_written = on_written
         self.on_dropped = on_dropped
-        self._pending: deque[Chunk] = deque()
+        self._queue = AnswerColumns()  # what requests add to
+        self._spare = AnswerColumns()  # what the next flush swaps in
+        self._warned_width = False
         self._pending_rows = 0
         self._spooled_rows = 0  # spooled and not yet written, as of the last flush
         self._errors = DistinctErrors(logger, "Capture spooling works again")
@@ -126,10 +128,14 @@ class CaptureWriter:
             held = self._pending_rows + self._spooled_rows + n
             if held > self.max_pending_rows or self._stop.is_set():
                 accepted = False
-            else:
-                self._pending.append(chunk)
+            elif self._queue.add(chunk):
                 self._pending_rows += n
                 accepted = True
+            else:  # another number of classes than the flush's other answers (logged once)
+                accepted = False
+                if not self._warned_width:
+                    self._warned_width = True
+                    logger.error("Capture drops answers of models with another class count")
         if not accepted:
             self._dropped(n)
         return accepted
@@ -184,24 +190,27 @@ class CaptureWriter:
         """Spool what is pending now; returns the number of rows spooled."""
         on_disk = pending_rows(self.spool, os.getpid())  # the sink only ever lowers it
         with self._lock:
-            chunks = list(self._pending)
+            queue, self._queue = self._queue, self._spare
             rows = self._pending_rows
-            self._pending.clear()
             self._pending_rows = 0
             self._spooled_rows = on_disk + rows  # rows being spooled count from now on
         if self._sink is not None and self._sink.poll() is not None:
             self._restart_sink()
-        if not chunks:
-            return 0
-        if on_disk + rows > self.max_pending_rows:
-            self._give_back(rows)  # the sink is behind: what it has not written bounds us
-            return 0
         try:
-            self._spool(spool_table(chunks), rows)
-        except Exception:
-            self._give_back(rows)
-            raise
-        return rows
+            if not len(queue):
+                return 0
+            if on_disk + rows > self.max_pending_rows:
+                self._give_back(rows)  # the sink is behind: what it has not written bounds us
+                return 0
+            try:
+                self._spool(queue.table(), rows)
+            except Exception:
+                self._give_back(rows)
+                raise
+            return rows
+        finally:
+            queue.clear()
+            self._spare = queue
 
     def _give_back(self, rows: int) -> None:
         """Rows that were taken from the queue and not spooled: uncounted, and dropped."""

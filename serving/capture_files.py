@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.capture_table import DICTIONARY_COLUMNS, PARQUET_COLUMNS, bool_array, numpy_of
+from serving.arrow_buffers import bool_array, numpy_of
+from serving.capture_table import DICTIONARY_COLUMNS, PARQUET_COLUMNS
 
 
 class CaptureFiles:

@@ -20,7 +20,8 @@ from typing import IO
 
 import numpy as np
 
-from serving.capture_table import numpy_of, spool_rows
+from serving.arrow_buffers import numpy_of
+from serving.capture_table import spool_rows
 from training.answers import Answer, row_argmax
 from training.schema import SHADOW
 

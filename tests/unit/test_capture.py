@@ -6,6 +6,7 @@ Most tests run the sink's pass (:class:`Drain`) in-process after the worker side
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -303,6 +304,33 @@ def test_row_ids_and_species_are_made_in_the_sink_exactly_as_served(tmp_path):
     for i in (0, 1, 500, 999):
         best = int(big.proba[i].argmax())
         assert got[f"{big.base}-{i}"] == sorted([SPECIES[best], reordered[best]])
+
+
+def test_queued_arrays_grow_are_reused_and_refuse_another_class_count(tmp_path):
+    """The queue's arrays start at 1,024 answers and rows: 3,000 answers grow them, the
+    flushes after go on with the same two sets of arrays, and an answer with another
+    number of classes than the flush's others is dropped and counted instead of spoiling
+    the flush."""
+    dropped = []
+    writer = CaptureWriter(tmp_path, on_dropped=dropped.append)
+    first = [chunk(1, role="shadow" if i % 3 else "champion") for i in range(3000)]
+    for c in first:
+        assert writer.submit(c)
+    four = dataclasses.replace(
+        chunk(2), proba=np.full((2, 4), 0.25, np.float32), classes=(*SPECIES, "Iris-unknown")
+    )
+    assert writer.submit(four) is False and dropped == [2]
+    assert writer.flush() == 3000
+    second = [chunk(5, version="4") for _ in range(3)]
+    for c in second:
+        assert writer.submit(c)
+    assert writer.flush() == 15
+    assert sink(tmp_path).once() == 3015
+    frame = pd.read_parquet(tmp_path)
+    assert sorted(frame["prediction_id"]) == sorted(i for c in first + second for i in c.ids)
+    shadow = frame[frame["prediction_id"] == first[1].base].iloc[0]
+    assert shadow["role"] == "shadow" and shadow["species"] == first[1].species[0]
+    assert shadow["sepal_length"] == pytest.approx(first[1].rows[0, 0])
 
 
 def test_writing_captures_does_not_import_pandas(tmp_path):

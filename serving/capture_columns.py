@@ -1,0 +1,129 @@
+"""A worker's queued answers, column by column, and the spool table a flush makes of them.
+
+A request's answer is copied into preallocated arrays (:class:`AnswerColumns`), so the
+request's own objects are freed at once and a flush is a few slices of these arrays:
+the worker's capture thread holds the GIL for well under a millisecond a second. The
+*spool table* it writes has one row per answer, its flowers and probabilities as list
+columns, and each answer's model, role and protocol as a code into a short list
+(:class:`Meta`) kept in the table's metadata. Everything made per flower (row ids, species
+names) is left to the capture sink (``serving.capture_table``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+
+from serving.arrow_buffers import bool_array, list_array, numeric_array, string_array
+from training.schema import FEATURES
+
+if TYPE_CHECKING:
+    from serving.capture import Chunk
+
+METAS_KEY = b"iris.metas"
+"""Spool table metadata: the JSON list of :class:`Meta` the ``meta`` column points into."""
+
+
+class Meta(NamedTuple):
+    """What answers of one model, role and protocol share (one code per answer)."""
+
+    model_name: str
+    model_version: str
+    role: str
+    protocol: str
+    classes: tuple[str, ...]
+
+
+class AnswerColumns:
+    """Answers queued for one flush, copied into preallocated arrays as they come.
+
+    The request's own arrays are freed as soon as its answer is out, and a flush is a
+    few slices of these arrays instead of a pass over one object per answer. The arrays
+    grow by doubling and are reused, flush after flush (:meth:`clear`).
+    """
+
+    def __init__(self, rows: int = 1024, answers: int = 1024):
+        self.inputs = np.empty((rows, len(FEATURES)), dtype=np.float32)
+        self.proba = np.empty((rows, 0), dtype=np.float32)
+        self.time = np.empty(answers, dtype=np.float64)
+        self.latency = np.empty(answers, dtype=np.float32)
+        self.single = np.empty(answers, dtype=bool)
+        self.meta = np.empty(answers, dtype=np.int32)
+        self.ends = np.empty(answers, dtype=np.int32)  # rows before each answer's end
+        self.bases: list[str] = []
+        self.metas: dict[Meta, int] = {}
+        self.rows = 0
+
+    def __len__(self) -> int:
+        return len(self.bases)
+
+    def add(self, chunk: Chunk) -> bool:
+        """Copy one answer in; False if its model's class count differs from the others'."""
+        n, width = len(chunk.rows), chunk.proba.shape[1]
+        if not self.bases:
+            if self.proba.shape[1] != width:
+                self.proba = np.empty((len(self.inputs), width), dtype=np.float32)
+        elif width != self.proba.shape[1]:
+            return False
+        a, start = len(self.bases), self.rows
+        if start + n > len(self.inputs):
+            size = max(2 * len(self.inputs), start + n)
+            self.inputs = _grown(self.inputs, size, start)
+            self.proba = _grown(self.proba, size, start)
+        if a == len(self.time):
+            for name in ("time", "latency", "single", "meta", "ends"):
+                setattr(self, name, _grown(getattr(self, name), 2 * a, a))
+        meta = Meta(
+            chunk.model_name, chunk.model_version, chunk.role, chunk.protocol, chunk.classes
+        )
+        code = self.metas.get(meta)
+        if code is None:
+            code = self.metas[meta] = len(self.metas)
+        self.inputs[start : start + n] = chunk.rows
+        self.proba[start : start + n] = chunk.proba
+        self.rows = end = start + n
+        self.time[a] = chunk.time
+        self.latency[a] = chunk.latency_ms
+        self.single[a] = chunk.single
+        self.meta[a] = code
+        self.ends[a] = end
+        self.bases.append(chunk.base)
+        return True
+
+    def clear(self) -> None:
+        self.bases = []
+        self.metas = {}
+        self.rows = 0
+
+    def table(self):
+        """The spool table: one row per answer, ``time``, ``answer_id``, ``single``,
+        ``meta``, ``latency_ms``, and the lists ``inputs`` (4 per flower) and
+        ``probabilities`` (one per class)."""
+        import pyarrow as pa
+
+        a, rows, width = len(self.bases), self.rows, self.proba.shape[1]
+        offsets = np.zeros(a + 1, dtype=np.int32)
+        offsets[1:] = self.ends[:a]
+        columns = {
+            "time": numeric_array(
+                (self.time[:a] * 1_000_000).astype(np.int64), pa.timestamp("us", tz="UTC")
+            ),
+            "answer_id": string_array(self.bases),
+            "single": bool_array(self.single[:a]),
+            "meta": numeric_array(self.meta[:a]),
+            "latency_ms": numeric_array(self.latency[:a]),
+            "inputs": list_array(offsets * len(FEATURES), self.inputs[:rows].reshape(-1)),
+            "probabilities": list_array(offsets * width, self.proba[:rows].reshape(-1)),
+        }
+        metas = json.dumps([[*m[:-1], list(m[-1])] for m in self.metas])
+        return pa.Table.from_arrays(
+            list(columns.values()), names=list(columns), metadata={METAS_KEY: metas}
+        )
+
+
+def _grown(array: np.ndarray, size: int, keep: int) -> np.ndarray:
+    bigger = np.empty((size, *array.shape[1:]), dtype=array.dtype)
+    bigger[:keep] = array[:keep]
+    return bigger
