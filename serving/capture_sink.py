@@ -172,6 +172,10 @@ class Drain:
                 answers = answers_in(read_spool(path))
             except FileNotFoundError:
                 continue
+            except Exception as e:  # noqa: BLE001 - damaged since: its Parquet rows are out
+                self._failed(f"Capture spool file {path.name} unreadable; not indexed", e)
+                path.unlink(missing_ok=True)
+                continue
             if not self._index(answers):
                 return
             path.unlink(missing_ok=True)

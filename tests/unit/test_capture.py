@@ -284,6 +284,24 @@ def test_index_failures_keep_parquet_going_and_the_backlog_is_bounded(tmp_path, 
     assert len(indexed) == 1 and not list((tmp_path / ".spool").glob("*.unindexed"))
 
 
+def test_a_damaged_spool_file_is_dropped_and_counted_and_the_others_go_on(tmp_path, caplog):
+    writer = CaptureWriter(tmp_path)
+    for n in (2, 3):
+        writer.submit(chunk(n))
+        writer.flush()
+    first, _ = sorted((tmp_path / ".spool").glob("*.arrow"))
+    first.write_bytes(first.read_bytes()[:100])  # a disk that lost its end
+    broken = tmp_path / ".spool" / f"{os.getpid()}-1-999-4.arrow.unindexed"
+    broken.write_bytes(b"not arrow")  # damaged while it waited for the index
+    drain = sink(tmp_path, index=lambda answers: None)
+    assert drain.once() == 3
+    assert ("dropped", 2) in drain.report and ("written", 3) in drain.report
+    assert not list((tmp_path / ".spool").glob("*.arrow*"))  # none left to fail again
+    assert f"{first.name} unreadable; 2 answers dropped" in caplog.text
+    assert f"{broken.name} unreadable; not indexed" in caplog.text
+    assert len(pd.read_parquet(tmp_path)) == 3
+
+
 def test_row_ids_and_species_are_made_in_the_sink_exactly_as_served(tmp_path):
     """A 1,000-row answer hands over one id; the file has ``<id>-0`` .. ``<id>-999``, and
     each row's species is its argmax in that model's own class order."""
