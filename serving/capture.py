@@ -40,7 +40,7 @@ import numpy as np
 from serving.capture_columns import AnswerColumns
 from serving.capture_spool import pending_rows, write_spool
 from serving.child_env import capture_sink_env
-from training.logs import DistinctErrors
+from training.logs import DistinctErrors, one_line
 from training.settings import PROJECT_DIR, Settings
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class CaptureWriter:
         self.on_dropped = on_dropped
         self._queue = AnswerColumns()  # what requests add to
         self._spare = AnswerColumns()  # what the next flush swaps in
-        self._warned_width = False
+        self._refusals: set[str] = set()
         self._pending_rows = 0
         self._spooled_rows = 0  # spooled and not yet written, as of the last flush
         self._errors = DistinctErrors(logger, "Capture spooling works again")
@@ -124,20 +124,24 @@ class CaptureWriter:
     def submit(self, chunk: Chunk) -> bool:
         """Queue a chunk; False (and counted) if the queue is full. Never blocks or raises."""
         n = len(chunk)
+        refused: str | None = None
         with self._lock:
             held = self._pending_rows + self._spooled_rows + n
             if held > self.max_pending_rows or self._stop.is_set():
                 accepted = False
-            elif self._queue.add(chunk):
-                self._pending_rows += n
-                accepted = True
-            else:  # another number of classes than the flush's other answers (logged once)
-                accepted = False
-                if not self._warned_width:
-                    self._warned_width = True
-                    logger.error("Capture drops answers of models with another class count")
+            else:
+                try:
+                    refused = self._queue.add(chunk)
+                except Exception as e:  # noqa: BLE001 - e.g. no memory to grow: counted
+                    refused = one_line(e)
+                accepted = refused is None
+                if accepted:
+                    self._pending_rows += n
         if not accepted:
             self._dropped(n)
+            if refused is not None and refused not in self._refusals:
+                self._refusals.add(refused)  # each reason logged once
+                logger.error("Capture drops answers: %s", refused)
         return accepted
 
     # -- writer thread ---------------------------------------------------------------
@@ -189,13 +193,13 @@ class CaptureWriter:
     def flush(self) -> int:
         """Spool what is pending now; returns the number of rows spooled."""
         on_disk = pending_rows(self.spool, os.getpid())  # the sink only ever lowers it
+        if self._sink is not None and self._sink.poll() is not None:
+            self._restart_sink()
         with self._lock:
             queue, self._queue = self._queue, self._spare
             rows = self._pending_rows
             self._pending_rows = 0
             self._spooled_rows = on_disk + rows  # rows being spooled count from now on
-        if self._sink is not None and self._sink.poll() is not None:
-            self._restart_sink()
         try:
             if not len(queue):
                 return 0

@@ -1,8 +1,11 @@
 """A worker's queued answers, column by column, and the spool table a flush makes of them.
 
 A request's answer is copied into preallocated arrays (:class:`AnswerColumns`), so the
-request's own objects are freed at once and a flush is a few slices of these arrays:
-the worker's capture thread holds the GIL for well under a millisecond a second. The
+request's own objects are freed at once and a flush is a few slices of these arrays,
+not a pass over one object per answer. The arrays grow by doubling and never shrink; with
+three classes a single flower takes 49 bytes, so the two sets (the one requests fill, the
+one a flush reads) hold at most about 13 MB at the default ``IRIS_CAPTURE_MAX_PENDING``
+of 100,000 rows (131,072 each after doubling), plus the queued ids. The
 *spool table* it writes has one row per answer, its flowers and probabilities as list
 columns, and each answer's model, role and protocol as a code into a short list
 (:class:`Meta`) kept in the table's metadata. Everything made per flower (row ids, species
@@ -59,14 +62,22 @@ class AnswerColumns:
     def __len__(self) -> int:
         return len(self.bases)
 
-    def add(self, chunk: Chunk) -> bool:
-        """Copy one answer in; False if its model's class count differs from the others'."""
-        n, width = len(chunk.rows), chunk.proba.shape[1]
+    def add(self, chunk: Chunk) -> str | None:
+        """Copy one answer in; None if done, else why not (nothing is changed then).
+
+        A flush's probabilities share one width: an answer whose model has another number
+        of classes than the first answer of this flush is refused.
+        """
+        rows, proba = chunk.rows, chunk.proba
+        n = len(rows)
+        if rows.shape != (n, len(FEATURES)) or proba.shape != (n, len(chunk.classes)):
+            return f"rows {rows.shape} and probabilities {proba.shape} do not match"
+        width = proba.shape[1]
         if not self.bases:
             if self.proba.shape[1] != width:
                 self.proba = np.empty((len(self.inputs), width), dtype=np.float32)
         elif width != self.proba.shape[1]:
-            return False
+            return f"a model with {width} classes among answers with {self.proba.shape[1]}"
         a, start = len(self.bases), self.rows
         if start + n > len(self.inputs):
             size = max(2 * len(self.inputs), start + n)
@@ -75,14 +86,14 @@ class AnswerColumns:
         if a == len(self.time):
             for name in ("time", "latency", "single", "meta", "ends"):
                 setattr(self, name, _grown(getattr(self, name), 2 * a, a))
+        self.inputs[start : start + n] = rows
+        self.proba[start : start + n] = proba
         meta = Meta(
             chunk.model_name, chunk.model_version, chunk.role, chunk.protocol, chunk.classes
         )
         code = self.metas.get(meta)
         if code is None:
             code = self.metas[meta] = len(self.metas)
-        self.inputs[start : start + n] = chunk.rows
-        self.proba[start : start + n] = chunk.proba
         self.rows = end = start + n
         self.time[a] = chunk.time
         self.latency[a] = chunk.latency_ms
@@ -90,7 +101,7 @@ class AnswerColumns:
         self.meta[a] = code
         self.ends[a] = end
         self.bases.append(chunk.base)
-        return True
+        return None
 
     def clear(self) -> None:
         self.bases = []
@@ -104,6 +115,8 @@ class AnswerColumns:
         import pyarrow as pa
 
         a, rows, width = len(self.bases), self.rows, self.proba.shape[1]
+        if rows * max(width, len(FEATURES)) >= 2**31:
+            raise ValueError(f"{rows} rows in one flush: more than Arrow's 32-bit offsets hold")
         offsets = np.zeros(a + 1, dtype=np.int32)
         offsets[1:] = self.ends[:a]
         columns = {

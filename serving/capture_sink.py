@@ -128,16 +128,15 @@ class Drain:
         _, stem, rows, _ = parse_spool_name(path.name)
         try:
             spooled = read_spool(path)
-            answers = answers_in(spooled)
             table = capture_table(spooled)
         except FileNotFoundError:  # processed meanwhile (an adopter of a reused PID)
             return 0
         except Exception as e:  # noqa: BLE001 - a damaged spool file is dropped, counted
-            self._failed(f"Capture spool file {path.name} unreadable; {rows} answers dropped", e)
+            self._failed(f"Capture spool file {path.name} unreadable; {rows} rows dropped", e)
             self.report("dropped", rows)
             path.unlink(missing_ok=True)
             return 0
-        indexed = self._index(answers)  # first: feedback for these answers waits on it
+        indexed = self._index(spooled, path.name)  # first: feedback for these waits on it
         written = self.files.write(table, stem)
         if written:
             self.report("written", written)
@@ -150,11 +149,18 @@ class Drain:
             self._bound_unindexed(self.owner if owner is None else owner)
         return written
 
-    def _index(self, answers: list[Answer]) -> bool:
+    def _index(self, spooled, name: str) -> bool:
+        """Index a spool table's answers; False if the database failed (or is resting
+        after a failure) and the file must wait."""
         if self.index is None:
             return True
         if time.monotonic() < self._index_retry_at:
             return False
+        try:
+            answers = answers_in(spooled)
+        except Exception as e:  # noqa: BLE001 - its Parquet rows go out all the same
+            self._failed(f"Capture spool file {name}: answers unreadable, not indexed", e)
+            return True
         try:
             self.index(answers)
         except Exception as e:  # noqa: BLE001 - a database outage never stops capture
@@ -169,14 +175,14 @@ class Drain:
     def _retry_unindexed(self, owner: int) -> None:
         for path in spool_files(self.spool, owner, unindexed=True):
             try:
-                answers = answers_in(read_spool(path))
-            except FileNotFoundError:
+                spooled = read_spool(path)
+            except OSError:  # gone, or a passing I/O error: the next pass tries again
                 continue
             except Exception as e:  # noqa: BLE001 - damaged since: its Parquet rows are out
                 self._failed(f"Capture spool file {path.name} unreadable; not indexed", e)
                 path.unlink(missing_ok=True)
                 continue
-            if not self._index(answers):
+            if not self._index(spooled, path.name):
                 return
             path.unlink(missing_ok=True)
 

@@ -105,7 +105,7 @@ def answers_in(table) -> list[Answer]:
 
 
 def write_spool(spool: Path, table, owner: int, seq: int, rows: int) -> Path:
-    """Write ``table`` (a :func:`serving.capture_table.spool_table` of ``rows`` flowers) as
+    """Write ``table`` (``serving.capture_columns.AnswerColumns.table``, ``rows`` flowers) as
     ``owner``'s spool file number ``seq``, complete or not at all."""
     import pyarrow as pa
 

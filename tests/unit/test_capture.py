@@ -230,7 +230,21 @@ def test_a_spool_that_cannot_be_written_is_counted_as_dropped(tmp_path):
     with pytest.raises(OSError):
         writer.flush()  # the writer thread logs it and goes on
     assert dropped == [3]
+    assert writer._queue is not writer._spare  # the two buffers still take turns
     assert writer.submit(chunk(1))
+
+
+def test_an_answer_that_cannot_be_queued_is_counted_never_raised(tmp_path, caplog):
+    """The hand-off runs on the request path: a chunk whose arrays do not fit the capture
+    columns is refused (counted, its reason logged once); the answer itself goes out."""
+    dropped = []
+    writer = CaptureWriter(tmp_path, on_dropped=dropped.append)
+    good = chunk(2)
+    flat = dataclasses.replace(good, proba=good.proba.reshape(-1))
+    assert writer.submit(flat) is False and writer.submit(flat) is False
+    assert dropped == [2, 2]
+    assert caplog.text.count("Capture drops answers: rows (2, 4) and probabilities (6,)") == 1
+    assert writer.submit(good) and writer.flush() == 2
 
 
 def test_a_dead_workers_spool_is_adopted_by_another_sink_once_its_lock_is_free(tmp_path):
@@ -297,7 +311,7 @@ def test_a_damaged_spool_file_is_dropped_and_counted_and_the_others_go_on(tmp_pa
     assert drain.once() == 3
     assert ("dropped", 2) in drain.report and ("written", 3) in drain.report
     assert not list((tmp_path / ".spool").glob("*.arrow*"))  # none left to fail again
-    assert f"{first.name} unreadable; 2 answers dropped" in caplog.text
+    assert f"{first.name} unreadable; 2 rows dropped" in caplog.text
     assert f"{broken.name} unreadable; not indexed" in caplog.text
     assert len(pd.read_parquet(tmp_path)) == 3
 
