@@ -67,6 +67,12 @@ def test_benchmark_smoke_run_reports_every_measure(tmp_path: Path) -> None:
     }
     assert starts["loop_on"][0] < starts["loop_off"][0] < starts["loop_off"][1], starts
     assert starts["loop_off"][1] < starts["loop_on"][1], starts
+    # A pair's round that most connections reached through one worker is run again (and
+    # kept aside): each worker must hold at least half its even share (here 1 of 4).
+    for key in ("loop_on", "loop_off"):
+        for skipped in result["peers"][key]["load"]["4"].get("unbalanced_rounds_run_again", []):
+            spread = skipped["connections_per_process"]
+            assert len(spread) < 2 or min(spread.values()) < 1, (key, spread)
     loop = next(t for name, t in measured.items() if "capture+shadow on / off" in name)
     assert loop["measured"] > 0
     assert README.read_bytes() == readme_before, "--no-readme must leave the README alone"
