@@ -40,12 +40,8 @@ class Meta(NamedTuple):
 
 
 class AnswerColumns:
-    """Answers queued for one flush, copied into preallocated arrays as they come.
-
-    The request's own arrays are freed as soon as its answer is out, and a flush is a
-    few slices of these arrays instead of a pass over one object per answer. The arrays
-    grow by doubling and are reused, flush after flush (:meth:`clear`).
-    """
+    """Answers queued for one flush, copied into preallocated arrays as they come; the
+    arrays are reused, flush after flush (:meth:`clear`)."""
 
     def __init__(self, rows: int = 1024, answers: int = 1024):
         self.inputs = np.empty((rows, len(FEATURES)), dtype=np.float32)

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from serving.capture_files import CaptureFiles
 from serving.capture_spool import answers_in, owner_lock, parse_spool_name, read_spool, spool_files
-from serving.capture_table import capture_table
+from serving.capture_table import SpoolRows, capture_table, spool_rows
 from training.answers import Answer
 from training.logs import DistinctErrors, configure_logging
 
@@ -128,7 +128,8 @@ class Drain:
         _, stem, rows, _ = parse_spool_name(path.name)
         try:
             spooled = read_spool(path)
-            table = capture_table(spooled)
+            found = spool_rows(spooled)
+            table = capture_table(spooled, found)
         except FileNotFoundError:  # processed meanwhile (an adopter of a reused PID)
             return 0
         except Exception as e:  # noqa: BLE001 - a damaged spool file is dropped, counted
@@ -136,7 +137,7 @@ class Drain:
             self.report("dropped", rows)
             path.unlink(missing_ok=True)
             return 0
-        indexed = self._index(spooled, path.name)  # first: feedback for these waits on it
+        indexed = self._index(spooled, found, path.name)  # first: feedback waits on it
         written = self.files.write(table, stem)
         if written:
             self.report("written", written)
@@ -149,7 +150,7 @@ class Drain:
             self._bound_unindexed(self.owner if owner is None else owner)
         return written
 
-    def _index(self, spooled, name: str) -> bool:
+    def _index(self, spooled, found: SpoolRows, name: str) -> bool:
         """Index a spool table's answers; False if the database failed (or is resting
         after a failure) and the file must wait."""
         if self.index is None:
@@ -157,7 +158,7 @@ class Drain:
         if time.monotonic() < self._index_retry_at:
             return False
         try:
-            answers = answers_in(spooled)
+            answers = answers_in(spooled, found)
         except Exception as e:  # noqa: BLE001 - its Parquet rows go out all the same
             self._failed(f"Capture spool file {name}: answers unreadable, not indexed", e)
             return True
@@ -176,13 +177,14 @@ class Drain:
         for path in spool_files(self.spool, owner, unindexed=True):
             try:
                 spooled = read_spool(path)
+                found = spool_rows(spooled)
             except OSError:  # gone, or a passing I/O error: the next pass tries again
                 continue
             except Exception as e:  # noqa: BLE001 - damaged since: its Parquet rows are out
                 self._failed(f"Capture spool file {path.name} unreadable; not indexed", e)
                 path.unlink(missing_ok=True)
                 continue
-            if not self._index(spooled, path.name):
+            if not self._index(spooled, found, path.name):
                 return
             path.unlink(missing_ok=True)
 

@@ -21,8 +21,8 @@ from typing import IO
 import numpy as np
 
 from serving.arrow_buffers import numpy_of
-from serving.capture_table import spool_rows
-from training.answers import Answer, row_argmax
+from serving.capture_table import SpoolRows
+from training.answers import Answer
 from training.schema import SHADOW
 
 
@@ -72,15 +72,13 @@ def owner_lock(spool: Path, owner: int, *, wait: bool) -> IO | None:
     return lock
 
 
-def answers_in(table) -> list[Answer]:
-    """The answers of a spool table as the loop store indexes them (shadow scores are
-    not: nobody saw them, so nobody can label them)."""
-    found = spool_rows(table)
+def answers_in(table, found: SpoolRows) -> list[Answer]:
+    """The answers of a spool table (its flowers: ``found``) as the loop store indexes
+    them (shadow scores are not: nobody saw them, so nobody can label them)."""
     served = np.array([m.role != SHADOW for m in found.metas] or [False])
     keep = np.flatnonzero(served[found.meta])
     if not len(keep):
         return []
-    predicted = row_argmax(found.proba)
     micros = numpy_of(table["time"], np.int64)
     ids = table["answer_id"].to_pylist()
     singles = table["single"].to_pylist()
@@ -97,7 +95,7 @@ def answers_in(table) -> list[Answer]:
                 meta.role,
                 singles[k],
                 meta.classes,
-                predicted[start:end],
+                found.predicted[start:end],
                 found.inputs[start:end],
             )
         )

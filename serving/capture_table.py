@@ -45,10 +45,12 @@ class SpoolRows(NamedTuple):
     starts: np.ndarray  # (answers + 1,) first flower of each answer, then the total
     inputs: np.ndarray  # (rows, 4) float32
     proba: np.ndarray  # (rows, classes) float32
+    predicted: np.ndarray  # (rows,) the served class: each row's argmax, as served
 
 
 def spool_rows(spool) -> SpoolRows:
-    """The flowers of a spool table (``serving.capture_columns``), with their answers."""
+    """The flowers of a spool table (``serving.capture_columns``), with their answers:
+    decoded once per spool file, for both its Parquet rows and its index answers."""
     metas = [Meta(*m[:-1], tuple(m[-1])) for m in json.loads(spool.schema.metadata[METAS_KEY])]
     starts, flat = list_parts(spool["inputs"])
     starts //= len(FEATURES)
@@ -59,17 +61,18 @@ def spool_rows(spool) -> SpoolRows:
     else:
         proba = proba.reshape(0, len(metas[0].classes) if metas else 0)
     answer = np.repeat(np.arange(spool.num_rows, dtype=np.int32), np.diff(starts))
-    return SpoolRows(metas, answer, numpy_of(spool["meta"], np.int32), starts, inputs, proba)
+    meta = numpy_of(spool["meta"], np.int32)
+    return SpoolRows(metas, answer, meta, starts, inputs, proba, row_argmax(proba))
 
 
-def capture_table(spool):
-    """The Parquet rows of a spool table, one per flower: :data:`PARQUET_COLUMNS`, then
-    ``model_version`` (the files' partition). Flowers of one answer stay together, in
-    order; a batch row's id is ``<answer id>-<row>``, a single flower's the answer's."""
+def capture_table(spool, found: SpoolRows):
+    """The Parquet rows of a spool table (its flowers: ``found``), one per flower:
+    :data:`PARQUET_COLUMNS`, then ``model_version`` (the files' partition). Flowers of one
+    answer stay together, in order; a batch row's id is ``<answer id>-<row>``, a single
+    flower's the answer's."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    found = spool_rows(spool)
     metas, answer, total = found.metas, found.answer, len(found.inputs)
     meta = found.meta[answer]
     owner = numeric_array(answer)
@@ -92,7 +95,7 @@ def capture_table(spool):
     lookup = np.array(
         [[_index(names, c) for c in m.classes] for m in metas] or [[0]], dtype=np.int32
     )
-    species_index = lookup[meta, row_argmax(found.proba)] if total else meta
+    species_index = lookup[meta, found.predicted] if total else meta
     columns = {
         "time": per_answer("time"),
         "prediction_id": pc.if_else(per_answer("single"), base, suffixed),
