@@ -80,6 +80,30 @@ class Chunk:
         return [self.classes[i] for i in self.proba.argmax(axis=1)]
 
 
+@dataclass(frozen=True, slots=True)
+class Chunks:
+    """Several answers of one model, role and protocol, handed over at once: a shadow
+    batch, scored together (``serving.challenger``), is one hand-off, not one per answer."""
+
+    time: float
+    base: list[str]  # each answer's prediction id
+    single: list[bool]  # per answer, as in :class:`Chunk`
+    ends: (
+        np.ndarray
+    )  # (answers,) each answer's end in ``rows``: answer i is rows[ends[i-1]:ends[i]]
+    rows: np.ndarray
+    proba: np.ndarray
+    classes: tuple[str, ...]
+    model_name: str
+    model_version: str
+    role: str
+    protocol: str
+    latency_ms: float
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
 class CaptureWriter:
     """One per worker process: a bounded queue, the thread that spools it, and the sink
     process that writes the spool (started by :meth:`start` when ``sink_env`` is given;
@@ -121,8 +145,9 @@ class CaptureWriter:
 
     # -- request path ----------------------------------------------------------------
 
-    def submit(self, chunk: Chunk) -> bool:
-        """Queue a chunk; False (and counted) if the queue is full. Never blocks or raises."""
+    def submit(self, chunk: Chunk | Chunks) -> bool:
+        """Queue one answer (or several); False (and counted) if the queue is full. Never
+        blocks or raises."""
         n = len(chunk)
         refused: str | None = None
         with self._lock:
@@ -277,8 +302,22 @@ class CaptureWriter:
 
 
 def new_id() -> str:
-    """A prediction id: 128 random bits as hex (the request's; rows add ``-<index>``)."""
-    return os.urandom(16).hex()
+    """A prediction id (the request's; rows add ``-<index>``): a UUIDv7 (RFC 9562) as 32 hex
+    digits, its milliseconds since the epoch first, then 74 random bits.
+
+    Time first, so ids of one moment sort together: the prediction index's primary key
+    then grows at its end, as a log does. With 128 random bits, each insert lands on a
+    random page of an index that grows with every answer kept (30 days of them by
+    default); measured with SQLite, an insert cost 4 µs into an empty table and 20-30 µs
+    once it held 200,000 answers, against a steady 4 µs for time-ordered ids
+    (benchmarks/README.md, "Prediction ids").
+    """
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    return f"{value & _UUID7_CLEAR | _UUID7_SET:032x}"
+
+
+_UUID7_CLEAR = ~(0xF << 76 | 0x3 << 62)  # the version and variant bits
+_UUID7_SET = 0x7 << 76 | 0x2 << 62  # version 7, variant 10 (RFC 9562)
 
 
 def row_ids(base: str, n: int) -> list[str]:

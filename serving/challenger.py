@@ -78,7 +78,7 @@ class Shadow:
     def __init__(self, rate: float, metrics, capture):
         self.rate = rate
         self.metrics = metrics
-        self.capture = capture  # IrisRuntime.capture
+        self.capture = capture  # IrisRuntime.capture_scored
         self._pending: list[tuple] = []
         self._pending_rows = 0
         self._lock = threading.Lock()
@@ -152,12 +152,31 @@ class Shadow:
         scored, agreed = self._counters(pair)
         scored.inc(len(rows))
         agreed.inc(agreement(champion, proba, challenger, shadow_proba))
-        at = 0
-        for _, _, base, single, answer_rows, _, protocol in group:
-            n = len(answer_rows)
-            answer = shadow_proba[at : at + n]
-            self.capture(challenger, base, single, answer_rows, answer, protocol, started, SHADOW)
-            at += n
+        # One hand-off per protocol (nearly always one), not one per answer: each costs
+        # this thread the GIL while the event loop waits for it.
+        ends = np.cumsum([len(item[4]) for item in group])
+        protocols = [item[6] for item in group]
+        for protocol in dict.fromkeys(protocols):
+            picked = [k for k, p in enumerate(protocols) if p == protocol]
+            if len(picked) == len(group):
+                these, these_rows, these_proba = ends, rows, shadow_proba
+            else:
+                take = np.concatenate(
+                    [np.arange(ends[k] - len(group[k][4]), ends[k]) for k in picked]
+                )
+                these = np.cumsum([len(group[k][4]) for k in picked])
+                these_rows, these_proba = rows[take], shadow_proba[take]
+            self.capture(
+                challenger,
+                [group[k][2] for k in picked],
+                [group[k][3] for k in picked],
+                these,
+                these_rows,
+                these_proba,
+                protocol,
+                started,
+                SHADOW,
+            )
 
     def _counters(self, pair: dict[str, str]):
         """The (scored, agreed) counters of a (champion, challenger) pair, looked up once:

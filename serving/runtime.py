@@ -18,7 +18,7 @@ import numpy as np
 from starlette.responses import Response
 
 from serving import challenger
-from serving.capture import Chunk, capture_writer, new_id, row_ids
+from serving.capture import Chunk, Chunks, capture_writer, new_id, row_ids
 from serving.errors import json_response
 from serving.job_store_sql import JobStore
 from serving.jobs import Job
@@ -64,7 +64,7 @@ class IrisRuntime:
         self.feedback_store = FeedbackStore(settings.loop_url)
         self.capturer = capture_writer(settings, self.metrics) if settings.capture else None
         self.monitor = LoopMonitor(settings, self.feedback_store, self.holder, self.metrics)
-        self.shadow = challenger.Shadow(settings.shadow_rate, self.metrics, self.capture)
+        self.shadow = challenger.Shadow(settings.shadow_rate, self.metrics, self.capture_scored)
         self.watcher = ChampionWatcher(
             settings,
             self.holder,
@@ -200,6 +200,40 @@ class IrisRuntime:
                 time.time(),
                 base,
                 single,
+                rows,
+                proba,
+                model.class_names,
+                identity.name,
+                identity.version,
+                role,
+                protocol,
+                (time.perf_counter() - started) * 1000.0,
+            )
+        )
+
+    def capture_scored(
+        self,
+        model: ServedModel,
+        bases: list[str],
+        singles: list[bool],
+        ends: np.ndarray,
+        rows: np.ndarray,
+        proba: np.ndarray,
+        protocol: str,
+        started: float,
+        role: str,
+    ) -> None:
+        """Hand several answers scored together (a shadow batch) to the capture writer at
+        once: answer ``i`` is ``rows[ends[i-1]:ends[i]]``."""
+        if self.capturer is None:
+            return
+        identity = model.identity
+        self.capturer.submit(
+            Chunks(
+                time.time(),
+                bases,
+                singles,
+                ends,
                 rows,
                 proba,
                 model.class_names,

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.capture import CaptureWriter, Chunk, new_id
+from serving.capture import CaptureWriter, Chunk, Chunks, new_id
 from serving.capture_sink import Drain
 from serving.capture_spool import owner_lock
 from serving.child_env import capture_sink_env
@@ -72,6 +72,51 @@ def test_flush_writes_one_row_per_prediction_partitioned_by_day_and_version(tmp_
     files = list(tmp_path.glob(f"date={day}/model_version=4/part-{os.getpid()}-*.parquet"))
     assert len(files) == 1
     assert not list(tmp_path.rglob("*.tmp"))  # nothing half-written left behind
+
+
+def test_several_answers_handed_over_at_once_are_captured_as_one_by_one(tmp_path):
+    """A shadow batch (``Chunks``) among single answers: the same Parquet rows, ids and
+    species as if each of its answers had been handed over alone."""
+    writer, drain = CaptureWriter(tmp_path), sink(tmp_path)
+    parts = [chunk(1, role="shadow"), chunk(3, role="shadow"), chunk(1, role="shadow")]
+    together = Chunks(
+        time.time(),
+        [c.base for c in parts],
+        [c.single for c in parts],
+        np.cumsum([len(c) for c in parts]),
+        np.concatenate([c.rows for c in parts]),
+        np.concatenate([c.proba for c in parts]),
+        SPECIES,
+        "iris-classifier",
+        "3",
+        "shadow",
+        "http",
+        0.5,
+    )
+    alone = chunk(2)
+    assert writer.submit(alone) and writer.submit(together) and writer.submit(chunk(1))
+    bad = Chunks(
+        *(np.array([2, 1, 5]) if f == "ends" else getattr(together, f) for f in Chunks.__slots__)
+    )
+    assert not writer.submit(bad)  # ends out of order: refused, nothing queued
+    assert writer.flush() == 8 and drain.once() == 8
+    frame = pd.read_parquet(tmp_path).set_index("prediction_id")
+    for c in [alone, *parts]:
+        got = frame.loc[c.ids]
+        assert got["species"].tolist() == c.species and set(got["role"]) == {c.role}
+        np.testing.assert_allclose(got[list(FEATURES)].to_numpy(float), c.rows)
+
+
+def test_prediction_ids_are_uuid7_and_sort_by_time():
+    import uuid
+
+    before = time.time()
+    ids = [new_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids) and all(len(i) == 32 and i.isalnum() for i in ids)
+    parsed = [uuid.UUID(i) for i in ids]
+    assert {(u.version, u.variant) for u in parsed} == {(7, uuid.RFC_4122)}
+    millis = [u.int >> 80 for u in parsed]
+    assert millis == sorted(millis) and before * 1000 - 1 <= millis[0] <= time.time() * 1000
 
 
 def test_a_full_queue_drops_and_counts_and_never_blocks(tmp_path):

@@ -131,12 +131,53 @@ def test_shadow_requests_are_scored_together_and_captured_per_answer():
         shadow.maybe(challenger, champion, base, single, rows, proba, "http")
     assert shadow.drain() == 4
     assert calls == [4]  # one call for both answers
-    assert [(c[1], c[2], len(c[3]), c[7]) for c in captured] == [
-        ("a" * 32, True, 1, "shadow"),
-        ("b" * 32, False, 3, "shadow"),
-    ]
+    ((_, bases, singles, ends, captured_rows, captured_proba, protocol, _, role),) = captured
+    assert (bases, singles, ends.tolist(), protocol, role) == (
+        ["a" * 32, "b" * 32],
+        [True, False],
+        [1, 4],
+        "http",
+        "shadow",
+    )  # one hand-off for both answers: the second answer is rows 1-3
+    assert len(captured_rows) == 4 and captured_proba.argmax(axis=1).tolist() == [2] * 4
     assert metrics.counts[("shadow_agreed", ("challenger", "2"), ("champion", "1"))] == 3
     assert metrics.counts[("shadow_scored", ("challenger", "2"), ("champion", "1"))] == 4
     shadow.close()
     shadow.maybe(challenger, champion, "c" * 32, True, rows[:1], third, "http")
     assert metrics.counts[("shadow_skipped",)] == 1  # closed: skipped, counted
+
+
+def test_a_shadow_batch_of_several_protocols_is_captured_per_protocol():
+    """Answers of several protocols scored in one call are handed over per protocol, each
+    with exactly its own answers' rows and the challenger's probabilities for them."""
+    import numpy as np
+
+    from serving.challenger import Shadow
+
+    class _Echo:  # the challenger answers each row with its first measurement as class
+        def predict_proba(self, rows):
+            return np.eye(3)[rows[:, 0].astype(int)]
+
+    from dataclasses import replace
+
+    champion = _served("1")
+    challenger = replace(_served("2"), predictor=_Echo())
+    metrics, captured = _Counters(), []
+    shadow = Shadow(1.0, metrics, lambda *args: captured.append(args))
+    sent = [
+        ("a", 1, "http", 0),
+        ("b", 2, "oip_grpc", 1),
+        ("c", 1, "http", 2),
+        ("d", 3, "oip_grpc", 0),
+    ]
+    for base, n, protocol, cls in sent:
+        rows = np.full((n, 4), float(cls), np.float32)
+        shadow.maybe(challenger, champion, base, n == 1, rows, np.eye(3)[[cls] * n], protocol)
+    assert shadow.drain() == 7
+    got = {c[6]: (c[1], c[2], c[3].tolist(), c[5].argmax(axis=1).tolist()) for c in captured}
+    assert got == {
+        "http": (["a", "c"], [True, True], [1, 2], [0, 2]),
+        "oip_grpc": (["b", "d"], [False, False], [2, 5], [1, 1, 0, 0, 0]),
+    }
+    assert metrics.counts[("shadow_agreed", ("challenger", "2"), ("champion", "1"))] == 7
+    shadow.close()
