@@ -40,7 +40,7 @@ class FeedbackItem(BaseModel):
         max_length=80,
         pattern=r"^[0-9a-f]{32}(-[0-9]{1,6})?$",
         description="The prediction_id a predict answer returned.",
-        json_schema_extra={"example": "5f1d3c0e9a7b4e2f8c6d1a0b3e5f7a9c"},
+        json_schema_extra={"example": "01a22b46614d7f0399afd47b9928236c"},
     )
     species: Species = Field(description="The true species.")
 
@@ -57,7 +57,7 @@ class FeedbackRequest(RootModel[list[FeedbackItem]]):
     model_config = ConfigDict(
         json_schema_extra={
             "example": [
-                {"prediction_id": "5f1d3c0e9a7b4e2f8c6d1a0b3e5f7a9c", "species": "Iris-setosa"}
+                {"prediction_id": "01a22b46614d7f0399afd47b9928236c", "species": "Iris-setosa"}
             ]
         }
     )

@@ -105,7 +105,7 @@ class Prediction(BaseModel):
     prediction_id: str = Field(
         description="Id of this prediction, for POST /feedback (also the X-Prediction-Id "
         "header of a single prediction; a batch's rows are <header id>-<row>).",
-        json_schema_extra={"example": "5f1d3c0e9a7b4e2f8c6d1a0b3e5f7a9c"},
+        json_schema_extra={"example": "01a22b46614d7f0399afd47b9928236c"},
     )
     species: str = Field(json_schema_extra={"example": "Iris-setosa"})
     probabilities: dict[str, float] = Field(

@@ -118,7 +118,7 @@ class OutputTensor(BaseModel):
 class InferResponseParameters(BaseModel):
     prediction_id: str = Field(
         description="For POST /feedback (rows: <id>-<row>); also the X-Prediction-Id header.",
-        examples=["5f1d3c0e9a7b4e2f8c6d1a0b3e5f7a9c"],
+        examples=["01a22b46614d7f0399afd47b9928236c"],
     )
 
 
