@@ -174,7 +174,9 @@ class Settings(BaseSettings):
         None, description="Bearer token for POST /feedback (default: the admin token)."
     )
     live_window_s: float = Field(
-        3600.0, gt=0, description="Live accuracy covers predictions from this far back."
+        3600.0,
+        gt=0,
+        description="Live accuracy covers predictions from this far back (to the minute).",
     )
     drift_window_rows: int = Field(
         2000, ge=50, description="Drift compares this many newest predictions to training."

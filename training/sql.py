@@ -55,8 +55,16 @@ def chunks(items: list, size: int):
         yield items[i : i + size]
 
 
-def insert_many(conn: sa.Connection, table: sa.Table, records: list[dict], page: int = 100):
-    """Insert ``records`` (ids already present are skipped) as multi-row VALUES statements.
+def insert_many(
+    conn: sa.Connection,
+    table: sa.Table,
+    records: list[dict],
+    page: int = 100,
+    *,
+    returning: str | None = None,
+) -> list:
+    """Insert ``records`` (ids already present are skipped) as multi-row VALUES statements;
+    returns column ``returning`` of the rows actually inserted (if asked).
 
     One statement per ``page`` rows instead of one per row (``executemany``): each step of
     the sqlite3 driver releases and retakes the GIL, and every retake can stall this
@@ -65,19 +73,31 @@ def insert_many(conn: sa.Connection, table: sa.Table, records: list[dict], page:
     SQLAlchemy for every flush.
     """
     columns = list(records[0])
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    mark = param_mark(conn)
+    inserted = []
     for start in range(0, len(records), page):
         rows = records[start : start + page]
-        sql = insert_sql_text(table.name, tuple(columns), len(rows), mark)
+        sql = insert_sql_text(table.name, tuple(columns), len(rows), mark, returning)
         params = tuple(r[c] for r in rows for c in columns)
-        conn.exec_driver_sql(sql, params)
+        result = conn.exec_driver_sql(sql, params)
+        if returning:
+            inserted += result.scalars().all()
+    return inserted
+
+
+def param_mark(conn: sa.Connection) -> str:
+    """The driver's placeholder: ``?`` (sqlite3) or ``%s`` (psycopg2)."""
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
 
 
 @lru_cache(maxsize=16)
-def insert_sql_text(table: str, columns: tuple[str, ...], n: int, mark: str) -> str:
+def insert_sql_text(
+    table: str, columns: tuple[str, ...], n: int, mark: str, returning: str | None = None
+) -> str:
     one = "(" + ", ".join([mark] * len(columns)) + ")"
     values = ", ".join([one] * n)
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values} ON CONFLICT DO NOTHING"
+    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values} ON CONFLICT DO NOTHING"
+    return f"{sql} RETURNING {returning}" if returning else sql
 
 
 def insert_ignore(conn: sa.Connection, table: sa.Table):

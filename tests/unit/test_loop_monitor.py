@@ -62,8 +62,8 @@ def single(answer_id: str, at: float, version: str, species: str, values=None) -
 
 def test_a_version_that_leaves_the_window_stops_reporting_its_accuracy(tmp_path):
     store = FeedbackStore(f"sqlite:///{tmp_path / 'loop.sqlite'}")
-    now = time.time()
-    store.index(single(f"{i:032x}", now, "3", "Iris-setosa") for i in range(4))
+    served = time.time() - 120  # two minutes ago
+    store.index(single(f"{i:032x}", served, "3", "Iris-setosa") for i in range(4))
     store.label([(f"{i:032x}", "Iris-virginica" if i else "Iris-setosa") for i in range(4)])
     settings = Settings(home=tmp_path, live_window_s=3600)
     metrics = _Metrics()
@@ -74,8 +74,7 @@ def test_a_version_that_leaves_the_window_stops_reporting_its_accuracy(tmp_path)
     assert metrics.labelled.values[key] == 4
     assert math.isnan(metrics.live_accuracy.values[(("model_version", "4"),)])  # no labels yet
 
-    settings.live_window_s = 0.001  # v3 rolled back long ago: nothing of it in the window
-    time.sleep(0.01)
+    settings.live_window_s = 60  # v3 rolled back: nothing of it in the window
     monitor.update_quality()
     assert metrics.labelled.values[key] == 0
     assert math.isnan(metrics.live_accuracy.values[key])
@@ -163,3 +162,28 @@ def test_a_batch_is_one_indexed_answer_whose_rows_take_labels(loop_url):
     assert species[1:] == [SPECIES[i] for i in predicted[:9]]
     assert store.forget_before(now + 0.5) == 1
     assert store.labelled_rows() == [(1.0, 1.0, 1.0, 1.0, "Iris-setosa")]
+
+
+def test_served_rows_are_counted_once_per_answer_and_follow_the_window(loop_url):
+    """Live quality's served rows come from per-minute counts kept with the index: a spool
+    file indexed twice (a retry) counts once, old minutes leave the window, and forgetting
+    old predictions forgets their counts."""
+    store = FeedbackStore(loop_url)
+    now = time.time()
+    old = [single(f"{i:032x}", now - 7200, "1", "Iris-setosa") for i in range(5)]
+    rows = np.ones((3, len(FEATURES)), dtype=np.float32)
+    batch = Answer("b" * 32, now, "1", "champion", False, SPECIES, np.array([0, 1, 2]), rows)
+    new = [batch, single("c" * 32, now, "2", "Iris-setosa")]
+    assert store.index([*old, *new]) == 7
+    assert store.index(new) == 2  # given again: already there, not counted again
+
+    def unlabelled(since: float) -> dict[str, int]:
+        return {q.model_version: q.unlabelled for q in store.quality(since)}
+
+    assert unlabelled(now - 3600) == {"1": 3, "2": 1}
+    assert unlabelled(now - 3 * 3600) == {"1": 8, "2": 1}
+    store.label([("c" * 32, "Iris-setosa")])
+    (v2,) = [q for q in store.quality(now - 3600) if q.model_version == "2"]
+    assert (v2.labelled, v2.unlabelled, v2.accuracy) == (1, 0, 1.0)
+    assert store.forget_before(now - 3600) == 5
+    assert unlabelled(now - 3 * 3600) == {"1": 3, "2": 0}
