@@ -34,12 +34,14 @@ from training.schema import SHADOW
 logger = logging.getLogger(__name__)
 
 BUCKETS = 10_000
-BATCH_S = 0.2
+BATCH_S = 1.0
 """How long a drawn request waits to be scored together with the others. Every wake-up
 takes the worker's GIL for a fixed cost (the model call, the captures): at 0.02 s (50 a
 second), workers answering /predict at full load with capture and shadow on spent 10-25 %
 more CPU per request than with both off; at 0.2 s, 5-7 % (``python -m
-benchmarks.loop_cpu``; benchmarks/README.md, "Capture and shadow cost")."""
+benchmarks.loop_cpu``; benchmarks/README.md, "Capture and shadow cost"). Since then one
+wake-up a second, as often as the capture writer flushes by default: a shadow score
+reaches the files a second or two after its answer, and nobody waits for it."""
 MAX_PENDING_ROWS = 65_536
 """Rows waiting for the challenger before new requests are skipped (counted)."""
 

@@ -70,7 +70,13 @@ def test_shadow_agreement_equals_an_offline_comparison(server, two_versions, tmp
         for row in rows:
             r = client.post("/predict", json=dict(zip(FEATURES, row.tolist(), strict=True)))
             assert r.status_code == 200 and r.json()["model"]["version"] == "1"
-        time.sleep(1)
+        deadline = time.monotonic() + 15  # shadow scores come within about a second
+        while counter(metrics := client.get("/metrics").text, "iris_shadow_scored_total") < len(
+            rows
+        ):
+            assert time.monotonic() < deadline, "not every request was scored in shadow"
+            time.sleep(0.3)
+        time.sleep(1.5)  # one more batch: nothing beyond the requests may be scored
         metrics = client.get("/metrics").text
     scored = counter(metrics, "iris_shadow_scored_total")
     agreed = counter(metrics, "iris_shadow_agreed_total")
@@ -87,7 +93,11 @@ def test_shadow_agreement_equals_an_offline_comparison(server, two_versions, tmp
     assert agreed == offline
     assert 0 < agreed < scored  # the two models do disagree somewhere: the test can tell
     # The captured shadow answers are never returned, and match the champion's ids.
-    captured = pd.read_parquet(server.captures)
+    deadline = time.monotonic() + 15  # the capture files follow within a flush or two
+    while (
+        (captured := pd.read_parquet(server.captures))["role"] == "shadow"
+    ).sum() < scored and time.monotonic() < deadline:
+        time.sleep(0.3)
     shadow = captured[captured["role"] == "shadow"].set_index("prediction_id")["species"]
     served = captured[captured["role"] == "champion"].set_index("prediction_id")["species"]
     assert len(shadow) == len(rows) and set(shadow.index) <= set(served.index)
