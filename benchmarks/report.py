@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
+import statistics
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -106,8 +108,10 @@ def targets(result: dict) -> list[dict]:
     on, off = load("loop_on"), load("loop_off")
     ratio = on["rps"] / off["rps"] if on and off else None
     rows.append(_target(f"/predict rps at c={c}: capture+shadow on / off", ratio, 0.9))
+    rows[-1]["interval"] = ratio_interval(on, off, "rps")
     ratio = on["p99_ms"] / off["p99_ms"] if on and off else None
     rows.append(_target(f"p99 at c={c}: capture+shadow on / off", ratio, 1.2, higher=False))
+    rows[-1]["interval"] = ratio_interval(on, off, "p99_ms")
     for shape, batch in peers.get("ours", {}).get("batch", {}).items():
         rows.append(
             _target(
@@ -120,6 +124,25 @@ def targets(result: dict) -> list[dict]:
             )
         )
     return rows
+
+
+def ratio_interval(
+    on: dict | None, off: dict | None, key: str, draws: int = 4000
+) -> list[float] | None:
+    """A 95 % bootstrap interval of ``median(on rounds) / median(off rounds)``: how far
+    the ratio of one run could move with other rounds of the same machine. Rounds of each
+    side are resampled with replacement (seeded, so a result file gives one interval);
+    None with fewer than 4 rounds a side."""
+    a = [r[key] for r in (on or {}).get("rounds", [])]
+    b = [r[key] for r in (off or {}).get("rounds", [])]
+    if len(a) < 4 or len(b) < 4:
+        return None
+    rng = random.Random(0)
+    ratios = sorted(
+        statistics.median(rng.choices(a, k=len(a))) / statistics.median(rng.choices(b, k=len(b)))
+        for _ in range(draws)
+    )
+    return [round(ratios[int(0.025 * draws)], 2), round(ratios[int(0.975 * draws) - 1], 2)]
 
 
 def _target(
@@ -216,6 +239,8 @@ def targets_table(result: dict) -> list[str]:
     lines = ["| target (same run) | measured | goal | verdict |", "| --- | --: | --: | --- |"]
     for t in result["targets"]:
         shown = "–" if t["measured"] is None else f"{t['measured']:g}{t['unit']}"
+        if t.get("interval"):
+            shown += f" (95 %: {t['interval'][0]:g}–{t['interval'][1]:g})"
         lines.append(f"| {t['target']} | {shown} | {t['goal']} | **{t['verdict']}** |")
     return lines
 

@@ -80,6 +80,13 @@ def main(
     readme: Annotated[
         bool, typer.Option("--readme/--no-readme", help="Rewrite the table in the README.")
     ] = True,
+    loop_env: Annotated[
+        list[str],
+        typer.Option(
+            help="KEY=VALUE set on the loop_on peer (repeatable; a diagnosis, e.g. "
+            "IRIS_SHADOW_RATE=0 for capture alone). Recorded in the results."
+        ),
+    ] = [],  # noqa: B006 - typer reads the default, never mutates it
     keep_work: Annotated[
         bool, typer.Option(help="Keep the temp folder (registry, server logs, profile).")
     ] = False,
@@ -109,6 +116,7 @@ def main(
             batch_repeats=batch_repeats,
             profile_seconds=profile_seconds,
             gc_freeze=gc_freeze,
+            loop_env=dict(item.split("=", 1) for item in loop_env),
         )
         load_end = round(os.getloadavg()[0], 2)
         result["load_average"] = {"start": load_start, "end": load_end}
@@ -147,6 +155,9 @@ def run(work: Path, **opts) -> dict:
     champion = trained.result
     row = load.iris_rows(1)[0]
     peers = launch.build_peers(trained.env, work, row, opts["mlflow_workers"])
+    if opts["loop_env"]:
+        peers["loop_on"].env.update(opts["loop_env"])
+        peers["loop_on"].settings["env_override"] = opts["loop_env"]
     result: dict = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": report.machine(),

@@ -75,6 +75,7 @@ def test_benchmark_smoke_run_reports_every_measure(tmp_path: Path) -> None:
             assert len(spread) < 2 or min(spread.values()) < 1, (key, spread)
     loop = next(t for name, t in measured.items() if "capture+shadow on / off" in name)
     assert loop["measured"] > 0
+    assert loop["interval"] is None  # 2 rounds a side: too few for a bootstrap interval
     assert README.read_bytes() == readme_before, "--no-readme must leave the README alone"
 
 
