@@ -18,8 +18,8 @@ interval (the sink sees its pipe close and writes what was spooled).
 
 Read it all with one line of pandas: ``pd.read_parquet("var/captures")``.
 
-A little over 250 lines: the queue, the writer thread and the supervision of the sink
-process (start, restart, its reports) share the writer's state.
+Over 250 lines (about 340): the chunk types, the queue, the writer thread and the
+supervision of the sink process (start, restart, its reports) share the writer's state.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +102,30 @@ class Chunks:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def pieces(self, limit: int) -> list[Chunks]:
+        """These answers cut between answers into pieces of about ``limit`` rows (an answer
+        of more rows is a piece alone), so a queue near its bound takes what fits rather
+        than refusing everything at once."""
+        if len(self.rows) <= limit:
+            return [self]
+        ends = np.asarray(self.ends)
+        starts = np.concatenate(([0], ends[:-1]))
+        cuts = (np.flatnonzero(np.diff(starts // limit)) + 1).tolist()  # answers that begin one
+        found = []
+        for a, b in zip([0, *cuts], [*cuts, len(ends)], strict=True):
+            low, high = int(starts[a]), int(ends[b - 1])
+            found.append(
+                replace(
+                    self,
+                    base=self.base[a:b],
+                    single=self.single[a:b],
+                    ends=ends[a:b] - low,
+                    rows=self.rows[low:high],
+                    proba=self.proba[low:high],
+                )
+            )
+        return found
 
 
 class CaptureWriter:
@@ -308,9 +332,9 @@ def new_id() -> str:
     Time first, so ids of one moment sort together: the prediction index's primary key
     then grows at its end, as a log does. With 128 random bits, each insert lands on a
     random page of an index that grows with every answer kept (30 days of them by
-    default); measured with SQLite, an insert cost 4 µs into an empty table and 20-30 µs
-    once it held 200,000 answers, against a steady 4 µs for time-ordered ids
-    (benchmarks/README.md, "Prediction ids").
+    default); measured with SQLite, an insert cost 13 µs of CPU at 50,000 answers held and
+    30 µs at 400,000, against a steady 6-8 µs for time-ordered ids
+    (``python -m benchmarks.index_keys``; benchmarks/results/index-keys.txt).
     """
     value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
     return f"{value & _UUID7_CLEAR | _UUID7_SET:032x}"

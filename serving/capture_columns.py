@@ -149,13 +149,13 @@ class AnswerColumns:
 
 def _covers(ends, single, count: int, n: int) -> bool:
     """Whether ``count`` answers ending at ``ends`` (and as many ``single`` flags) split
-    ``n`` rows in order."""
+    ``n`` rows in order, each answer one row or more."""
     ends = np.asarray(ends)
-    if len(ends) != count or len(single) != count:
+    if len(ends) != count or len(single) != count or ends.dtype.kind not in "iu":
         return False
-    return (not count and not n) or (
-        count > 0 and ends[0] >= 0 and ends[-1] == n and bool((np.diff(ends) >= 0).all())
-    )
+    # Every answer has at least one row, as everywhere else (a request without rows is
+    # refused before it is answered).
+    return count > 0 and ends[0] > 0 and ends[-1] == n and bool((np.diff(ends) > 0).all())
 
 
 def _grown(array: np.ndarray, size: int, keep: int) -> np.ndarray:

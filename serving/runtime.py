@@ -228,22 +228,22 @@ class IrisRuntime:
         if self.capturer is None:
             return
         identity = model.identity
-        self.capturer.submit(
-            Chunks(
-                time.time(),
-                bases,
-                singles,
-                ends,
-                rows,
-                proba,
-                model.class_names,
-                identity.name,
-                identity.version,
-                role,
-                protocol,
-                (time.perf_counter() - started) * 1000.0,
-            )
+        scored = Chunks(
+            time.time(),
+            bases,
+            singles,
+            ends,
+            rows,
+            proba,
+            model.class_names,
+            identity.name,
+            identity.version,
+            role,
+            protocol,
+            (time.perf_counter() - started) * 1000.0,
         )
+        for piece in scored.pieces(max(1, self.settings.capture_max_pending // 8)):
+            self.capturer.submit(piece)
 
     def _on_swap(self, previous: ServedModel, model: ServedModel) -> None:
         self.metrics.model_reloads.inc()

@@ -17,7 +17,7 @@ The database is ``IRIS_LOOP_URI``: by default a SQLite file under ``var/`` (shar
 workers of one server), a PostgreSQL URL for a fleet (shared by every replica). SQLAlchemy
 Core speaks both, with the same statements.
 
-A little over 250 lines: the two tables, the index, the label upsert and the read queries
+Over 250 lines (about 330): the three tables, the index, the label upsert and the read queries
 of live quality, drift and retraining share one schema; the packing of an answer lives in
 ``training.answers`` and the SQL plumbing in ``training.sql``.
 """
@@ -139,6 +139,7 @@ class FeedbackStore:
             counts: dict[tuple[str, int], int] = {}
             for r in records:  # only answers new to the table: a retried file counts once
                 if r["answer_id"] in inserted:
+                    inserted.discard(r["answer_id"])  # an id given twice in one call, too
                     key = (r["model_version"], int(r["time"] // 60))
                     counts[key] = counts.get(key, 0) + r["n_rows"]
             if counts:
@@ -147,7 +148,9 @@ class FeedbackStore:
                     f"INSERT INTO {served_counts.name} (model_version, minute, n_rows) "
                     f"VALUES ({mark}, {mark}, {mark}) ON CONFLICT (model_version, minute) "
                     f"DO UPDATE SET n_rows = {served_counts.name}.n_rows + excluded.n_rows",
-                    [(v, m, n) for (v, m), n in counts.items()],
+                    # In key order: two sinks upserting the same minutes of two versions
+                    # (a canary) lock them in the same order, so neither waits on the other.
+                    [(v, m, n) for (v, m), n in sorted(counts.items())],
                 )
         return len(records)
 
@@ -275,7 +278,7 @@ class FeedbackStore:
         many answers went."""
         with self.engine.begin() as conn:
             conn.execute(labels.delete().where(labels.c.served_time < cutoff))
-            conn.execute(served_counts.delete().where(served_counts.c.minute < cutoff // 60))
+            conn.execute(served_counts.delete().where(served_counts.c.minute < int(cutoff // 60)))
             return conn.execute(answers.delete().where(answers.c.time < cutoff)).rowcount
 
 

@@ -107,6 +107,44 @@ def test_several_answers_handed_over_at_once_are_captured_as_one_by_one(tmp_path
         np.testing.assert_allclose(got[list(FEATURES)].to_numpy(float), c.rows)
 
 
+def test_a_big_hand_off_grows_the_arrays_and_is_cut_between_answers():
+    """Answers handed over together that outgrow the queue's arrays grow them; a hand-off
+    over the limit is cut between answers, and its pieces hold exactly its answers."""
+    from serving.capture_columns import AnswerColumns
+
+    parts = [chunk(n, role="shadow") for n in (1, 3, 1, 2, 4)]
+    together = Chunks(
+        time.time(),
+        [c.base for c in parts],
+        [c.single for c in parts],
+        np.cumsum([len(c) for c in parts]),
+        np.concatenate([c.rows for c in parts]),
+        np.concatenate([c.proba for c in parts]),
+        SPECIES,
+        "iris-classifier",
+        "3",
+        "shadow",
+        "http",
+        0.5,
+    )
+    columns = AnswerColumns(rows=2, answers=2)
+    assert columns.add(chunk(1)) is None and columns.add(together) is None
+    assert (len(columns), columns.rows) == (6, 12)
+    assert columns.ends[:6].tolist() == [1, 2, 5, 6, 8, 12]  # after the first answer's row
+    np.testing.assert_array_equal(columns.inputs[1:12], together.rows)
+    pieces = together.pieces(4)  # answers starting in rows 0-3, then in rows 4-7
+    assert [p.base for p in pieces] == [[c.base for c in parts[:2]], [c.base for c in parts[2:]]]
+    assert [p.ends.tolist() for p in pieces] == [[1, 4], [1, 3, 7]]
+    np.testing.assert_array_equal(np.concatenate([p.rows for p in pieces]), together.rows)
+    assert together.pieces(100) == [together]
+    for ends in (
+        np.array([1, 1, 5, 6, 10]),
+        np.array([1.0, 4, 5, 7, 11]),
+    ):  # an empty answer; floats
+        bad = Chunks(*(ends if f == "ends" else getattr(together, f) for f in Chunks.__slots__))
+        assert "do not cover" in AnswerColumns().add(bad)
+
+
 def test_prediction_ids_are_uuid7_and_sort_by_time():
     import uuid
 

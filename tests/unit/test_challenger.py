@@ -174,6 +174,7 @@ def test_a_shadow_batch_of_several_protocols_is_captured_per_protocol():
         rows = np.full((n, 4), float(cls), np.float32)
         shadow.maybe(challenger, champion, base, n == 1, rows, np.eye(3)[[cls] * n], protocol)
     assert shadow.drain() == 7
+    assert len(captured) == 2  # one hand-off per protocol
     got = {c[6]: (c[1], c[2], c[3].tolist(), c[5].argmax(axis=1).tolist()) for c in captured}
     assert got == {
         "http": (["a", "c"], [True, True], [1, 2], [0, 2]),

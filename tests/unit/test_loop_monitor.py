@@ -182,8 +182,10 @@ def test_served_rows_are_counted_once_per_answer_and_follow_the_window(loop_url)
 
     assert unlabelled(now - 3600) == {"1": 3, "2": 1}
     assert unlabelled(now - 3 * 3600) == {"1": 8, "2": 1}
+    assert store.index([single("d" * 32, now, "1", "Iris-setosa")]) == 1  # the same minute
+    assert unlabelled(now - 3600) == {"1": 4, "2": 1}  # added to its count, not replacing it
     store.label([("c" * 32, "Iris-setosa")])
     (v2,) = [q for q in store.quality(now - 3600) if q.model_version == "2"]
     assert (v2.labelled, v2.unlabelled, v2.accuracy) == (1, 0, 1.0)
     assert store.forget_before(now - 3600) == 5
-    assert unlabelled(now - 3 * 3600) == {"1": 3, "2": 0}
+    assert unlabelled(now - 3 * 3600) == {"1": 4, "2": 0}
