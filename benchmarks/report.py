@@ -1,6 +1,8 @@
 """Targets, the results tables (Markdown), the JSON record and the README section.
 
 The tables are also what ``scripts/gen_docs.py`` writes into ``docs/performance.md``.
+Over 250 lines (about 400): each table is a short function over the one results format,
+and splitting them would scatter that format.
 """
 
 from __future__ import annotations

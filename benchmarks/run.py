@@ -4,6 +4,10 @@ One peer runs at a time, on 127.0.0.1, and is stopped (by process group and PID)
 next one starts, also on failure or Ctrl-C; the two loop peers (capture and shadow on and
 off) run together, their rounds alternating, since their ratio is the measurement. Results
 go to ``benchmarks/results/latest.json`` and the table in ``benchmarks/README.md``.
+
+Over 250 lines (about 390): the options, the pairing and re-running of the loop rounds,
+and the batch and memory steps share one run's state; the load itself is in ``load``, the
+servers in ``launch``, the tables in ``report``.
 """
 
 from __future__ import annotations
@@ -116,13 +120,14 @@ def main(
             batch_repeats=batch_repeats,
             profile_seconds=profile_seconds,
             gc_freeze=gc_freeze,
-            loop_env=dict(item.split("=", 1) for item in loop_env),
+            loop_env=_env_pairs(loop_env),
         )
         load_end = round(os.getloadavg()[0], 2)
         result["load_average"] = {"start": load_start, "end": load_end}
         result["kind"] = _kind(duration, load_start)
         result["targets"] = report.targets(result)
-        path = report.write(result, out, readme, result_name)
+        # A diagnosis (another loop_on) is not the benchmark: it never rewrites the README.
+        path = report.write(result, out, readme and not loop_env, result_name)
         typer.echo(report.markdown(result))
         if "profile" in result:
             typer.echo("\nprofile (share of busy worker samples):")
@@ -148,6 +153,13 @@ def trained_registry(work: Path):
         raise AssertionError(f"expected a Random Forest champion, got {champion}")
     _add_challenger(trained)
     return trained
+
+
+def _env_pairs(items: list[str]) -> dict[str, str]:
+    for item in items:
+        if "=" not in item:
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--loop-env")
+    return dict(item.split("=", 1) for item in items)
 
 
 def run(work: Path, **opts) -> dict:
