@@ -104,17 +104,17 @@ class Chunks:
         return len(self.rows)
 
     def pieces(self, limit: int) -> list[Chunks]:
-        """These answers cut between answers into pieces of about ``limit`` rows (an answer
-        of more rows is a piece alone), so a queue near its bound takes what fits rather
-        than refusing everything at once."""
+        """These answers cut between answers into pieces of at most ``limit`` rows (an
+        answer of more rows is a piece alone), so a queue near its bound takes what fits
+        rather than refusing everything at once."""
         if len(self.rows) <= limit:
             return [self]
         ends = np.asarray(self.ends)
-        starts = np.concatenate(([0], ends[:-1]))
-        cuts = (np.flatnonzero(np.diff(starts // limit)) + 1).tolist()  # answers that begin one
-        found = []
-        for a, b in zip([0, *cuts], [*cuts, len(ends)], strict=True):
-            low, high = int(starts[a]), int(ends[b - 1])
+        found, a = [], 0
+        while a < len(ends):
+            low = int(ends[a - 1]) if a else 0
+            b = max(a + 1, int(np.searchsorted(ends, low + limit, side="right")))
+            high = int(ends[b - 1])
             found.append(
                 replace(
                     self,
@@ -125,6 +125,7 @@ class Chunks:
                     proba=self.proba[low:high],
                 )
             )
+            a = b
         return found
 
 

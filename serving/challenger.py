@@ -145,14 +145,14 @@ class Shadow:
             "challenger": challenger.identity.version,
         }
         rows = np.concatenate([item[4] for item in group])
+        if not len(rows):  # nothing to score (every answer has rows: never, in practice)
+            return
+        # ONNX: in calls under BULK_ROWS, which ONNX Runtime runs on this thread alone (a
+        # shadow score is background work and must not take every core from answers).
+        step = BULK_ROWS - 1 if challenger.identity.runtime == "onnx" else max(len(rows), 1)
         try:
-            # In calls under BULK_ROWS, which ONNX Runtime runs on this thread alone: a
-            # shadow score is background work and must not take every core from answers.
             shadow_proba = np.concatenate(
-                [
-                    challenger.predict(rows[at : at + BULK_ROWS - 1])[1]
-                    for at in range(0, len(rows), BULK_ROWS - 1)
-                ]
+                [challenger.predict(rows[at : at + step])[1] for at in range(0, len(rows), step)]
             )
         except Exception as e:  # noqa: BLE001 - a broken challenger is counted, not raised
             self.metrics.shadow_failed.labels(**pair).inc(len(group))

@@ -132,15 +132,20 @@ def test_a_big_hand_off_grows_the_arrays_and_is_cut_between_answers():
     assert (len(columns), columns.rows) == (6, 12)
     assert columns.ends[:6].tolist() == [1, 2, 5, 6, 8, 12]  # after the first answer's row
     np.testing.assert_array_equal(columns.inputs[1:12], together.rows)
-    pieces = together.pieces(4)  # answers starting in rows 0-3, then in rows 4-7
-    assert [p.base for p in pieces] == [[c.base for c in parts[:2]], [c.base for c in parts[2:]]]
-    assert [p.ends.tolist() for p in pieces] == [[1, 4], [1, 3, 7]]
+    pieces = together.pieces(4)  # sizes 1 3 | 1 2 | 4: at most 4 rows each
+    assert [p.base for p in pieces] == [
+        [c.base for c in parts[:2]],
+        [c.base for c in parts[2:4]],
+        [parts[4].base],
+    ]
+    assert [p.ends.tolist() for p in pieces] == [[1, 4], [1, 3], [4]]
+    assert [len(p.rows) for p in together.pieces(2)] == [1, 3, 1, 2, 4]  # big answers alone
     np.testing.assert_array_equal(np.concatenate([p.rows for p in pieces]), together.rows)
     assert together.pieces(100) == [together]
     for ends in (
-        np.array([1, 1, 5, 6, 10]),
-        np.array([1.0, 4, 5, 7, 11]),
-    ):  # an empty answer; floats
+        np.array([1, 1, 5, 7, 11]),  # an empty answer
+        np.array([1.0, 4, 5, 7, 11]),  # not integers
+    ):
         bad = Chunks(*(ends if f == "ends" else getattr(together, f) for f in Chunks.__slots__))
         assert "do not cover" in AnswerColumns().add(bad)
 

@@ -182,3 +182,38 @@ def test_a_shadow_batch_of_several_protocols_is_captured_per_protocol():
     }
     assert metrics.counts[("shadow_agreed", ("challenger", "2"), ("champion", "1"))] == 7
     shadow.close()
+
+
+def test_an_onnx_challenger_scores_big_batches_in_calls_onnx_runs_on_one_thread():
+    """Over BULK_ROWS rows, ONNX Runtime would use its multi-thread session: the shadow
+    cuts the rows into calls below it, in order; scikit-learn gets one call."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from serving.challenger import Shadow
+    from training.onnx_model import BULK_ROWS
+
+    calls = []
+
+    class _Echo:
+        def predict_proba(self, rows):
+            calls.append(len(rows))
+            return np.eye(3)[rows[:, 0].astype(int) % 3]
+
+    champion = _served("1")
+    base = replace(_served("2"), predictor=_Echo())
+    for runtime, expected in (("onnx", [BULK_ROWS - 1] * 2 + [2]), ("sklearn", [2 * BULK_ROWS])):
+        challenger = replace(base, identity=replace(base.identity, runtime=runtime))
+        calls.clear()
+        captured = []
+        shadow = Shadow(1.0, _Counters(), lambda *args, into=captured: into.append(args))
+        rows = np.repeat(np.arange(2 * BULK_ROWS, dtype=np.float32)[:, None], 4, axis=1)
+        shadow.maybe(
+            challenger, champion, "a" * 32, False, rows, np.eye(3)[[0] * len(rows)], "http"
+        )
+        assert shadow.drain() == len(rows)
+        assert calls == expected
+        ((*_, scored, _protocol, _, _),) = captured
+        assert scored.argmax(axis=1).tolist() == [i % 3 for i in range(len(rows))]  # in order
+        shadow.close()

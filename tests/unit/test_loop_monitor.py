@@ -176,16 +176,18 @@ def test_served_rows_are_counted_once_per_answer_and_follow_the_window(loop_url)
     new = [batch, single("c" * 32, now, "2", "Iris-setosa")]
     assert store.index([*old, *new]) == 7
     assert store.index(new) == 2  # given again: already there, not counted again
+    twice = single("e" * 32, now - 7200, "1", "Iris-setosa")
+    assert store.index([twice, twice]) == 2  # one id twice in one call: one answer
 
     def unlabelled(since: float) -> dict[str, int]:
         return {q.model_version: q.unlabelled for q in store.quality(since)}
 
     assert unlabelled(now - 3600) == {"1": 3, "2": 1}
-    assert unlabelled(now - 3 * 3600) == {"1": 8, "2": 1}
+    assert unlabelled(now - 3 * 3600) == {"1": 9, "2": 1}
     assert store.index([single("d" * 32, now, "1", "Iris-setosa")]) == 1  # the same minute
     assert unlabelled(now - 3600) == {"1": 4, "2": 1}  # added to its count, not replacing it
     store.label([("c" * 32, "Iris-setosa")])
     (v2,) = [q for q in store.quality(now - 3600) if q.model_version == "2"]
     assert (v2.labelled, v2.unlabelled, v2.accuracy) == (1, 0, 1.0)
-    assert store.forget_before(now - 3600) == 5
+    assert store.forget_before(now - 3600) == 6
     assert unlabelled(now - 3 * 3600) == {"1": 4, "2": 0}

@@ -118,6 +118,19 @@ def test_bulk_calls_keep_scikit_learns_labels_on_ties(iris):
     assert one_by_one == names[:300]
 
 
+def test_only_the_bulk_session_has_threads_and_they_do_not_spin(iris):
+    """A spinning pool burns the cores the other workers need after every bulk call."""
+    x, y = iris
+    graph = OnnxClassifier(
+        onnx_export.convert(LogisticRegression(max_iter=500).fit(x, y), len(FEATURES)),
+        bulk_threads=2,
+    )
+    bulk = graph._bulk.get_session_options()
+    assert bulk.intra_op_num_threads == 2
+    assert bulk.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert graph._session.get_session_options().intra_op_num_threads == 1
+
+
 class _Float32Noise:
     """Exact ties of the reference, broken by float32-sized noise in either direction."""
 
