@@ -5,12 +5,17 @@ One run's ratio moves by chance as far as its 95 % interval says (0.1-0.3x at 8 
 side); pooling the rounds of several results files of the same code narrows it. Prints
 the ratio of medians (loop_on / loop_off at the target concurrency) of requests/s and of
 p99 over all the rounds, each with its bootstrap interval
-(:func:`benchmarks.report.ratio_interval`). Reads only; writes nothing.
+(:func:`benchmarks.report.ratio_interval`), and a second interval that also resamples
+the runs (runs first, with replacement, then each drawn run's rounds): rounds of one run
+share its processes and its stretch of the machine's time, so the first interval, which
+treats every round as independent, is too narrow when runs differ. Reads only; writes
+nothing.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import statistics
 from pathlib import Path
 from typing import Annotated
@@ -27,22 +32,41 @@ def main(
     files: Annotated[list[Path], typer.Argument(exists=True, help="Results files (JSON).")],
 ) -> None:
     """Pool the loop pair's rounds of ``files`` and print both ratios."""
-    on: dict = {"rounds": []}
-    off: dict = {"rounds": []}
+    runs = []
     for path in files:
         result = json.loads(path.read_text())
         c = str(result["settings"]["target_concurrency"])
-        on["rounds"] += result["peers"]["loop_on"]["load"][c]["rounds"]
-        off["rounds"] += result["peers"]["loop_off"]["load"][c]["rounds"]
+        runs.append(
+            tuple(result["peers"][key]["load"][c]["rounds"] for key in ("loop_on", "loop_off"))
+        )
+    on = {"rounds": [r for run in runs for r in run[0]]}
+    off = {"rounds": [r for run in runs for r in run[1]]}
     for key, name in (("rps", "requests/s"), ("p99_ms", "p99")):
         ratio = statistics.median(r[key] for r in on["rounds"]) / statistics.median(
             r[key] for r in off["rounds"]
         )
         low, high = ratio_interval(on, off, key) or (float("nan"), float("nan"))
+        run_low, run_high = runs_interval(runs, key)
         typer.echo(
-            f"{name}: {ratio:.2f}x on / off (95 %: {low:.2f}-{high:.2f}) over "
+            f"{name}: {ratio:.2f}x on / off (95 %: {low:.2f}-{high:.2f} over rounds; "
+            f"{run_low:.2f}-{run_high:.2f} over runs, then rounds) from "
             f"{len(on['rounds'])} + {len(off['rounds'])} rounds of {len(files)} runs"
         )
+
+
+def runs_interval(runs: list[tuple[list, list]], key: str, draws: int = 4000) -> tuple:
+    """95 % interval of the pooled ratio of medians, resampling the runs (each keeping its
+    two sides together) and then each drawn run's rounds; seeded."""
+    rng = random.Random(0)
+    ratios = []
+    for _ in range(draws):
+        on, off = [], []
+        for run_on, run_off in rng.choices(runs, k=len(runs)):
+            on += rng.choices([r[key] for r in run_on], k=len(run_on))
+            off += rng.choices([r[key] for r in run_off], k=len(run_off))
+        ratios.append(statistics.median(on) / statistics.median(off))
+    ratios.sort()
+    return ratios[int(0.025 * draws)], ratios[int(0.975 * draws) - 1]
 
 
 if __name__ == "__main__":

@@ -99,6 +99,9 @@ def main(
     unknown = set(peers) - set(report.PEER_ORDER)
     if unknown:
         raise typer.BadParameter(f"unknown peer(s) {sorted(unknown)}", param_hint="--peers")
+    overrides = _env_pairs(loop_env)
+    if overrides and result_name == "latest":  # a diagnosis is not the benchmark's result
+        raise typer.BadParameter("name the results of a diagnosis", param_hint="--result-name")
     signal.signal(signal.SIGTERM, _interrupt)  # so `finally` blocks stop the servers
     load.require_wrk()
     load_start = round(os.getloadavg()[0], 2)
@@ -120,7 +123,7 @@ def main(
             batch_repeats=batch_repeats,
             profile_seconds=profile_seconds,
             gc_freeze=gc_freeze,
-            loop_env=_env_pairs(loop_env),
+            loop_env=overrides,
         )
         load_end = round(os.getloadavg()[0], 2)
         result["load_average"] = {"start": load_start, "end": load_end}
