@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -37,6 +38,25 @@ def chunk(n: int, version: str = "3", at: float | None = None, role: str = "cham
         role,
         "http",
         0.5,
+    )
+
+
+def handed_together(parts: list[Chunk]) -> Chunks:
+    """The answers ``parts`` (of one model, role and protocol) as one hand-off."""
+    first = parts[0]
+    return Chunks(
+        time.time(),
+        [c.base for c in parts],
+        [c.single for c in parts],
+        np.cumsum([len(c) for c in parts]),
+        np.concatenate([c.rows for c in parts]),
+        np.concatenate([c.proba for c in parts]),
+        first.classes,
+        first.model_name,
+        first.model_version,
+        first.role,
+        first.protocol,
+        first.latency_ms,
     )
 
 
@@ -79,25 +99,10 @@ def test_several_answers_handed_over_at_once_are_captured_as_one_by_one(tmp_path
     species as if each of its answers had been handed over alone."""
     writer, drain = CaptureWriter(tmp_path), sink(tmp_path)
     parts = [chunk(1, role="shadow"), chunk(3, role="shadow"), chunk(1, role="shadow")]
-    together = Chunks(
-        time.time(),
-        [c.base for c in parts],
-        [c.single for c in parts],
-        np.cumsum([len(c) for c in parts]),
-        np.concatenate([c.rows for c in parts]),
-        np.concatenate([c.proba for c in parts]),
-        SPECIES,
-        "iris-classifier",
-        "3",
-        "shadow",
-        "http",
-        0.5,
-    )
+    together = handed_together(parts)
     alone = chunk(2)
     assert writer.submit(alone) and writer.submit(together) and writer.submit(chunk(1))
-    bad = Chunks(
-        *(np.array([2, 1, 5]) if f == "ends" else getattr(together, f) for f in Chunks.__slots__)
-    )
+    bad = replace(together, ends=np.array([2, 1, 5]))
     assert not writer.submit(bad)  # ends out of order: refused, nothing queued
     assert writer.flush() == 8 and drain.once() == 8
     frame = pd.read_parquet(tmp_path).set_index("prediction_id")
@@ -113,20 +118,7 @@ def test_a_big_hand_off_grows_the_arrays_and_is_cut_between_answers():
     from serving.capture_columns import AnswerColumns
 
     parts = [chunk(n, role="shadow") for n in (1, 3, 1, 2, 4)]
-    together = Chunks(
-        time.time(),
-        [c.base for c in parts],
-        [c.single for c in parts],
-        np.cumsum([len(c) for c in parts]),
-        np.concatenate([c.rows for c in parts]),
-        np.concatenate([c.proba for c in parts]),
-        SPECIES,
-        "iris-classifier",
-        "3",
-        "shadow",
-        "http",
-        0.5,
-    )
+    together = handed_together(parts)
     columns = AnswerColumns(rows=2, answers=2)
     assert columns.add(chunk(1)) is None and columns.add(together) is None
     assert (len(columns), columns.rows) == (6, 12)
@@ -146,8 +138,7 @@ def test_a_big_hand_off_grows_the_arrays_and_is_cut_between_answers():
         np.array([1, 1, 5, 7, 11]),  # an empty answer
         np.array([1.0, 4, 5, 7, 11]),  # not integers
     ):
-        bad = Chunks(*(ends if f == "ends" else getattr(together, f) for f in Chunks.__slots__))
-        assert "do not cover" in AnswerColumns().add(bad)
+        assert "do not cover" in AnswerColumns().add(replace(together, ends=ends))
 
 
 def test_prediction_ids_are_uuid7_and_sort_by_time():
