@@ -32,8 +32,6 @@ WATCH = (
     "IrisRuntime.answered",
     "IrisRuntime.capture",
     "CaptureWriter.submit",
-    "Shadow.maybe",
-    "Shadow._score",
     "CaptureWriter.flush",
     "capture_table",
     "CaptureWriter._spool",

@@ -7,8 +7,10 @@ thread per worker process wakes every ``IRIS_CAPTURE_FLUSH_S`` seconds and spool
 is queued as one Arrow file (``<dir>/.spool``, written under a temporary name and renamed);
 the worker's own capture sink process (``serving.capture_sink``) writes it to Parquet,
 partitioned Hive-style as ``<dir>/date=YYYY-MM-DD/model_version=V/part-<pid>-….parquet``,
-and indexes it for feedback. The worker thus only copies buffers: Parquet encoding and
-database inserts never hold its GIL, and the sink runs niced so answers come first.
+and indexes it for feedback, and scores a share of its champion answers with the
+challenger in shadow (``serving.shadow_scoring``). The worker thus only copies buffers:
+Parquet encoding, database inserts and shadow scores never hold its GIL, and the sink
+runs niced so answers come first.
 
 The queue is bounded (``IRIS_CAPTURE_MAX_PENDING`` rows, queued plus spooled and not yet
 written): when the sink falls behind, new chunks are dropped and counted
@@ -18,13 +20,14 @@ interval (the sink sees its pipe close and writes what was spooled).
 
 Read it all with one line of pandas: ``pd.read_parquet("var/captures")``.
 
-Over 250 lines (about 340): the chunk types, the queue, the writer thread and the
-supervision of the sink process (start, restart, its reports) share the writer's state.
+Over 250 lines (about 320): the queue, the writer thread and the supervision of the
+sink process (start, restart, its reports) share the writer's state.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import subprocess
@@ -32,7 +35,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +43,7 @@ import numpy as np
 from serving.capture_columns import AnswerColumns
 from serving.capture_spool import pending_rows, write_spool
 from serving.child_env import capture_sink_env
+from serving.shadow_scoring import TARGET_KEY, count
 from training.logs import DistinctErrors, one_line
 from training.settings import PROJECT_DIR, Settings
 
@@ -80,55 +84,6 @@ class Chunk:
         return [self.classes[i] for i in self.proba.argmax(axis=1)]
 
 
-@dataclass(frozen=True, slots=True)
-class Chunks:
-    """Several answers of one model, role and protocol, handed over at once: a shadow
-    batch, scored together (``serving.challenger``), is one hand-off, not one per answer."""
-
-    time: float
-    base: list[str]  # each answer's prediction id
-    single: list[bool]  # per answer, as in :class:`Chunk`
-    ends: (
-        np.ndarray
-    )  # (answers,) each answer's end in ``rows``: answer i is rows[ends[i-1]:ends[i]]
-    rows: np.ndarray
-    proba: np.ndarray
-    classes: tuple[str, ...]
-    model_name: str
-    model_version: str
-    role: str
-    protocol: str
-    latency_ms: float
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def pieces(self, limit: int) -> list[Chunks]:
-        """These answers cut between answers into pieces of at most ``limit`` rows (an
-        answer of more rows is a piece alone), so a queue near its bound takes what fits
-        rather than refusing everything at once."""
-        if len(self.rows) <= limit:
-            return [self]
-        ends = np.asarray(self.ends)
-        found, a = [], 0
-        while a < len(ends):
-            low = int(ends[a - 1]) if a else 0
-            b = max(a + 1, int(np.searchsorted(ends, low + limit, side="right")))
-            high = int(ends[b - 1])
-            found.append(
-                replace(
-                    self,
-                    base=self.base[a:b],
-                    single=self.single[a:b],
-                    ends=ends[a:b] - low,
-                    rows=self.rows[low:high],
-                    proba=self.proba[low:high],
-                )
-            )
-            a = b
-        return found
-
-
 class CaptureWriter:
     """One per worker process: a bounded queue, the thread that spools it, and the sink
     process that writes the spool (started by :meth:`start` when ``sink_env`` is given;
@@ -146,6 +101,8 @@ class CaptureWriter:
         sink_env: dict[str, str] | None = None,
         on_written: Callable[[int], None] | None = None,
         on_dropped: Callable[[int], None] | None = None,
+        shadow: Callable[[], dict | None] | None = None,
+        on_shadow: Callable[[str, list[str]], None] | None = None,
     ):
         self.directory = directory
         self.spool = directory / ".spool"
@@ -154,6 +111,8 @@ class CaptureWriter:
         self.sink_env = sink_env
         self.on_written = on_written
         self.on_dropped = on_dropped
+        self.shadow = shadow  # what the sink scores in shadow (serving.shadow_scoring.target)
+        self.on_shadow = on_shadow  # a sink's shadow report: kind, fields
         self._queue = AnswerColumns()  # what requests add to
         self._spare = AnswerColumns()  # what the next flush swaps in
         self._refusals: set[str] = set()
@@ -170,9 +129,9 @@ class CaptureWriter:
 
     # -- request path ----------------------------------------------------------------
 
-    def submit(self, chunk: Chunk | Chunks) -> bool:
-        """Queue one answer (or several); False (and counted) if the queue is full. Never
-        blocks or raises."""
+    def submit(self, chunk: Chunk) -> bool:
+        """Queue one answer; False (and counted) if the queue is full. Never blocks or
+        raises."""
         n = len(chunk)
         refused: str | None = None
         with self._lock:
@@ -257,7 +216,7 @@ class CaptureWriter:
                 self._give_back(rows)  # the sink is behind: what it has not written bounds us
                 return 0
             try:
-                self._spool(queue.table(), rows)
+                self._spool(queue.table(self._shadow_metadata()), rows)
             except Exception:
                 self._give_back(rows)
                 raise
@@ -265,6 +224,11 @@ class CaptureWriter:
         finally:
             queue.clear()
             self._spare = queue
+
+    def _shadow_metadata(self) -> dict[bytes, bytes] | None:
+        """The spool file's shadow request for the sink: the challenger held now, if any."""
+        wanted = self.shadow() if self.shadow else None
+        return None if wanted is None else {TARGET_KEY: json.dumps(wanted).encode()}
 
     def _give_back(self, rows: int) -> None:
         """Rows that were taken from the queue and not spooled: uncounted, and dropped."""
@@ -311,15 +275,18 @@ class CaptureWriter:
         self._start_sink()
 
     def _read_reports(self, sink: subprocess.Popen) -> None:
-        """Turn the sink's ``written N`` / ``dropped N`` lines into the worker's counters."""
+        """Turn the sink's report lines (``written N``, ``dropped N``, and the shadow's,
+        ``serving.shadow_scoring.count``) into the worker's counters."""
         with sink.stdout:
             for line in sink.stdout:
-                kind, _, n = line.decode(errors="replace").partition(" ")
-                with contextlib.suppress(ValueError):
+                kind, *fields = line.decode(errors="replace").split() or [""]
+                with contextlib.suppress(ValueError, IndexError):
                     if kind == "written" and self.on_written:
-                        self.on_written(int(n))
+                        self.on_written(int(fields[0]))
                     elif kind == "dropped":
-                        self._dropped(int(n))
+                        self._dropped(int(fields[0]))
+                    elif kind.startswith("shadow") and self.on_shadow:
+                        self.on_shadow(kind, fields)
 
     def _dropped(self, n: int) -> None:
         if self.on_dropped:
@@ -350,8 +317,11 @@ def row_ids(base: str, n: int) -> list[str]:
     return [f"{base}-{i}" for i in range(n)]
 
 
-def capture_writer(settings: Settings, metrics) -> CaptureWriter:
-    """The writer a worker runs, its sink process set up from the same settings."""
+def capture_writer(
+    settings: Settings, metrics, shadow: Callable[[], dict | None] | None = None
+) -> CaptureWriter:
+    """The writer a worker runs, its sink process set up from the same settings;
+    ``shadow`` names what its sink scores in shadow (``serving.shadow_scoring``)."""
     return CaptureWriter(
         settings.capture_dir,
         flush_s=settings.capture_flush_s,
@@ -359,4 +329,6 @@ def capture_writer(settings: Settings, metrics) -> CaptureWriter:
         sink_env=capture_sink_env(settings),
         on_written=metrics.captured.inc,
         on_dropped=metrics.capture_dropped.inc,
+        shadow=shadow,
+        on_shadow=lambda kind, fields: count(metrics, kind, fields),
     )

@@ -23,7 +23,7 @@ from serving.arrow_buffers import bool_array, list_array, numeric_array, string_
 from training.schema import FEATURES
 
 if TYPE_CHECKING:
-    from serving.capture import Chunk, Chunks
+    from serving.capture import Chunk
 
 METAS_KEY = b"iris.metas"
 """Spool table metadata: the JSON list of :class:`Meta` the ``meta`` column points into."""
@@ -58,9 +58,8 @@ class AnswerColumns:
     def __len__(self) -> int:
         return len(self.bases)
 
-    def add(self, chunk: Chunk | Chunks) -> str | None:
-        """Copy one answer (or a :class:`~serving.capture.Chunks` of several) in; None if
-        done, else why not (nothing is changed then).
+    def add(self, chunk: Chunk) -> str | None:
+        """Copy one answer in; None if done, else why not (nothing is changed then).
 
         A flush's probabilities share one width: an answer whose model has another number
         of classes than the first answer of this flush is refused.
@@ -75,17 +74,13 @@ class AnswerColumns:
                 self.proba = np.empty((len(self.inputs), width), dtype=np.float32)
         elif width != self.proba.shape[1]:
             return f"a model with {width} classes among answers with {self.proba.shape[1]}"
-        many = not isinstance(chunk.base, str)
-        count = len(chunk.base) if many else 1
-        if many and not _covers(chunk.ends, chunk.single, count, n):
-            return f"{count} answers whose ends do not cover their {n} rows in order"
         a, start = len(self.bases), self.rows
         if start + n > len(self.inputs):
             size = max(2 * len(self.inputs), start + n)
             self.inputs = _grown(self.inputs, size, start)
             self.proba = _grown(self.proba, size, start)
-        if a + count > len(self.time):
-            size = max(2 * len(self.time), a + count)
+        if a + 1 > len(self.time):
+            size = 2 * len(self.time)
             for name in ("time", "latency", "single", "meta", "ends"):
                 setattr(self, name, _grown(getattr(self, name), size, a))
         self.inputs[start : start + n] = rows
@@ -97,21 +92,12 @@ class AnswerColumns:
         if code is None:
             code = self.metas[meta] = len(self.metas)
         self.rows = start + n
-        if many:
-            answers = slice(a, a + count)
-            self.time[answers] = chunk.time
-            self.latency[answers] = chunk.latency_ms
-            self.single[answers] = chunk.single
-            self.meta[answers] = code
-            self.ends[answers] = start + np.asarray(chunk.ends)
-            self.bases.extend(chunk.base)
-        else:
-            self.time[a] = chunk.time
-            self.latency[a] = chunk.latency_ms
-            self.single[a] = chunk.single
-            self.meta[a] = code
-            self.ends[a] = start + n
-            self.bases.append(chunk.base)
+        self.time[a] = chunk.time
+        self.latency[a] = chunk.latency_ms
+        self.single[a] = chunk.single
+        self.meta[a] = code
+        self.ends[a] = start + n
+        self.bases.append(chunk.base)
         return None
 
     def clear(self) -> None:
@@ -119,10 +105,10 @@ class AnswerColumns:
         self.metas = {}
         self.rows = 0
 
-    def table(self):
+    def table(self, metadata: dict[bytes, bytes] | None = None):
         """The spool table: one row per answer, ``time``, ``answer_id``, ``single``,
         ``meta``, ``latency_ms``, and the lists ``inputs`` (4 per flower) and
-        ``probabilities`` (one per class)."""
+        ``probabilities`` (one per class); ``metadata`` is added to the table's."""
         import pyarrow as pa
 
         a, rows, width = len(self.bases), self.rows, self.proba.shape[1]
@@ -143,19 +129,10 @@ class AnswerColumns:
         }
         metas = json.dumps([[*m[:-1], list(m[-1])] for m in self.metas])
         return pa.Table.from_arrays(
-            list(columns.values()), names=list(columns), metadata={METAS_KEY: metas}
+            list(columns.values()),
+            names=list(columns),
+            metadata={**(metadata or {}), METAS_KEY: metas},
         )
-
-
-def _covers(ends, single, count: int, n: int) -> bool:
-    """Whether ``count`` answers ending at ``ends`` (and as many ``single`` flags) split
-    ``n`` rows in order, each answer one row or more."""
-    ends = np.asarray(ends)
-    if len(ends) != count or len(single) != count or ends.dtype.kind not in "iu":
-        return False
-    # Every answer has at least one row, as everywhere else (a request without rows is
-    # refused before it is answered).
-    return count > 0 and ends[0] > 0 and ends[-1] == n and bool((np.diff(ends) > 0).all())
 
 
 def _grown(array: np.ndarray, size: int, keep: int) -> np.ndarray:

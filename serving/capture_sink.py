@@ -7,21 +7,26 @@ Each worker starts one (``python -m serving.capture_sink <worker pid>``, niced b
 nothing: no GIL held for tens of milliseconds a second in the process that answers, and
 under full load the kernel gives the CPU to answering first.
 
-A sink holds its worker's lock (``serving.capture_spool.owner_lock``) for life, and takes
-its worker's spool files in order: index the answers (first, since feedback for them
-waits on it), write the Parquet partitions (named after the spool file, so a retry
-replaces rather than duplicates), delete the file. If the index database fails, the file
-waits as ``*.unindexed`` (at most ``IRIS_CAPTURE_MAX_PENDING`` rows of them; beyond, the
-oldest are only logged: their Parquet rows stay) and the database is tried again after
-``INDEX_RETRY_S``, while Parquet writing goes on. Once a minute a sink adopts the files of
-any worker whose lock is free (its sink is gone; an adopted worker's ``*.unindexed`` files
-are thus retried once a minute), and sweeps retention. Lock files are never deleted: an
-``flock`` belongs to the file, and a new file under the old name would let two sinks in.
+A sink holds its worker's lock (``serving.capture_spool.owner_lock``) for life, and
+takes its worker's spool files in order: index the answers (first, since feedback for
+them waits on it), score the share its worker asks for with the challenger in shadow
+(``serving.shadow_scoring``), write the Parquet partitions (named after the spool file,
+so a retry replaces rather than duplicates), delete the file. If the index database
+fails, the file waits as ``*.unindexed`` (at most ``IRIS_CAPTURE_MAX_PENDING`` rows of
+them; beyond, the oldest are only logged: their Parquet rows stay) and the database is
+tried again after ``INDEX_RETRY_S``, while Parquet writing goes on. Once a minute a sink
+adopts the files of any worker whose lock is free (its sink is gone; an adopted worker's
+``*.unindexed`` files are thus retried once a minute), and sweeps retention. Lock files
+are never deleted: an ``flock`` belongs to the file, and a new file under the old name
+would let two sinks in.
 
 The worker's stdin pipe is the only control: a byte means "new file", end of file means
 "drain and exit" (a worker that exits, cleanly or killed, closes it), so SIGTERM sent to
 the server's process group does not cut a drain short. Reports go back on stdout, one
-``written N`` or ``dropped N`` line each, and become the worker's capture counters.
+``written N``, ``dropped N`` or shadow line each, and become the worker's counters.
+
+Over 250 lines (about 270): a pass's steps (index, shadow, write, delete, retry, adopt,
+retention) share the drain's state and its error reporting.
 """
 
 from __future__ import annotations
@@ -39,12 +44,13 @@ from pathlib import Path
 from serving.capture_files import CaptureFiles
 from serving.capture_spool import answers_in, owner_lock, parse_spool_name, read_spool, spool_files
 from serving.capture_table import SpoolRows, capture_table, spool_rows
+from serving.shadow_scoring import BEHIND_ROWS_SHARE, ShadowScorer
 from training.answers import Answer
 from training.logs import DistinctErrors, configure_logging
 
 logger = logging.getLogger(__name__)
 
-Report = Callable[[str, int], None]
+Report = Callable[[str, int | str], None]
 
 
 INDEX_RETRY_S = 5.0
@@ -67,6 +73,7 @@ class Drain:
         retention_days: int = 30,
         max_bytes: int = 1 << 30,
         retention_every_s: float = 60.0,
+        shadow: ShadowScorer | None = None,
     ):
         self.spool = directory / ".spool"
         self.owner = owner
@@ -74,6 +81,7 @@ class Drain:
         self.report = report
         self.max_pending_rows = max_pending_rows
         self.retention_every_s = retention_every_s
+        self.shadow = shadow
         self._index_errors = DistinctErrors(logger, "Capture indexing works again")
         self._file_errors = DistinctErrors(logger, "Capture files are written again")
         self._index_retry_at = 0.0
@@ -90,7 +98,12 @@ class Drain:
     def once(self) -> int:
         """Process every spool file of the owner (and, now and then, of workers whose sink
         is gone); returns the rows written."""
-        written = sum(self._process(path) for path in spool_files(self.spool, self.owner))
+        files = spool_files(self.spool, self.owner)
+        waiting = [parse_spool_name(p.name)[2] for p in files]  # a backlog skips the shadow
+        limit = self.max_pending_rows * BEHIND_ROWS_SHARE
+        written = sum(
+            self._process(p, behind=sum(waiting[k + 1 :]) > limit) for k, p in enumerate(files)
+        )
         self._retry_unindexed(self.owner)
         if time.monotonic() - self._last_housekeeping > self.retention_every_s:
             self._last_housekeeping = time.monotonic()
@@ -124,7 +137,7 @@ class Drain:
                 self._retry_unindexed(owner)
         return written
 
-    def _process(self, path: Path, owner: int | None = None) -> int:
+    def _process(self, path: Path, owner: int | None = None, *, behind: bool = False) -> int:
         _, stem, rows, _ = parse_spool_name(path.name)
         try:
             spooled = read_spool(path)
@@ -138,6 +151,8 @@ class Drain:
             path.unlink(missing_ok=True)
             return 0
         indexed = self._index(spooled, found, path.name)  # first: feedback waits on it
+        if self.shadow is not None:
+            table = self.shadow.added(table, spooled, found, behind=behind)
         written = self.files.write(table, stem)
         if written:
             self.report("written", written)
@@ -227,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         os.nice(settings.capture_sink_nice)
     store = FeedbackStore(settings.loop_url)
 
-    def report(kind: str, n: int) -> None:
+    def report(kind: str, n: int | str) -> None:
         with contextlib.suppress(BrokenPipeError):  # the worker is gone: nobody counts
             sys.stdout.write(f"{kind} {n}\n")
             sys.stdout.flush()
@@ -242,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         max_pending_rows=settings.capture_max_pending,
         retention_days=settings.capture_retention_days,
         max_bytes=settings.capture_max_bytes,
+        shadow=ShadowScorer(report),
     )
     while True:
         ready, _, _ = select.select([sys.stdin.fileno()], [], [], 1.0)

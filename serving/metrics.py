@@ -118,23 +118,24 @@ class Metrics:
         )
         self.shadow_scored = bentoml.metrics.Counter(
             name="iris_shadow_scored_total",
-            documentation="Answers the challenger also scored in shadow, per (champion, "
+            documentation="Flowers the challenger also scored in shadow, per (champion, "
             "challenger) pair.",
             labelnames=["champion", "challenger"],
         )
         self.shadow_agreed = bentoml.metrics.Counter(
             name="iris_shadow_agreed_total",
-            documentation="Shadow scores that named the same species as the champion.",
+            documentation="Flowers scored in shadow whose species the champion named too.",
             labelnames=["champion", "challenger"],
         )
         self.shadow_failed = bentoml.metrics.Counter(
             name="iris_shadow_failed_total",
-            documentation="Shadow scores that raised (the answer was not affected).",
+            documentation="Flowers the challenger failed to score in shadow (failed to load "
+            "or raised; the answer was not affected).",
             labelnames=["champion", "challenger"],
         )
         self.shadow_skipped = bentoml.metrics.Counter(
             name="iris_shadow_skipped_total",
-            documentation="Shadow scores skipped because the shadow thread had a backlog.",
+            documentation="Flowers not scored in shadow because the capture sink was behind.",
         )
         self.challenger_loads = bentoml.metrics.Counter(
             name="iris_challenger_loads_total",

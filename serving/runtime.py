@@ -2,8 +2,8 @@
 
 :class:`IrisRuntime` owns the served models (champion, challenger) and the reloader that
 follows the registry, classifies rows, gives every answer its prediction ids, hands it to
-capture and shadow scoring, and starts retrain jobs. ``service.py`` stays a thin HTTP
-shell; everything here is importable and testable without a server.
+capture (whose sink also scores the shadow), and starts retrain jobs. ``service.py``
+stays a thin HTTP shell; everything here is importable and testable without a server.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from starlette.responses import Response
 
-from serving import challenger
-from serving.capture import Chunk, Chunks, capture_writer, new_id, row_ids
+from serving import challenger, shadow_scoring
+from serving.capture import Chunk, capture_writer, new_id, row_ids
 from serving.errors import json_response
 from serving.job_store_sql import JobStore
 from serving.jobs import Job
@@ -62,9 +62,14 @@ class IrisRuntime:
         self.jobs = JobStore(settings.jobs_url, lease_s=settings.jobs_lease_s)
         self.retrains = RetrainLauncher(settings, self.jobs, self._on_retrain_finished)
         self.feedback_store = FeedbackStore(settings.loop_url)
-        self.capturer = capture_writer(settings, self.metrics) if settings.capture else None
+        self.capturer = (
+            capture_writer(settings, self.metrics, self._shadow_target)
+            if settings.capture
+            else None
+        )
+        if settings.shadow_rate > 0 and not settings.capture:
+            logger.warning("IRIS_SHADOW_RATE is set but capture is off: no shadow scoring")
         self.monitor = LoopMonitor(settings, self.feedback_store, self.holder, self.metrics)
-        self.shadow = challenger.Shadow(settings.shadow_rate, self.metrics, self.capture_scored)
         self.watcher = ChampionWatcher(
             settings,
             self.holder,
@@ -102,7 +107,6 @@ class IrisRuntime:
     def stop(self) -> None:
         self.watcher.stop()
         self.monitor.stop()
-        self.shadow.close()
         if self.capturer is not None:
             self.capturer.close()  # a clean stop loses no captured prediction
 
@@ -166,9 +170,9 @@ class IrisRuntime:
         *,
         single: bool = False,
     ) -> str:
-        """What every protocol does with an answer: give it an id, capture it, and let the
-        challenger shadow-score a champion answer. O(1) in the number of rows: the rows'
-        own ids (``<id>-<row>``) are made only by whoever shows them.
+        """What every protocol does with an answer: give it an id and capture it (the
+        capture sink scores champion answers in shadow). O(1) in the number of rows: the
+        rows' own ids (``<id>-<row>``) are made only by whoever shows them.
 
         Returns:
             The answer's prediction id (a ``single`` flower's own id; row ``i`` of a batch
@@ -176,8 +180,6 @@ class IrisRuntime:
         """
         base = new_id()
         self.capture(model, base, single, rows, proba, protocol, started, model.identity.alias)
-        if model is self.holder.current:
-            self.shadow.maybe(self.holder.challenger, model, base, single, rows, proba, protocol)
         return base
 
     def capture(
@@ -211,39 +213,9 @@ class IrisRuntime:
             )
         )
 
-    def capture_scored(
-        self,
-        model: ServedModel,
-        bases: list[str],
-        singles: list[bool],
-        ends: np.ndarray,
-        rows: np.ndarray,
-        proba: np.ndarray,
-        protocol: str,
-        started: float,
-        role: str,
-    ) -> None:
-        """Hand several answers scored together (a shadow batch) to the capture writer at
-        once: answer ``i`` is ``rows[ends[i-1]:ends[i]]``."""
-        if self.capturer is None:
-            return
-        identity = model.identity
-        scored = Chunks(
-            time.time(),
-            bases,
-            singles,
-            ends,
-            rows,
-            proba,
-            model.class_names,
-            identity.name,
-            identity.version,
-            role,
-            protocol,
-            (time.perf_counter() - started) * 1000.0,
-        )
-        for piece in scored.pieces(max(1, self.settings.capture_max_pending // 8)):
-            self.capturer.submit(piece)
+    def _shadow_target(self) -> dict | None:
+        """What this worker's capture sink scores in shadow, asked at each flush."""
+        return shadow_scoring.target(self.holder.challenger, self.settings.shadow_rate)
 
     def _on_swap(self, previous: ServedModel, model: ServedModel) -> None:
         self.metrics.model_reloads.inc()

@@ -55,6 +55,7 @@ class ServedModel:
     predictor: Predictor
     fast: bool  # True when a call is microseconds (safe on the event loop)
     profile: dict | None = None  # its training data's reference profile (drift), if any
+    model_dir: Path | None = None  # the MLflow model folder it was loaded from
 
     def predict(self, features: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Species names and class probabilities (rows sum to 1) for an (n, 4) array."""
@@ -80,7 +81,9 @@ class SklearnPredictor:
         return self.estimator.predict_proba(x)
 
 
-def load_exported(model_dir: Path, identity: ModelIdentity) -> ServedModel | None:
+def load_exported(
+    model_dir: Path, identity: ModelIdentity, *, threads: int | None = None
+) -> ServedModel | None:
     """The model's ONNX export, once it reproduces scikit-learn's recorded answers.
 
     None (with a warning naming why) when there is no export, it is damaged, or its
@@ -91,7 +94,7 @@ def load_exported(model_dir: Path, identity: ModelIdentity) -> ServedModel | Non
         if packed is None:
             logger.warning("v%s has no ONNX export; serving scikit-learn", identity.version)
             return None
-        predictor = OnnxClassifier(packed.serialized)
+        predictor = OnnxClassifier(packed.serialized, bulk_threads=threads)
         problem = packed.replay(predictor.predict_proba)
         class_names = read_class_names(model_dir)
     except Exception as e:  # noqa: BLE001 - any damage means "do not serve this file"
@@ -114,15 +117,18 @@ def load_exported(model_dir: Path, identity: ModelIdentity) -> ServedModel | Non
     return ServedModel(replace(identity, runtime="onnx"), class_names, predictor, True)
 
 
-def load_model_dir(model_dir: Path, identity: ModelIdentity) -> ServedModel:
+def load_model_dir(
+    model_dir: Path, identity: ModelIdentity, *, threads: int | None = None
+) -> ServedModel:
     """Load an MLflow model folder for serving: its verified ONNX export, else scikit-learn.
+    ``threads`` caps ONNX Runtime's threads for big calls (by default, the cores, up to 4).
 
     Every folder a worker loads was prepared by ``onnx_export.ensure`` (training, the
     BentoML import, or the fetch), so a folder without a usable export is a model ONNX
     cannot reproduce: scikit-learn serves it (skops with our trusted types), and the
     worker never compiles a graph itself.
     """
-    model = load_exported(model_dir, identity)
+    model = load_exported(model_dir, identity, threads=threads)
     if model is None:
         classifier = load_classifier(model_dir)
         model = ServedModel(
@@ -136,7 +142,7 @@ def load_model_dir(model_dir: Path, identity: ModelIdentity) -> ServedModel:
     except (OSError, ValueError) as e:  # drift cannot be measured; serving goes on
         logger.warning("No usable reference profile for v%s: %s", identity.version, e)
         profile = None
-    return replace(model, profile=profile)
+    return replace(model, profile=profile, model_dir=model_dir)
 
 
 class ModelHolder:

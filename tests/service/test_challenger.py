@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pandas as pd
 import pytest
 
-from harness.servers import bento_server
+from harness.servers import bento_server, capture_sink_pids
 from harness.state import download_version
 from harness.training import iris_train, train_home
 from training.model_io import load_classifier
@@ -102,6 +103,11 @@ def test_shadow_agreement_equals_an_offline_comparison(server, two_versions, tmp
     served = captured[captured["role"] == "champion"].set_index("prediction_id")["species"]
     assert len(shadow) == len(rows) and set(shadow.index) <= set(served.index)
     assert (shadow == served.loc[shadow.index]).sum() == agreed
+    # The capture sinks scored them (one kept-alive connection: one worker, one sink),
+    # with ONNX Runtime and without pandas.
+    maps = [Path(f"/proc/{pid}/maps").read_text() for pid in capture_sink_pids(server).values()]
+    assert any("/site-packages/onnxruntime/" in m for m in maps), "no sink loaded the challenger"
+    assert not any("/site-packages/pandas/" in m for m in maps), "a capture sink imported pandas"
 
 
 def test_canary_split_is_sticky_and_close_to_the_registry_share(server, two_versions):

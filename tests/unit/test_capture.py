@@ -9,13 +9,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from serving.capture import CaptureWriter, Chunk, Chunks, new_id
+from serving.capture import CaptureWriter, Chunk, new_id
 from serving.capture_sink import Drain
 from serving.capture_spool import owner_lock
 from serving.child_env import capture_sink_env
@@ -38,25 +37,6 @@ def chunk(n: int, version: str = "3", at: float | None = None, role: str = "cham
         role,
         "http",
         0.5,
-    )
-
-
-def handed_together(parts: list[Chunk]) -> Chunks:
-    """The answers ``parts`` (of one model, role and protocol) as one hand-off."""
-    first = parts[0]
-    return Chunks(
-        time.time(),
-        [c.base for c in parts],
-        [c.single for c in parts],
-        np.cumsum([len(c) for c in parts]),
-        np.concatenate([c.rows for c in parts]),
-        np.concatenate([c.proba for c in parts]),
-        first.classes,
-        first.model_name,
-        first.model_version,
-        first.role,
-        first.protocol,
-        first.latency_ms,
     )
 
 
@@ -92,53 +72,6 @@ def test_flush_writes_one_row_per_prediction_partitioned_by_day_and_version(tmp_
     files = list(tmp_path.glob(f"date={day}/model_version=4/part-{os.getpid()}-*.parquet"))
     assert len(files) == 1
     assert not list(tmp_path.rglob("*.tmp"))  # nothing half-written left behind
-
-
-def test_several_answers_handed_over_at_once_are_captured_as_one_by_one(tmp_path):
-    """A shadow batch (``Chunks``) among single answers: the same Parquet rows, ids and
-    species as if each of its answers had been handed over alone."""
-    writer, drain = CaptureWriter(tmp_path), sink(tmp_path)
-    parts = [chunk(1, role="shadow"), chunk(3, role="shadow"), chunk(1, role="shadow")]
-    together = handed_together(parts)
-    alone = chunk(2)
-    assert writer.submit(alone) and writer.submit(together) and writer.submit(chunk(1))
-    bad = replace(together, ends=np.array([2, 1, 5]))
-    assert not writer.submit(bad)  # ends out of order: refused, nothing queued
-    assert writer.flush() == 8 and drain.once() == 8
-    frame = pd.read_parquet(tmp_path).set_index("prediction_id")
-    for c in [alone, *parts]:
-        got = frame.loc[c.ids]
-        assert got["species"].tolist() == c.species and set(got["role"]) == {c.role}
-        np.testing.assert_allclose(got[list(FEATURES)].to_numpy(float), c.rows)
-
-
-def test_a_big_hand_off_grows_the_arrays_and_is_cut_between_answers():
-    """Answers handed over together that outgrow the queue's arrays grow them; a hand-off
-    over the limit is cut between answers, and its pieces hold exactly its answers."""
-    from serving.capture_columns import AnswerColumns
-
-    parts = [chunk(n, role="shadow") for n in (1, 3, 1, 2, 4)]
-    together = handed_together(parts)
-    columns = AnswerColumns(rows=2, answers=2)
-    assert columns.add(chunk(1)) is None and columns.add(together) is None
-    assert (len(columns), columns.rows) == (6, 12)
-    assert columns.ends[:6].tolist() == [1, 2, 5, 6, 8, 12]  # after the first answer's row
-    np.testing.assert_array_equal(columns.inputs[1:12], together.rows)
-    pieces = together.pieces(4)  # sizes 1 3 | 1 2 | 4: at most 4 rows each
-    assert [p.base for p in pieces] == [
-        [c.base for c in parts[:2]],
-        [c.base for c in parts[2:4]],
-        [parts[4].base],
-    ]
-    assert [p.ends.tolist() for p in pieces] == [[1, 4], [1, 3], [4]]
-    assert [len(p.rows) for p in together.pieces(2)] == [1, 3, 1, 2, 4]  # big answers alone
-    np.testing.assert_array_equal(np.concatenate([p.rows for p in pieces]), together.rows)
-    assert together.pieces(100) == [together]
-    for ends in (
-        np.array([1, 1, 5, 7, 11]),  # an empty answer
-        np.array([1.0, 4, 5, 7, 11]),  # not integers
-    ):
-        assert "do not cover" in AnswerColumns().add(replace(together, ends=ends))
 
 
 def test_prediction_ids_are_uuid7_and_sort_by_time():

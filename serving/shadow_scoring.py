@@ -1,0 +1,235 @@
+"""Shadow scoring in the capture sink: the challenger scores spooled champion answers.
+
+A worker answers with the champion and spools the answer (``serving.capture``); it does
+nothing else for the shadow. At each flush it names, in the spool file's metadata, the
+challenger it holds and the share to score (:func:`target`, ``IRIS_SHADOW_RATE``). The
+worker's capture sink (niced, out of the worker) draws that share of the file's champion
+answers, scores their flowers with the challenger (:class:`ShadowScorer`), writes the
+challenger's answers to Parquet as role ``shadow`` beside the champion's (same prediction
+ids, same time), and reports per (champion, challenger) how many flowers it scored and
+how many named the champion's species; the worker turns the reports into
+``iris_shadow_scored_total`` / ``iris_shadow_agreed_total`` (:func:`count`).
+
+Why here: in the worker, the shadow's model calls and hand-offs took its GIL and its CPU
+from answering (``benchmarks/README.md``, "Capture and shadow cost"); the sink runs at a
+lower priority, so under full load the kernel gives the CPU to answers first.
+
+What that means:
+
+- Shadow scoring needs capture (``IRIS_CAPTURE=true``, the default): it scores what was
+  captured.
+- A challenger that fails to load or to score is counted (``iris_shadow_failed_total``)
+  and retried after ``RETRY_S``; the champion's rows are written all the same.
+- A sink that is behind (more than ``BEHIND_ROWS_SHARE`` of ``IRIS_CAPTURE_MAX_PENDING``
+  still spooled) skips the shadow for the file, counted in ``iris_shadow_skipped_total``:
+  capturing the champion's answers comes first.
+- The draw is a hash of the prediction id, so a file processed twice (a sink killed
+  between writing and deleting it) scores the same answers and rewrites the same files.
+- Scores reach the files and the counters about one flush interval after the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from serving.arrow_buffers import list_array, numeric_array
+from serving.capture_columns import METAS_KEY, Meta
+from serving.capture_table import SpoolRows, capture_table, spool_rows
+from training.logs import DistinctErrors
+from training.schema import CHALLENGER, CHAMPION, SHADOW
+
+logger = logging.getLogger(__name__)
+
+TARGET_KEY = b"iris.shadow"
+"""Spool table metadata: the JSON :func:`target` of the flush (absent: no shadow)."""
+BUCKETS = 1 << 32
+RETRY_S = 60.0
+"""A challenger that failed to load is tried again after this long."""
+BEHIND_ROWS_SHARE = 0.25
+
+Report = Callable[[str, str], None]
+
+
+def target(challenger, rate: float) -> dict | None:
+    """What a worker's flush asks its sink to do: score ``rate`` of its champion answers
+    with ``challenger`` (a ``ServedModel``), loaded from the same folder. None: nothing."""
+    if challenger is None or rate <= 0 or challenger.model_dir is None:
+        return None
+    identity = challenger.identity
+    return {
+        "name": identity.name,
+        "version": identity.version,
+        "run_id": identity.run_id,
+        "dir": str(challenger.model_dir),
+        "rate": rate,
+    }
+
+
+def count(metrics, kind: str, fields: list[str]) -> None:
+    """A sink's shadow report as the worker's counters: ``shadow <champion> <challenger>
+    <scored> <agreed>``, ``shadow_failed <champion> <challenger> <n>``, ``shadow_skipped <n>``."""
+    if kind == "shadow":
+        champion, challenger, scored, agreed = fields
+        pair = {"champion": champion, "challenger": challenger}
+        metrics.shadow_scored.labels(**pair).inc(int(scored))
+        metrics.shadow_agreed.labels(**pair).inc(int(agreed))
+    elif kind == "shadow_failed":
+        champion, challenger, n = fields
+        metrics.shadow_failed.labels(champion=champion, challenger=challenger).inc(int(n))
+    elif kind == "shadow_skipped":
+        (n,) = fields
+        metrics.shadow_skipped.inc(int(n))
+
+
+def drawn(ids: list[str], rate: float) -> np.ndarray:
+    """Which answers (by prediction id) the shadow scores: ``rate`` of them, the same ones
+    every time (a hash of the id)."""
+    if rate >= 1:
+        return np.ones(len(ids), dtype=bool)
+    hashes = np.fromiter((zlib.crc32(i.encode()) for i in ids), np.uint64, len(ids))
+    return hashes < rate * BUCKETS
+
+
+class ShadowScorer:
+    """One per capture sink: the challenger its worker names, loaded once per version."""
+
+    def __init__(self, report: Report, load: Callable | None = None):
+        self.report = report
+        self.load = load  # (folder, identity) -> ServedModel; by default load_model_dir
+        self._key: tuple[str, str] | None = None
+        self._model = None
+        self._retry_at = 0.0
+        self._errors = DistinctErrors(logger, "Shadow scoring works again")
+
+    def added(self, rows, spooled, found: SpoolRows, *, behind: bool = False):
+        """A spool file's Parquet rows (``rows``, ``serving.capture_table``) and after them
+        the challenger's shadow answers, if any; ``rows`` alone if the shadow fails."""
+        try:
+            shadow = self.table(spooled, found, behind=behind)
+            if shadow is None:
+                return rows
+            import pyarrow as pa
+
+            return pa.concat_tables([rows, capture_table(shadow, spool_rows(shadow))])
+        except Exception:  # the champion's rows go out all the same
+            logger.exception("Shadow scoring of a capture file failed")
+            return rows
+
+    def table(self, spooled, found: SpoolRows, *, behind: bool = False):
+        """The spool table of the challenger's answers to the drawn champion answers of
+        ``spooled`` (whose flowers are ``found``), in the same format; None if none."""
+        raw = (spooled.schema.metadata or {}).get(TARGET_KEY)
+        if raw is None:
+            return None
+        wanted = json.loads(raw)
+        served = np.array([m.role == CHAMPION for m in found.metas] or [False])
+        picked = np.flatnonzero(served[found.meta])
+        if len(picked):
+            ids = spooled["answer_id"].take(numeric_array(picked)).to_pylist()
+            picked = picked[drawn(ids, float(wanted["rate"]))]
+        if not len(picked):
+            return None
+        flowers = np.isin(found.answer, picked)
+        if behind:
+            self.report("shadow_skipped", str(int(flowers.sum())))
+            return None
+        champion_versions = [m.model_version for m in found.metas]
+        model = self._challenger(wanted)
+        if model is None:
+            self._failed(found, flowers, champion_versions, wanted["version"])
+            return None
+        started = time.perf_counter()
+        try:
+            _, proba = model.predict(found.inputs[flowers])
+        except Exception as e:  # noqa: BLE001 - a broken challenger is counted, never raised
+            self._errors.failed(logging.WARNING, f"Shadow v{wanted['version']} failed", e)
+            self._failed(found, flowers, champion_versions, wanted["version"])
+            return None
+        self._errors.ok()
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        self._agreement(found, flowers, model, proba)
+        return _shadow_spool(spooled, found, picked, flowers, model, proba, latency_ms)
+
+    def _challenger(self, wanted: dict):
+        from serving.served_model import ModelIdentity, load_model_dir
+
+        load = self.load or (lambda folder, identity: load_model_dir(folder, identity, threads=1))
+
+        key = (wanted["dir"], wanted["version"])
+        if key == self._key and (self._model is not None or time.monotonic() < self._retry_at):
+            return self._model
+        self._key, self._model = key, None
+        identity = ModelIdentity(
+            wanted["name"], wanted["version"], CHALLENGER, wanted["run_id"], "registry"
+        )
+        try:
+            # One thread: the sink is background work, and must not take every core.
+            self._model = load(Path(wanted["dir"]), identity)
+        except Exception as e:  # noqa: BLE001 - counted as failed scores, tried again later
+            self._retry_at = time.monotonic() + RETRY_S
+            self._errors.failed(logging.ERROR, f"Shadow challenger v{key[1]} not loaded", e)
+            return None
+        logger.info("Shadow scoring with challenger v%s (%s)", key[1], identity.runtime)
+        return self._model
+
+    def _agreement(self, found: SpoolRows, flowers: np.ndarray, model, proba) -> None:
+        """Report, per champion version, flowers scored and flowers whose species both
+        models named (each the argmax of its own probabilities, as served)."""
+        theirs = np.asarray(model.class_names, dtype=object)[proba.argmax(axis=1)]
+        meta = found.meta[found.answer[flowers]]
+        predicted = found.predicted[flowers]
+        by_version: dict[str, list[int]] = {}
+        for code in np.unique(meta).tolist():
+            champion = found.metas[code]
+            rows = meta == code
+            ours = np.asarray(champion.classes, dtype=object)[predicted[rows]]
+            counts = by_version.setdefault(champion.model_version, [0, 0])
+            counts[0] += int(rows.sum())
+            counts[1] += int((ours == theirs[rows]).sum())
+        for version, (scored, agreed) in by_version.items():
+            self.report("shadow", f"{version} {model.identity.version} {scored} {agreed}")
+
+    def _failed(self, found: SpoolRows, flowers, versions: list[str], challenger: str) -> None:
+        meta = found.meta[found.answer[flowers]]
+        for code, n in zip(*np.unique(meta, return_counts=True), strict=True):
+            self.report("shadow_failed", f"{versions[code]} {challenger} {int(n)}")
+
+
+def _shadow_spool(spooled, found: SpoolRows, picked, flowers, model, proba, latency_ms: float):
+    """A spool table (``serving.capture_columns``) of the challenger's answers to the
+    answers ``picked`` (whose flowers are ``flowers``): their ids, times and flowers, its
+    probabilities, role shadow."""
+    import pyarrow as pa
+
+    identity = model.identity
+    metas: dict[Meta, int] = {}
+    codes = np.empty(len(picked), dtype=np.int32)
+    for k, code in enumerate(found.meta[picked].tolist()):
+        meta = Meta(
+            identity.name, identity.version, SHADOW, found.metas[code].protocol, model.class_names
+        )
+        codes[k] = metas.setdefault(meta, len(metas))
+    offsets = np.zeros(len(picked) + 1, dtype=np.int32)
+    np.cumsum(np.diff(found.starts)[picked], out=offsets[1:])
+    taken = numeric_array(picked)
+    features = found.inputs.shape[1]
+    columns = {
+        "time": spooled["time"].take(taken),
+        "answer_id": spooled["answer_id"].take(taken),
+        "single": spooled["single"].take(taken),
+        "meta": numeric_array(codes),
+        "latency_ms": numeric_array(np.full(len(picked), latency_ms, dtype=np.float32)),
+        "inputs": list_array(offsets * features, found.inputs[flowers].reshape(-1)),
+        "probabilities": list_array(offsets * proba.shape[1], proba.reshape(-1)),
+    }
+    described = json.dumps([[*m[:-1], list(m[-1])] for m in metas])
+    return pa.Table.from_arrays(
+        list(columns.values()), names=list(columns), metadata={METAS_KEY: described}
+    )

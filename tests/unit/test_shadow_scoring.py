@@ -1,0 +1,181 @@
+"""Shadow scoring in the capture sink: which answers it scores, what it writes and reports,
+and how a failing, missing or slow challenger leaves the champion's capture alone."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from serving import shadow_scoring
+from serving.capture import CaptureWriter, new_id
+from serving.capture_sink import Drain
+from serving.served_model import ModelIdentity, ServedModel
+from serving.shadow_scoring import ShadowScorer, count, drawn
+from tests.unit.test_capture import Reports, chunk
+from tests.unit.test_challenger import _Counters
+from training.schema import SPECIES
+
+THIRD = np.array([0.1, 0.2, 0.7])
+
+
+class Challenger:
+    """A challenger that names the third species for every flower, and counts its calls."""
+
+    def __init__(self, fail: bool = False):
+        self.calls: list[int] = []
+        self.fail = fail
+
+    def predict_proba(self, rows):
+        self.calls.append(len(rows))
+        if self.fail:
+            raise RuntimeError("challenger exploded")
+        return np.tile(THIRD, (len(rows), 1))
+
+
+def served(predictor, version: str = "2") -> ServedModel:
+    identity = ModelIdentity("iris-classifier", version, "challenger", "run2", "registry")
+    return ServedModel(identity, SPECIES, predictor, True)
+
+
+def target(rate: float = 1.0) -> dict:
+    return {"name": "iris-classifier", "version": "2", "run_id": "run2", "dir": "x", "rate": rate}
+
+
+def pipeline(tmp_path, predictor, *, rate: float = 1.0, loads: list | None = None, **drain):
+    """A worker's writer asking for the shadow, and its sink's drain with a scorer whose
+    challenger is ``predictor`` (loads counted in ``loads``)."""
+
+    def load(folder, identity):
+        if loads is not None:
+            loads.append((str(folder), identity.version))
+        if isinstance(predictor, Exception):
+            raise predictor
+        return served(predictor, identity.version)
+
+    reports = Reports()
+    writer = CaptureWriter(tmp_path, shadow=lambda: target(rate))
+    scorer = ShadowScorer(reports, load=load)
+    sink = Drain(tmp_path, os.getpid(), index=None, report=reports, shadow=scorer, **drain)
+    return writer, sink, reports
+
+
+def test_the_sink_scores_champion_answers_and_writes_them_as_shadow_rows(tmp_path):
+    """Every champion answer of a flush is scored in one call; each gets shadow rows with
+    its own ids, time and flowers; canary answers are not scored; agreement is reported
+    per champion version."""
+    challenger = Challenger()
+    writer, sink, reports = pipeline(tmp_path, challenger)
+    champion = [chunk(1), chunk(3), chunk(2, version="4")]
+    canary = chunk(2, version="2", role="challenger")
+    for c in [*champion, canary]:
+        assert writer.submit(c)
+    assert writer.flush() == 8
+    assert sink.once() == 8 + 6
+    assert challenger.calls == [6]  # one call for the whole file
+    third = [[int(p.argmax() == 2) for p in c.proba] for c in champion]
+    assert sorted(r for r in reports if r[0] == "shadow") == [
+        ("shadow", f"3 2 {1 + 3} {sum(third[0]) + sum(third[1])}"),
+        ("shadow", f"4 2 2 {sum(third[2])}"),
+    ]
+    frame = pd.read_parquet(tmp_path)
+    shadow = frame[frame["role"] == "shadow"].set_index("prediction_id")
+    assert sorted(shadow.index) == sorted(i for c in champion for i in c.ids)
+    assert set(shadow["species"]) == {SPECIES[2]} and set(shadow["model_version"].astype(str)) == {
+        "2"
+    }
+    served_rows = frame[frame["role"] == "champion"].set_index("prediction_id")
+    for c in champion:
+        np.testing.assert_allclose(shadow.loc[c.ids, "sepal_length"], c.rows[:, 0], rtol=1e-6)
+        assert (shadow.loc[c.ids, "time"] == served_rows.loc[c.ids, "time"]).all()
+        np.testing.assert_allclose(np.stack(shadow.loc[c.ids, "probabilities"]), [THIRD] * len(c))
+    assert not set(canary.ids) & set(shadow.index)
+
+
+def test_a_share_is_drawn_by_id_the_same_every_time():
+    ids = [new_id() for _ in range(4000)]
+    tenth = drawn(ids, 0.1)
+    assert 0.08 <= tenth.mean() <= 0.12
+    assert (drawn(ids, 0.1) == tenth).all()  # a file processed again scores the same answers
+    assert drawn(ids, 1.0).all() and not drawn(ids, 0.0).any()
+    assert (tenth <= drawn(ids, 0.5)).all()  # a bigger share keeps the smaller one's answers
+
+
+def test_a_failing_challenger_is_counted_and_the_champion_rows_are_written(tmp_path):
+    writer, sink, reports = pipeline(tmp_path, Challenger(fail=True))
+    answers = [chunk(1), chunk(3)]
+    for c in answers:
+        writer.submit(c)
+    writer.flush()
+    assert sink.once() == 4
+    assert [r for r in reports if r[0].startswith("shadow")] == [("shadow_failed", "3 2 4")]
+    frame = pd.read_parquet(tmp_path)
+    assert set(frame["role"]) == {"champion"} and len(frame) == 4
+
+
+def test_a_challenger_that_cannot_be_loaded_is_counted_and_tried_again_later(tmp_path, monkeypatch):
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(shadow_scoring.time, "monotonic", lambda: clock["now"])
+    loads: list = []
+    writer, sink, reports = pipeline(tmp_path, OSError("no such folder"), loads=loads)
+    for _ in range(2):
+        writer.submit(chunk(2))
+        writer.flush()
+        assert sink.once() == 2  # the champion's rows go out all the same
+    assert loads == [("x", "2")]  # not tried again at once
+    assert [r for r in reports if r[0] == "shadow_failed"] == [("shadow_failed", "3 2 2")] * 2
+    clock["now"] += shadow_scoring.RETRY_S + 1
+    writer.submit(chunk(2))
+    writer.flush()
+    sink.once()
+    assert loads == [("x", "2")] * 2
+
+
+def test_a_sink_behind_skips_the_shadow_and_counts_it(tmp_path):
+    """With more than a quarter of IRIS_CAPTURE_MAX_PENDING waiting after a file, its
+    shadow is skipped (counted); the last file, with nothing after it, is scored."""
+    challenger = Challenger()
+    writer, sink, reports = pipeline(tmp_path, challenger, max_pending_rows=12)
+    for n in (4, 4):
+        writer.submit(chunk(n))
+        writer.flush()
+    assert sink.once() == 8 + 4
+    assert ("shadow_skipped", "4") in reports and challenger.calls == [4]
+
+
+def test_no_shadow_without_a_challenger_or_a_share(tmp_path):
+    challenger = Challenger()
+    writer, sink, _ = pipeline(tmp_path, challenger, rate=0.0)
+    writer.submit(chunk(3))
+    writer.flush()
+    assert sink.once() == 3 and challenger.calls == []
+    assert shadow_scoring.target(None, 1.0) is None
+    assert shadow_scoring.target(served(challenger), 0.0) is None
+    assert shadow_scoring.target(served(challenger), 1.0) is None  # not loaded from a folder
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields", "expected"),
+    [
+        (
+            "shadow",
+            ["1", "2", "10", "7"],
+            {
+                ("shadow_scored", ("challenger", "2"), ("champion", "1")): 10,
+                ("shadow_agreed", ("challenger", "2"), ("champion", "1")): 7,
+            },
+        ),
+        (
+            "shadow_failed",
+            ["1", "2", "3"],
+            {("shadow_failed", ("challenger", "2"), ("champion", "1")): 3},
+        ),
+        ("shadow_skipped", ["5"], {("shadow_skipped",): 5}),
+    ],
+)
+def test_a_sinks_reports_become_the_workers_counters(kind, fields, expected):
+    metrics = _Counters()
+    count(metrics, kind, fields)
+    assert metrics.counts == expected
