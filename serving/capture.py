@@ -20,7 +20,7 @@ interval (the sink sees its pipe close and writes what was spooled).
 
 Read it all with one line of pandas: ``pd.read_parquet("var/captures")``.
 
-Over 250 lines (about 320): the queue, the writer thread and the supervision of the
+Over 250 lines (about 335): the queue, the writer thread and the supervision of the
 sink process (start, restart, its reports) share the writer's state.
 """
 

@@ -1,5 +1,5 @@
 """A worker's capture sink: the process that turns its spooled answers into Parquet files
-and prediction-index rows.
+and prediction-index rows, and scores them in shadow.
 
 Each worker starts one (``python -m serving.capture_sink <worker pid>``, niced by
 ``IRIS_CAPTURE_SINK_NICE``) and writes one Arrow file per flush into ``<dir>/.spool``
@@ -25,7 +25,7 @@ The worker's stdin pipe is the only control: a byte means "new file", end of fil
 the server's process group does not cut a drain short. Reports go back on stdout, one
 ``written N``, ``dropped N`` or shadow line each, and become the worker's counters.
 
-Over 250 lines (about 270): a pass's steps (index, shadow, write, delete, retry, adopt,
+Over 250 lines (about 280): a pass's steps (index, shadow, write, delete, retry, adopt,
 retention) share the drain's state and its error reporting.
 """
 
@@ -99,11 +99,12 @@ class Drain:
         """Process every spool file of the owner (and, now and then, of workers whose sink
         is gone); returns the rows written."""
         files = spool_files(self.spool, self.owner)
-        waiting = [parse_spool_name(p.name)[2] for p in files]  # a backlog skips the shadow
-        limit = self.max_pending_rows * BEHIND_ROWS_SHARE
-        written = sum(
-            self._process(p, behind=sum(waiting[k + 1 :]) > limit) for k, p in enumerate(files)
-        )
+        waiting = sum(parse_spool_name(p.name)[2] for p in files)  # a backlog skips the shadow
+        written = 0
+        for path in files:
+            waiting -= parse_spool_name(path.name)[2]
+            behind = waiting > self.max_pending_rows * BEHIND_ROWS_SHARE
+            written += self._process(path, behind=behind)
         self._retry_unindexed(self.owner)
         if time.monotonic() - self._last_housekeeping > self.retention_every_s:
             self._last_housekeeping = time.monotonic()
@@ -151,9 +152,10 @@ class Drain:
             path.unlink(missing_ok=True)
             return 0
         indexed = self._index(spooled, found, path.name)  # first: feedback waits on it
-        if self.shadow is not None:
-            table = self.shadow.added(table, spooled, found, behind=behind)
         written = self.files.write(table, stem)
+        shadow = self.shadow.rows(spooled, found, behind=behind) if self.shadow else None
+        if shadow is not None:  # files of its own: a retry without them changes nothing
+            written += self.files.write(shadow, f"{stem}-s")
         if written:
             self.report("written", written)
             self._file_errors.ok()

@@ -18,13 +18,18 @@ What that means:
 
 - Shadow scoring needs capture (``IRIS_CAPTURE=true``, the default): it scores what was
   captured.
-- A challenger that fails to load or to score is counted (``iris_shadow_failed_total``)
-  and retried after ``RETRY_S``; the champion's rows are written all the same.
+- A challenger that fails to load or to score is counted (``iris_shadow_failed_total``);
+  one that failed to load is loaded again after ``RETRY_S``, one that failed to score
+  tries the next file. The champion's rows are written all the same, in files of their
+  own (the shadow's are ``part-<stem>-s-<k>.parquet``).
+- A challenger without a usable ONNX export is scored with scikit-learn, as the worker
+  would serve it; that sink then also holds scikit-learn and pandas (about 100 MiB more).
 - A sink that is behind (more than ``BEHIND_ROWS_SHARE`` of ``IRIS_CAPTURE_MAX_PENDING``
   still spooled) skips the shadow for the file, counted in ``iris_shadow_skipped_total``:
   capturing the champion's answers comes first.
 - The draw is a hash of the prediction id, so a file processed twice (a sink killed
-  between writing and deleting it) scores the same answers and rewrites the same files.
+  between writing and deleting it) scores the same answers and rewrites the same files
+  (its counters are then counted twice, like its ``written`` rows).
 - Scores reach the files and the counters about one flush interval after the answer.
 """
 
@@ -100,33 +105,27 @@ def drawn(ids: list[str], rate: float) -> np.ndarray:
 class ShadowScorer:
     """One per capture sink: the challenger its worker names, loaded once per version."""
 
-    def __init__(self, report: Report, load: Callable | None = None):
+    def __init__(
+        self,
+        report: Report,
+        load: Callable | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.report = report
         self.load = load  # (folder, identity) -> ServedModel; by default load_model_dir
+        self.clock = clock
         self._key: tuple[str, str] | None = None
         self._model = None
         self._retry_at = 0.0
         self._errors = DistinctErrors(logger, "Shadow scoring works again")
 
-    def added(self, rows, spooled, found: SpoolRows, *, behind: bool = False):
-        """A spool file's Parquet rows (``rows``, ``serving.capture_table``) and after them
-        the challenger's shadow answers, if any; ``rows`` alone if the shadow fails."""
-        try:
-            shadow = self.table(spooled, found, behind=behind)
-            if shadow is None:
-                return rows
-            import pyarrow as pa
-
-            return pa.concat_tables([rows, capture_table(shadow, spool_rows(shadow))])
-        except Exception:  # the champion's rows go out all the same
-            logger.exception("Shadow scoring of a capture file failed")
-            return rows
-
-    def table(self, spooled, found: SpoolRows, *, behind: bool = False):
-        """The spool table of the challenger's answers to the drawn champion answers of
-        ``spooled`` (whose flowers are ``found``), in the same format; None if none."""
+    def rows(self, spooled, found: SpoolRows, *, behind: bool = False):
+        """The Parquet rows (``serving.capture_table``) of the challenger's answers to the
+        drawn champion answers of ``spooled`` (whose flowers are ``found``); None if there
+        are none, or the challenger failed (counted)."""
         raw = (spooled.schema.metadata or {}).get(TARGET_KEY)
-        if raw is None:
+        if raw is None:  # no challenger (any more): let its model go
+            self._key = self._model = None
             return None
         wanted = json.loads(raw)
         served = np.array([m.role == CHAMPION for m in found.metas] or [False])
@@ -140,43 +139,47 @@ class ShadowScorer:
         if behind:
             self.report("shadow_skipped", str(int(flowers.sum())))
             return None
-        champion_versions = [m.model_version for m in found.metas]
         model = self._challenger(wanted)
         if model is None:
-            self._failed(found, flowers, champion_versions, wanted["version"])
+            self._failed(found, flowers, wanted["version"])
             return None
-        started = time.perf_counter()
         try:
+            started = time.perf_counter()
             _, proba = model.predict(found.inputs[flowers])
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            shadow = _shadow_spool(spooled, found, picked, flowers, model, proba, latency_ms)
+            table = capture_table(shadow, spool_rows(shadow))
         except Exception as e:  # noqa: BLE001 - a broken challenger is counted, never raised
             self._errors.failed(logging.WARNING, f"Shadow v{wanted['version']} failed", e)
-            self._failed(found, flowers, champion_versions, wanted["version"])
+            self._failed(found, flowers, wanted["version"])
             return None
         self._errors.ok()
-        latency_ms = (time.perf_counter() - started) * 1000.0
         self._agreement(found, flowers, model, proba)
-        return _shadow_spool(spooled, found, picked, flowers, model, proba, latency_ms)
+        return table
 
     def _challenger(self, wanted: dict):
+        """The challenger ``wanted`` names, loaded once; None if it cannot be (tried again
+        after ``RETRY_S``)."""
         from serving.served_model import ModelIdentity, load_model_dir
 
-        load = self.load or (lambda folder, identity: load_model_dir(folder, identity, threads=1))
-
         key = (wanted["dir"], wanted["version"])
-        if key == self._key and (self._model is not None or time.monotonic() < self._retry_at):
+        if key == self._key and (self._model is not None or self.clock() < self._retry_at):
             return self._model
         self._key, self._model = key, None
         identity = ModelIdentity(
             wanted["name"], wanted["version"], CHALLENGER, wanted["run_id"], "registry"
         )
         try:
-            # One thread: the sink is background work, and must not take every core.
-            self._model = load(Path(wanted["dir"]), identity)
+            if self.load is not None:
+                self._model = self.load(Path(wanted["dir"]), identity)
+            else:  # one thread: the sink is background work and must not take every core
+                self._model = load_model_dir(Path(wanted["dir"]), identity, threads=1)
         except Exception as e:  # noqa: BLE001 - counted as failed scores, tried again later
-            self._retry_at = time.monotonic() + RETRY_S
+            self._retry_at = self.clock() + RETRY_S
             self._errors.failed(logging.ERROR, f"Shadow challenger v{key[1]} not loaded", e)
             return None
-        logger.info("Shadow scoring with challenger v%s (%s)", key[1], identity.runtime)
+        runtime = self._model.identity.runtime
+        logger.info("Shadow scoring with challenger v%s (%s)", key[1], runtime)
         return self._model
 
     def _agreement(self, found: SpoolRows, flowers: np.ndarray, model, proba) -> None:
@@ -196,10 +199,15 @@ class ShadowScorer:
         for version, (scored, agreed) in by_version.items():
             self.report("shadow", f"{version} {model.identity.version} {scored} {agreed}")
 
-    def _failed(self, found: SpoolRows, flowers, versions: list[str], challenger: str) -> None:
+    def _failed(self, found: SpoolRows, flowers: np.ndarray, challenger: str) -> None:
+        """Report the flowers not scored, per champion version."""
         meta = found.meta[found.answer[flowers]]
+        failed: dict[str, int] = {}
         for code, n in zip(*np.unique(meta, return_counts=True), strict=True):
-            self.report("shadow_failed", f"{versions[code]} {challenger} {int(n)}")
+            version = found.metas[code].model_version
+            failed[version] = failed.get(version, 0) + int(n)
+        for version, n in failed.items():
+            self.report("shadow_failed", f"{version} {challenger} {n}")
 
 
 def _shadow_spool(spooled, found: SpoolRows, picked, flowers, model, proba, latency_ms: float):

@@ -184,10 +184,15 @@ class Settings(BaseSettings):
     loop_interval_s: float = Field(
         15.0, gt=0, description="How often live accuracy and drift are recomputed."
     )
-    # The challenger on live traffic (serving/challenger.py); the canary split itself is
-    # the registered model's canary_percent tag, so every worker and replica follows it.
+    # The challenger on live traffic (serving/challenger.py, serving/shadow_scoring.py);
+    # the canary split itself is the registered model's canary_percent tag, so every
+    # worker and replica follows it.
     shadow_rate: float = Field(
-        0.0, ge=0.0, le=1.0, description="Share of requests the challenger scores in shadow."
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of champion answers the challenger scores in shadow (in the "
+        "capture sink: needs capture).",
     )
     canary_key_header: str = Field(
         "x-client-key", description="Header whose value keeps a client on one canary side."

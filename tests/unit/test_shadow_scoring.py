@@ -4,6 +4,9 @@ and how a failing, missing or slow challenger leaves the champion's capture alon
 from __future__ import annotations
 
 import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -44,20 +47,29 @@ def target(rate: float = 1.0) -> dict:
     return {"name": "iris-classifier", "version": "2", "run_id": "run2", "dir": "x", "rate": rate}
 
 
-def pipeline(tmp_path, predictor, *, rate: float = 1.0, loads: list | None = None, **drain):
+def pipeline(
+    tmp_path,
+    predictor,
+    *,
+    rate: float = 1.0,
+    loads: list | None = None,
+    classes: tuple[str, ...] = SPECIES,
+    clock=None,
+    **drain,
+):
     """A worker's writer asking for the shadow, and its sink's drain with a scorer whose
-    challenger is ``predictor`` (loads counted in ``loads``)."""
+    challenger is ``predictor`` (with ``classes``; loads counted in ``loads``)."""
 
     def load(folder, identity):
         if loads is not None:
             loads.append((str(folder), identity.version))
         if isinstance(predictor, Exception):
             raise predictor
-        return served(predictor, identity.version)
+        return replace(served(predictor, identity.version), class_names=classes)
 
     reports = Reports()
     writer = CaptureWriter(tmp_path, shadow=lambda: target(rate))
-    scorer = ShadowScorer(reports, load=load)
+    scorer = ShadowScorer(reports, load=load, **({"clock": clock} if clock else {}))
     sink = Drain(tmp_path, os.getpid(), index=None, report=reports, shadow=scorer, **drain)
     return writer, sink, reports
 
@@ -94,6 +106,41 @@ def test_the_sink_scores_champion_answers_and_writes_them_as_shadow_rows(tmp_pat
     assert not set(canary.ids) & set(shadow.index)
 
 
+def test_agreement_compares_species_names_when_the_class_orders_differ(tmp_path):
+    """A challenger whose classes come in another order: its third-column answer is the
+    champion's first species, and agreement counts the names, not the columns."""
+    writer, sink, reports = pipeline(tmp_path, Challenger(), classes=SPECIES[::-1])
+    answers = [chunk(3), chunk(4)]
+    for c in answers:
+        writer.submit(c)
+    writer.flush()
+    sink.once()
+    first = sum(int(p.argmax() == 0) for c in answers for p in c.proba)
+    assert 0 < first < 7  # the test can tell names from columns
+    assert ("shadow", f"3 2 7 {first}") in reports
+    shadow = pd.read_parquet(tmp_path).query("role == 'shadow'")
+    assert set(shadow["species"]) == {SPECIES[0]}
+
+
+def test_a_file_processed_twice_rewrites_the_same_files(tmp_path):
+    """A sink killed between writing a file's rows and deleting its spool file processes
+    it again: the same answers are scored and the same files replaced, none added."""
+    writer, sink, _ = pipeline(tmp_path, Challenger(), rate=0.5)  # a draw, not everything
+    for _ in range(20):
+        writer.submit(chunk(2))
+    writer.flush()
+    (spooled,) = (tmp_path / ".spool").glob("*.arrow")
+    kept = tmp_path / ".kept.arrow"  # a dot file: Parquet readers of the folder skip it
+    shutil.copy(spooled, kept)
+    sink.once()
+    first = {p: len(pd.read_parquet(p)) for p in tmp_path.rglob("*.parquet")}
+    shutil.copy(kept, spooled)
+    sink.once()
+    assert {p: len(pd.read_parquet(p)) for p in tmp_path.rglob("*.parquet")} == first
+    roles = pd.read_parquet(tmp_path)["role"]
+    assert (roles == "champion").sum() == 40 and 0 < (roles == "shadow").sum() < 40
+
+
 def test_a_share_is_drawn_by_id_the_same_every_time():
     ids = [new_id() for _ in range(4000)]
     tenth = drawn(ids, 0.1)
@@ -115,11 +162,12 @@ def test_a_failing_challenger_is_counted_and_the_champion_rows_are_written(tmp_p
     assert set(frame["role"]) == {"champion"} and len(frame) == 4
 
 
-def test_a_challenger_that_cannot_be_loaded_is_counted_and_tried_again_later(tmp_path, monkeypatch):
+def test_a_challenger_that_cannot_be_loaded_is_counted_and_tried_again_later(tmp_path):
     clock = {"now": 1000.0}
-    monkeypatch.setattr(shadow_scoring.time, "monotonic", lambda: clock["now"])
     loads: list = []
-    writer, sink, reports = pipeline(tmp_path, OSError("no such folder"), loads=loads)
+    writer, sink, reports = pipeline(
+        tmp_path, OSError("no such folder"), loads=loads, clock=lambda: clock["now"]
+    )
     for _ in range(2):
         writer.submit(chunk(2))
         writer.flush()
@@ -143,6 +191,29 @@ def test_a_sink_behind_skips_the_shadow_and_counts_it(tmp_path):
         writer.flush()
     assert sink.once() == 8 + 4
     assert ("shadow_skipped", "4") in reports and challenger.calls == [4]
+
+
+def test_the_worker_reads_its_sinks_report_lines_into_counters():
+    """Every kind of line the sink prints, and lines it never prints, which change
+    nothing and never stop the reader."""
+    import io
+
+    seen, dropped, written = [], [], []
+    writer = CaptureWriter(
+        Path("unused"),
+        on_written=written.append,
+        on_dropped=dropped.append,
+        on_shadow=lambda kind, fields: seen.append((kind, fields)),
+    )
+
+    class _Sink:
+        stdout = io.BytesIO(
+            b"written 5\n\nshadow 1 2 10 7\ndropped x\nshadow_skipped 3\ndropped 2\n"
+        )
+
+    writer._read_reports(_Sink())
+    assert written == [5] and dropped == [2]
+    assert seen == [("shadow", ["1", "2", "10", "7"]), ("shadow_skipped", ["3"])]
 
 
 def test_no_shadow_without_a_challenger_or_a_share(tmp_path):
