@@ -5,7 +5,9 @@ capture on and every request scored in shadow (the ``loop_on`` peer of ``benchma
 loads it with ``/predict`` at c=32 (wrk) and with 1,000-row V2 gRPC infer calls at c=32
 (``benchmarks.grpc_load``), samples every worker with py-spy meanwhile, and prints, per
 load, the share of the workers' busy samples spent in each part of the capture path
-(inclusive), beside the request handlers. Nothing is written to the results folder:
+(inclusive), beside the request handlers. Only workers are sampled: the capture sinks,
+which write the files and score the shadow, are separate processes (their CPU:
+``benchmarks.loop_cpu``). Nothing is written to the results folder:
 this is a diagnostic, the measurement is ``benchmarks.run`` / ``benchmarks.oip_peer``.
 """
 
@@ -33,7 +35,6 @@ WATCH = (
     "IrisRuntime.capture",
     "CaptureWriter.submit",
     "CaptureWriter.flush",
-    "capture_table",
     "CaptureWriter._spool",
     "row_ids",
     "Metrics.record",
