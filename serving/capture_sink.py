@@ -153,9 +153,6 @@ class Drain:
             return 0
         indexed = self._index(spooled, found, path.name)  # first: feedback waits on it
         written = self.files.write(table, stem)
-        shadow = self.shadow.rows(spooled, found, behind=behind) if self.shadow else None
-        if shadow is not None:  # files of its own: a retry without them changes nothing
-            written += self.files.write(shadow, f"{stem}-s")
         if written:
             self.report("written", written)
             self._file_errors.ok()
@@ -165,6 +162,10 @@ class Drain:
             with contextlib.suppress(FileNotFoundError):
                 os.replace(path, path.with_name(f"{path.name}.unindexed"))
             self._bound_unindexed(self.owner if owner is None else owner)
+        # The shadow last, from memory, once the file is gone or waits only for the index:
+        # a challenger that fails, or kills the sink, can never hold the capture back.
+        if self.shadow is not None:
+            written += self.shadow.write(self.files, spooled, found, stem, behind=behind)
         return written
 
     def _index(self, spooled, found: SpoolRows, name: str) -> bool:

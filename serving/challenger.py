@@ -9,8 +9,8 @@ With a ``@challenger`` in the registry, every worker holds it beside the champio
   response's ``model.alias`` says ``challenger``). The choice is sticky per client:
   requests with the same ``X-Client-Key`` header (``IRIS_CANARY_KEY_HEADER``) always land
   on the same side, by a hash of the key; requests without one are split at random.
-- **Shadow** (``IRIS_SHADOW_RATE``, a share of requests): the challenger also scores
-  requests the champion answered, in the worker's capture sink from the captured answers
+- **Shadow** (``IRIS_SHADOW_RATE``, a share of champion answers): the challenger also
+  scores answers of the champion, in the worker's capture sink from the captured answers
   (``serving.shadow_scoring``): its outputs are captured (role ``shadow``) and compared
   with the champion's, never returned. A challenger that fails or is slow cannot touch an
   answer: the worker does no shadow work at all.

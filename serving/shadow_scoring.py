@@ -20,16 +20,17 @@ What that means:
   captured.
 - A challenger that fails to load or to score is counted (``iris_shadow_failed_total``);
   one that failed to load is loaded again after ``RETRY_S``, one that failed to score
-  tries the next file. The champion's rows are written all the same, in files of their
-  own (the shadow's are ``part-<stem>-s-<k>.parquet``).
+  tries the next file. The champion's rows are written all the same; the shadow's go to
+  files of their own (``part-<stem>-s-<k>.parquet``).
 - A challenger without a usable ONNX export is scored with scikit-learn, as the worker
   would serve it; that sink then also holds scikit-learn and pandas (about 100 MiB more).
 - A sink that is behind (more than ``BEHIND_ROWS_SHARE`` of ``IRIS_CAPTURE_MAX_PENDING``
   still spooled) skips the shadow for the file, counted in ``iris_shadow_skipped_total``:
   capturing the champion's answers comes first.
-- The draw is a hash of the prediction id, so a file processed twice (a sink killed
-  between writing and deleting it) scores the same answers and rewrites the same files
-  (its counters are then counted twice, like its ``written`` rows).
+- A file is scored last, from memory, once it is deleted (or waits only for the index):
+  a challenger that fails, hangs or kills the sink never holds the capture back, and a
+  file processed again (its sink killed before deleting it) is scored then, once. The
+  draw is a hash of the prediction id, so every worker and retry draws the same answers.
 - Scores reach the files and the counters about one flush interval after the answer.
 """
 
@@ -118,6 +119,21 @@ class ShadowScorer:
         self._model = None
         self._retry_at = 0.0
         self._errors = DistinctErrors(logger, "Shadow scoring works again")
+
+    def write(self, files, spooled, found: SpoolRows, stem: str, *, behind: bool) -> int:
+        """Score a processed spool file's drawn answers and write them to ``files``
+        (``serving.capture_files.CaptureFiles``) as ``part-<stem>-s-<k>.parquet``;
+        returns the rows written. Never raises: a failure is logged once, and counted
+        when the flowers it concerned are known."""
+        try:
+            shadow = self.rows(spooled, found, behind=behind)
+        except Exception as e:  # noqa: BLE001 - never stops the capture
+            self._errors.failed(logging.ERROR, "Shadow scoring failed", e)
+            return 0
+        written = files.write(shadow, f"{stem}-s") if shadow is not None else 0
+        if written:
+            self.report("written", written)
+        return written
 
     def rows(self, spooled, found: SpoolRows, *, behind: bool = False):
         """The Parquet rows (``serving.capture_table``) of the challenger's answers to the
@@ -218,12 +234,11 @@ def _shadow_spool(spooled, found: SpoolRows, picked, flowers, model, proba, late
 
     identity = model.identity
     metas: dict[Meta, int] = {}
-    codes = np.empty(len(picked), dtype=np.int32)
-    for k, code in enumerate(found.meta[picked].tolist()):
-        meta = Meta(
-            identity.name, identity.version, SHADOW, found.metas[code].protocol, model.class_names
-        )
-        codes[k] = metas.setdefault(meta, len(metas))
+    recode = np.zeros(max(len(found.metas), 1), dtype=np.int32)  # champion meta -> shadow's
+    for code, served in enumerate(found.metas):
+        meta = Meta(identity.name, identity.version, SHADOW, served.protocol, model.class_names)
+        recode[code] = metas.setdefault(meta, len(metas))
+    codes = recode[found.meta[picked]]
     offsets = np.zeros(len(picked) + 1, dtype=np.int32)
     np.cumsum(np.diff(found.starts)[picked], out=offsets[1:])
     taken = numeric_array(picked)

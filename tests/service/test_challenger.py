@@ -77,7 +77,7 @@ def test_shadow_agreement_equals_an_offline_comparison(server, two_versions, tmp
         ):
             assert time.monotonic() < deadline, "not every request was scored in shadow"
             time.sleep(0.3)
-        time.sleep(1.5)  # one more batch: nothing beyond the requests may be scored
+        time.sleep(1.5)  # one more flush: nothing beyond the requests may be scored
         metrics = client.get("/metrics").text
     scored = counter(metrics, "iris_shadow_scored_total")
     agreed = counter(metrics, "iris_shadow_agreed_total")

@@ -122,23 +122,43 @@ def test_agreement_compares_species_names_when_the_class_orders_differ(tmp_path)
     assert set(shadow["species"]) == {SPECIES[0]}
 
 
-def test_a_file_processed_twice_rewrites_the_same_files(tmp_path):
-    """A sink killed between writing a file's rows and deleting its spool file processes
-    it again: the same answers are scored and the same files replaced, none added."""
-    writer, sink, _ = pipeline(tmp_path, Challenger(), rate=0.5)  # a draw, not everything
-    for _ in range(20):
-        writer.submit(chunk(2))
+def test_a_file_processed_again_never_duplicates_a_row(tmp_path):
+    """A sink killed before deleting a spool file processes it again, maybe with another
+    shadow outcome (here the challenger fails the second time): every answer still has
+    exactly one row per role, and the first pass's shadow rows stay."""
+    challenger = Challenger()
+    writer, sink, reports = pipeline(tmp_path, challenger, rate=0.5)  # a draw, not all
+    answers = [chunk(2) for _ in range(20)]
+    for c in answers:
+        writer.submit(c)
     writer.flush()
     (spooled,) = (tmp_path / ".spool").glob("*.arrow")
     kept = tmp_path / ".kept.arrow"  # a dot file: Parquet readers of the folder skip it
     shutil.copy(spooled, kept)
     sink.once()
-    first = {p: len(pd.read_parquet(p)) for p in tmp_path.rglob("*.parquet")}
     shutil.copy(kept, spooled)
-    sink.once()
-    assert {p: len(pd.read_parquet(p)) for p in tmp_path.rglob("*.parquet")} == first
-    roles = pd.read_parquet(tmp_path)["role"]
-    assert (roles == "champion").sum() == 40 and 0 < (roles == "shadow").sum() < 40
+    challenger.fail = True
+    assert sink.once() == 40  # the champion's rows again; no shadow this time
+    frame = pd.read_parquet(tmp_path)
+    per_role = frame.groupby(["role", "prediction_id"]).size()
+    assert set(per_role) == {1}
+    assert len(per_role["champion"]) == 40 and 0 < len(per_role["shadow"]) < 40
+    assert ("shadow_failed", f"3 2 {len(per_role['shadow'])}") in reports
+
+
+def test_a_shadow_that_raises_never_holds_the_capture_back(tmp_path):
+    """A spool file whose shadow request cannot be read: the pass logs it and goes on,
+    the champion's rows are written and the spool file is gone."""
+    reports = Reports()
+    writer = CaptureWriter(tmp_path, shadow=lambda: {"version": "2"})  # no folder, no rate
+    scorer = ShadowScorer(reports, load=lambda folder, identity: None)
+    sink = Drain(tmp_path, os.getpid(), index=None, report=reports, shadow=scorer)
+    for n in (1, 3):
+        writer.submit(chunk(n))
+        writer.flush()
+    assert sink.once() == 4
+    assert not list((tmp_path / ".spool").glob("*.arrow"))
+    assert reports == [("written", 1), ("written", 3)]
 
 
 def test_a_share_is_drawn_by_id_the_same_every_time():
@@ -157,7 +177,8 @@ def test_a_failing_challenger_is_counted_and_the_champion_rows_are_written(tmp_p
         writer.submit(c)
     writer.flush()
     assert sink.once() == 4
-    assert [r for r in reports if r[0].startswith("shadow")] == [("shadow_failed", "3 2 4")]
+    assert reports == [("written", 4), ("shadow_failed", "3 2 4")]
+    assert not list((tmp_path / ".spool").glob("*.arrow"))  # written and gone
     frame = pd.read_parquet(tmp_path)
     assert set(frame["role"]) == {"champion"} and len(frame) == 4
 
@@ -225,6 +246,22 @@ def test_no_shadow_without_a_challenger_or_a_share(tmp_path):
     assert shadow_scoring.target(None, 1.0) is None
     assert shadow_scoring.target(served(challenger), 0.0) is None
     assert shadow_scoring.target(served(challenger), 1.0) is None  # not loaded from a folder
+
+
+def test_a_challenger_gone_is_let_go_and_a_new_one_loaded(tmp_path):
+    """A flush that names no challenger (its alias was removed) drops the sink's loaded
+    model; the next one named is loaded afresh."""
+    loads: list = []
+    wanted = {"target": target()}
+    writer, sink, _ = pipeline(tmp_path, Challenger(), loads=loads)
+    writer.shadow = lambda: wanted["target"]
+    for named in (target(), None, target()):
+        wanted["target"] = named
+        writer.submit(chunk(1))
+        writer.flush()
+        sink.once()
+        assert (sink.shadow._model is None) == (named is None)
+    assert loads == [("x", "2")] * 2
 
 
 @pytest.mark.parametrize(
