@@ -28,16 +28,25 @@ from benchmarks import launch, load, run
 app = typer.Typer(help=__doc__, add_completion=False)
 
 
-def cpu_by_role(root: psutil.Process) -> dict[int, tuple[str, float]]:
-    """``{pid: (role, cpu seconds)}`` of a server's process tree."""
-    found = {}
+def cpu_by_role(root: psutil.Process, threads: bool = False) -> dict:
+    """``{key: (role, cpu seconds)}`` of a server's process tree, one key per process; with
+    ``threads``, a worker's event-loop thread (the one whose id is the pid) apart from its
+    other threads (capture writer, report reader, monitors, ONNX Runtime's)."""
+    found: dict = {}
     for proc in [root, *root.children(recursive=True)]:
         try:
             times = proc.cpu_times()
             role = launch.process_role(proc, " ".join(proc.cmdline()))
+            main = [t for t in proc.threads() if t.id == proc.pid] if threads else []
         except psutil.NoSuchProcess:
             continue
-        found[proc.pid] = (role, times.user + times.system)
+        total = times.user + times.system
+        if role == "worker" and main:
+            loop = main[0].user_time + main[0].system_time
+            found[(proc.pid, "loop")] = ("worker event loop", loop)
+            found[(proc.pid, "rest")] = ("worker other threads", total - loop)
+        else:
+            found[proc.pid] = (role, total)
     return found
 
 
@@ -48,6 +57,9 @@ def main(
     env: Annotated[
         list[str], typer.Option(help="KEY=VALUE set on the loop_on peer (repeatable).")
     ] = [],  # noqa: B006 - typer reads the default, never mutates it
+    threads: Annotated[
+        bool, typer.Option(help="Split a worker's CPU: its event-loop thread, the others.")
+    ] = False,
 ) -> None:
     """Measure CPU per request of loop_on, loop_off, loop_on."""
     work = Path(tempfile.mkdtemp(prefix="iris-loop-cpu-"))
@@ -63,11 +75,11 @@ def main(
                 root = psutil.Process(live.server.process.pid)
                 load.run_wrk(peer.url + "/predict", body, connections=connections, duration_s=3)
                 time.sleep(2)
-                before = cpu_by_role(root)
+                before = cpu_by_role(root, threads)
                 result = load.run_wrk(
                     peer.url + "/predict", body, connections=connections, duration_s=seconds
                 )
-                after = cpu_by_role(root)
+                after = cpu_by_role(root, threads)
             used: dict[str, float] = {}
             for pid, (role, cpu) in after.items():
                 used[role] = used.get(role, 0.0) + cpu - before.get(pid, (role, 0.0))[1]
