@@ -28,8 +28,10 @@ What that means:
   still spooled) skips the shadow for the file, counted in ``iris_shadow_skipped_total``:
   capturing the champion's answers comes first.
 - A file is scored last, from memory, once it is deleted (or waits only for the index):
-  a challenger that fails, hangs or kills the sink never holds the capture back, and a
-  file processed again (its sink killed before deleting it) is scored then, once. The
+  a challenger that raises never holds the capture back; one that kills or hangs its
+  sink stalls it (a dead sink is restarted within ``RESTART_S``; the model call has no
+  timeout), and the worker's queue bound then drops captures, counted. A file processed
+  again (its sink killed before deleting it) is scored then, once. The
   draw is a hash of the prediction id, so every worker and retry draws the same answers.
 - Scores reach the files and the counters about one flush interval after the answer.
 """
