@@ -9,16 +9,16 @@ under full load the kernel gives the CPU to answering first.
 
 A sink holds its worker's lock (``serving.capture_spool.owner_lock``) for life, and
 takes its worker's spool files in order: index the answers (first, since feedback for
-them waits on it), score the share its worker asks for with the challenger in shadow
-(``serving.shadow_scoring``), write the Parquet partitions (named after the spool file,
-so a retry replaces rather than duplicates), delete the file. If the index database
-fails, the file waits as ``*.unindexed`` (at most ``IRIS_CAPTURE_MAX_PENDING`` rows of
-them; beyond, the oldest are only logged: their Parquet rows stay) and the database is
-tried again after ``INDEX_RETRY_S``, while Parquet writing goes on. Once a minute a sink
-adopts the files of any worker whose lock is free (its sink is gone; an adopted worker's
-``*.unindexed`` files are thus retried once a minute), and sweeps retention. Lock files
-are never deleted: an ``flock`` belongs to the file, and a new file under the old name
-would let two sinks in.
+them waits on it), write the Parquet partitions (named after the spool file, so a retry
+replaces rather than duplicates), delete the file, and last, from memory, score the
+share its worker asks for with the challenger in shadow (``serving.shadow_scoring``). If
+the index database fails, the file waits as ``*.unindexed`` (at most
+``IRIS_CAPTURE_MAX_PENDING`` rows of them; beyond, the oldest are only logged: their
+Parquet rows stay) and the database is tried again after ``INDEX_RETRY_S``, while
+Parquet writing goes on. Once a minute a sink adopts the files of any worker whose lock
+is free (its sink is gone; an adopted worker's ``*.unindexed`` files are thus retried
+once a minute), and sweeps retention. Lock files are never deleted: an ``flock`` belongs
+to the file, and a new file under the old name would let two sinks in.
 
 The worker's stdin pipe is the only control: a byte means "new file", end of file means
 "drain and exit" (a worker that exits, cleanly or killed, closes it), so SIGTERM sent to
@@ -99,12 +99,13 @@ class Drain:
         """Process every spool file of the owner (and, now and then, of workers whose sink
         is gone); returns the rows written."""
         files = spool_files(self.spool, self.owner)
-        waiting = sum(parse_spool_name(p.name)[2] for p in files)  # a backlog skips the shadow
-        written = 0
-        for path in files:
-            waiting -= parse_spool_name(path.name)[2]
-            behind = waiting > self.max_pending_rows * BEHIND_ROWS_SHARE
-            written += self._process(path, behind=behind)
+        sizes = [parse_spool_name(p.name)[2] for p in files]
+        waiting, written = sum(sizes), 0
+        for path, rows in zip(files, sizes, strict=True):
+            waiting -= rows  # rows spooled after this file: a backlog skips its shadow
+            written += self._process(
+                path, behind=waiting > self.max_pending_rows * BEHIND_ROWS_SHARE
+            )
         self._retry_unindexed(self.owner)
         if time.monotonic() - self._last_housekeeping > self.retention_every_s:
             self._last_housekeeping = time.monotonic()
@@ -163,7 +164,8 @@ class Drain:
                 os.replace(path, path.with_name(f"{path.name}.unindexed"))
             self._bound_unindexed(self.owner if owner is None else owner)
         # The shadow last, from memory, once the file is gone or waits only for the index:
-        # a challenger that fails, or kills the sink, can never hold the capture back.
+        # a challenger that raises never holds the capture back, nor is a file retried
+        # because of it.
         if self.shadow is not None:
             written += self.shadow.write(self.files, spooled, found, stem, behind=behind)
         return written

@@ -57,7 +57,6 @@ logger = logging.getLogger(__name__)
 
 TARGET_KEY = b"iris.shadow"
 """Spool table metadata: the JSON :func:`target` of the flush (absent: no shadow)."""
-BUCKETS = 1 << 32
 RETRY_S = 60.0
 """A challenger that failed to load is tried again after this long."""
 BEHIND_ROWS_SHARE = 0.25
@@ -102,7 +101,7 @@ def drawn(ids: list[str], rate: float) -> np.ndarray:
     if rate >= 1:
         return np.ones(len(ids), dtype=bool)
     hashes = np.fromiter((zlib.crc32(i.encode()) for i in ids), np.uint64, len(ids))
-    return hashes < rate * BUCKETS
+    return hashes < rate * 2**32  # crc32 is 32 bits
 
 
 class ShadowScorer:
@@ -115,7 +114,7 @@ class ShadowScorer:
         clock: Callable[[], float] = time.monotonic,
     ):
         self.report = report
-        self.load = load  # (folder, identity) -> ServedModel; by default load_model_dir
+        self.load = load or _load_one_thread  # (folder, identity) -> ServedModel
         self.clock = clock
         self._key: tuple[str, str] | None = None
         self._model = None
@@ -123,10 +122,8 @@ class ShadowScorer:
         self._errors = DistinctErrors(logger, "Shadow scoring works again")
 
     def write(self, files, spooled, found: SpoolRows, stem: str, *, behind: bool) -> int:
-        """Score a processed spool file's drawn answers and write them to ``files``
-        (``serving.capture_files.CaptureFiles``) as ``part-<stem>-s-<k>.parquet``;
-        returns the rows written. Never raises: a failure is logged once, and counted
-        when the flowers it concerned are known."""
+        """Score a processed spool file's drawn answers into ``files`` (``CaptureFiles``) as
+        ``part-<stem>-s-<k>.parquet``; returns the rows written. Never raises."""
         try:
             shadow = self.rows(spooled, found, behind=behind)
         except Exception as e:  # noqa: BLE001 - never stops the capture
@@ -146,11 +143,12 @@ class ShadowScorer:
             self._key = self._model = None
             return None
         wanted = json.loads(raw)
+        rate = float(wanted["rate"])
         served = np.array([m.role == CHAMPION for m in found.metas] or [False])
         picked = np.flatnonzero(served[found.meta])
-        if len(picked):
+        if len(picked) and rate < 1:  # every answer at 1: no ids to hash
             ids = spooled["answer_id"].take(numeric_array(picked)).to_pylist()
-            picked = picked[drawn(ids, float(wanted["rate"]))]
+            picked = picked[drawn(ids, rate)]
         if not len(picked):
             return None
         flowers = np.isin(found.answer, picked)
@@ -178,20 +176,15 @@ class ShadowScorer:
     def _challenger(self, wanted: dict):
         """The challenger ``wanted`` names, loaded once; None if it cannot be (tried again
         after ``RETRY_S``)."""
-        from serving.served_model import ModelIdentity, load_model_dir
+        from serving.served_model import ModelIdentity
 
         key = (wanted["dir"], wanted["version"])
         if key == self._key and (self._model is not None or self.clock() < self._retry_at):
             return self._model
         self._key, self._model = key, None
-        identity = ModelIdentity(
-            wanted["name"], wanted["version"], CHALLENGER, wanted["run_id"], "registry"
-        )
+        identity = ModelIdentity(wanted["name"], key[1], CHALLENGER, wanted["run_id"], "registry")
         try:
-            if self.load is not None:
-                self._model = self.load(Path(wanted["dir"]), identity)
-            else:  # one thread: the sink is background work and must not take every core
-                self._model = load_model_dir(Path(wanted["dir"]), identity, threads=1)
+            self._model = self.load(Path(wanted["dir"]), identity)
         except Exception as e:  # noqa: BLE001 - counted as failed scores, tried again later
             self._retry_at = self.clock() + RETRY_S
             self._errors.failed(logging.ERROR, f"Shadow challenger v{key[1]} not loaded", e)
@@ -204,28 +197,35 @@ class ShadowScorer:
         """Report, per champion version, flowers scored and flowers whose species both
         models named (each the argmax of its own probabilities, as served)."""
         theirs = np.asarray(model.class_names, dtype=object)[proba.argmax(axis=1)]
-        meta = found.meta[found.answer[flowers]]
-        predicted = found.predicted[flowers]
-        by_version: dict[str, list[int]] = {}
-        for code in np.unique(meta).tolist():
-            champion = found.metas[code]
-            rows = meta == code
-            ours = np.asarray(champion.classes, dtype=object)[predicted[rows]]
-            counts = by_version.setdefault(champion.model_version, [0, 0])
-            counts[0] += int(rows.sum())
-            counts[1] += int((ours == theirs[rows]).sum())
-        for version, (scored, agreed) in by_version.items():
+        for version, (scored, agreed) in _per_champion(found, flowers, theirs).items():
             self.report("shadow", f"{version} {model.identity.version} {scored} {agreed}")
 
     def _failed(self, found: SpoolRows, flowers: np.ndarray, challenger: str) -> None:
         """Report the flowers not scored, per champion version."""
-        meta = found.meta[found.answer[flowers]]
-        failed: dict[str, int] = {}
-        for code, n in zip(*np.unique(meta, return_counts=True), strict=True):
-            version = found.metas[code].model_version
-            failed[version] = failed.get(version, 0) + int(n)
-        for version, n in failed.items():
+        for version, (n, _) in _per_champion(found, flowers).items():
             self.report("shadow_failed", f"{version} {challenger} {n}")
+
+
+def _per_champion(found: SpoolRows, flowers: np.ndarray, theirs=None) -> dict[str, list[int]]:
+    """``{champion version: [flowers, flowers whose species is theirs too]}`` of the
+    ``flowers`` mask; ``theirs``: the challenger's species name per selected flower."""
+    meta, predicted = found.meta[found.answer[flowers]], found.predicted[flowers]
+    counts: dict[str, list[int]] = {}
+    for code in np.unique(meta).tolist():
+        rows = meta == code
+        tally = counts.setdefault(found.metas[code].model_version, [0, 0])
+        tally[0] += int(rows.sum())
+        if theirs is not None:  # names, each champion answer in its own class order
+            ours = np.asarray(found.metas[code].classes, dtype=object)[predicted[rows]]
+            tally[1] += int((ours == theirs[rows]).sum())
+    return counts
+
+
+def _load_one_thread(folder: Path, identity):
+    """The challenger as served, ONNX Runtime on one thread (the sink is background work)."""
+    from serving.served_model import load_model_dir
+
+    return load_model_dir(folder, identity, threads=1)
 
 
 def _shadow_spool(spooled, found: SpoolRows, picked, flowers, model, proba, latency_ms: float):
