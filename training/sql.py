@@ -6,7 +6,10 @@ PostgreSQL (shared by a fleet), with the same SQLAlchemy Core statements.
 
 from __future__ import annotations
 
-from functools import lru_cache
+import random
+import sqlite3
+import time
+from functools import lru_cache, partial
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -32,7 +35,7 @@ def make_engine(url: sa.URL, *, timeout_s: float = 5.0, sqlite_busy_s: float = 3
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": sqlite_busy_s})
-        sa.event.listen(engine, "connect", _sqlite_wal)
+        sa.event.listen(engine, "connect", partial(_sqlite_wal, busy_s=sqlite_busy_s))
         return engine
     return sa.create_engine(
         url,
@@ -44,10 +47,28 @@ def make_engine(url: sa.URL, *, timeout_s: float = 5.0, sqlite_busy_s: float = 3
     )
 
 
-def _sqlite_wal(dbapi_connection, _record) -> None:
+def _sqlite_wal(dbapi_connection, _record, *, busy_s: float) -> None:
+    """Put the file in WAL mode (it stays so: later connections only read the mode).
+
+    Switching needs the file to itself, and SQLite answers "database is locked" at once,
+    without its busy wait, when several connections race to switch a new file (replicas
+    or workers starting together). So the switch is retried for up to ``busy_s``.
+    """
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.close()
+    try:
+        deadline = time.monotonic() + busy_s
+        while True:
+            try:
+                if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                    return
+                cursor.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01 + random.random() * 0.04)
+    finally:
+        cursor.close()
 
 
 def chunks(items: list, size: int):
