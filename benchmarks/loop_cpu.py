@@ -1,20 +1,30 @@
 """``python -m benchmarks.loop_cpu``: CPU time per answered request, by process, with the
-loop on and off.
+loop on and off, in alternating pairs.
 
 Serves the benchmark's registry as the ``loop_on`` peer of ``benchmarks.run`` (capture on,
-every request scored in shadow), then ``loop_off``, then ``loop_on`` again (to see the
-machine's drift), loads each with ``/predict`` at c=32 (wrk), and prints the CPU seconds
-its workers and capture sinks used per request (user + system, from the kernel's
-accounting, so threads and idle waits are counted as they really are: a sampling
-profiler's idle detection is not involved). Requests/s depend on how wrk's connections
-land on the workers; CPU per request does not, which is why this diagnosis exists.
-Nothing is written to the results folder.
+every request scored in shadow) and as ``loop_off`` (capture off), both up at once, and
+loads them in turn with ``/predict`` at c=32 (wrk), ``--pairs`` times (on off, off on,
+...), so the machine's drift falls on both alike. Each phase counts the CPU seconds the
+server's processes used per request (user + system, from the kernel's accounting, so
+threads and idle waits count as they really are: no sampling profiler's idle detection
+is involved), including ``SETTLE_S`` after the load, by which the capture sink has
+written the last flush. Requests/s depend on how wrk's connections land on the workers
+and on what else the machine runs; CPU per request much less, and on saturated cores it
+is what sets the requests/s a server can answer: a ratio ``r`` of CPU per request (on /
+off, workers and sinks) predicts ``1 / r`` of the requests/s.
+
+Prints one line per phase and, per pair, ``r``; then their mean with a 95 % interval
+(Student's t over the pairs). Nothing is written to the results folder: save the output
+(``benchmarks/results/loop-cpu-*.txt``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +36,9 @@ import typer
 from benchmarks import launch, load, run
 
 app = typer.Typer(help=__doc__, add_completion=False)
+PAIR = ("loop_on", "loop_off")
+SETTLE_S = 3.0
+"""Idle time counted after each phase's load: the sink writes a flush within a second."""
 
 
 def cpu_by_role(root: psutil.Process, threads: bool = False) -> dict:
@@ -50,9 +63,36 @@ def cpu_by_role(root: psutil.Process, threads: bool = False) -> dict:
     return found
 
 
+def phase(live: launch.Running, body: Path, seconds: int, connections: int, threads: bool):
+    """One load of ``live``: (requests/s, {role: CPU µs per request}, total µs)."""
+    root = psutil.Process(live.server.process.pid)
+    url = live.peer.url + live.peer.predict_path
+    before = cpu_by_role(root, threads)
+    result = load.run_wrk(url, body, connections=connections, duration_s=seconds)
+    time.sleep(SETTLE_S)
+    after = cpu_by_role(root, threads)
+    used: dict[str, float] = {}
+    for pid, (role, cpu) in after.items():
+        used[role] = used.get(role, 0.0) + cpu - before.get(pid, (role, 0.0))[1]
+    per_request = {role: 1e6 * cpu / result.requests for role, cpu in sorted(used.items())}
+    return result.rps, per_request, sum(per_request.values())
+
+
+def t_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean of ``values`` and its 95 % interval (Student's t)."""
+    from scipy.stats import t
+
+    mean = statistics.mean(values)
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    half = t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
 @app.command()
 def main(
-    seconds: Annotated[int, typer.Option(min=2, help="Seconds of load per peer.")] = 15,
+    seconds: Annotated[int, typer.Option(min=2, help="Seconds of load per phase.")] = 15,
+    pairs: Annotated[int, typer.Option(min=1, help="Phases per peer (on off, off on, ...).")] = 8,
     connections: Annotated[int, typer.Option(help="Concurrent clients.")] = 32,
     env: Annotated[
         list[str], typer.Option(help="KEY=VALUE set on the loop_on peer (repeatable).")
@@ -61,35 +101,43 @@ def main(
         bool, typer.Option(help="Split a worker's CPU: its event-loop thread, the others.")
     ] = False,
 ) -> None:
-    """Measure CPU per request of loop_on, loop_off, loop_on."""
+    """Measure CPU per request of loop_on and loop_off, alternating."""
     work = Path(tempfile.mkdtemp(prefix="iris-loop-cpu-"))
     try:
         trained = run.trained_registry(work)
         peers = launch.build_peers(trained.env, work, load.iris_rows(1)[0], 1)
         peers["loop_on"].env.update(item.split("=", 1) for item in env)
-        for key in ("loop_on", "loop_off", "loop_on"):
-            peer = peers[key]
-            body = work / "body.json"
-            body.write_text(json.dumps(peer.body))
-            with launch.running(peer, work) as live:
-                root = psutil.Process(live.server.process.pid)
-                load.run_wrk(peer.url + "/predict", body, connections=connections, duration_s=3)
-                time.sleep(2)
-                before = cpu_by_role(root, threads)
-                result = load.run_wrk(
-                    peer.url + "/predict", body, connections=connections, duration_s=seconds
+        with contextlib.ExitStack() as stack:
+            lives, bodies = {}, {}
+            for key in PAIR:
+                lives[key] = stack.enter_context(launch.running(peers[key], work))
+                bodies[key] = work / f"body-{key}.json"
+                bodies[key].write_text(json.dumps(peers[key].body))
+                url = peers[key].url + peers[key].predict_path
+                load.run_wrk(url, bodies[key], connections=connections, duration_s=3)
+            totals: dict[str, list[float]] = {key: [] for key in PAIR}
+            for i in range(pairs):
+                for key in PAIR if i % 2 == 0 else PAIR[::-1]:
+                    rps, per_request, total = phase(
+                        lives[key], bodies[key], seconds, connections, threads
+                    )
+                    totals[key].append(total)
+                    typer.echo(
+                        f"pair {i + 1} {key}: {rps:,.0f} requests/s; CPU µs per request: "
+                        + ", ".join(f"{role} {us:.0f}" for role, us in per_request.items())
+                        + f"; total {total:.0f}"
+                    )
+                typer.echo(
+                    f"pair {i + 1}: on / off {totals['loop_on'][-1] / totals['loop_off'][-1]:.3f}"
                 )
-                after = cpu_by_role(root, threads)
-            used: dict[str, float] = {}
-            for pid, (role, cpu) in after.items():
-                used[role] = used.get(role, 0.0) + cpu - before.get(pid, (role, 0.0))[1]
-            per_request = {
-                role: round(1e6 * cpu / result.requests) for role, cpu in sorted(used.items())
-            }
-            typer.echo(
-                f"{key}: {result.rps:,.0f} requests/s; CPU µs per request: "
-                + ", ".join(f"{role} {us}" for role, us in per_request.items())
-            )
+        ratios = [on / off for on, off in zip(totals["loop_on"], totals["loop_off"], strict=True)]
+        mean, low, high = t_interval(ratios)
+        typer.echo(
+            f"CPU per request, on / off: {mean:.3f} (95 %: {low:.3f}-{high:.3f}, {pairs} pairs); "
+            f"means {statistics.mean(totals['loop_on']):.0f} and "
+            f"{statistics.mean(totals['loop_off']):.0f} µs; predicted requests/s on / off "
+            f"{1 / mean:.3f} ({1 / high:.3f}-{1 / low:.3f})"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

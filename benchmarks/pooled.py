@@ -8,20 +8,25 @@ p99 over all the rounds, each with its bootstrap interval
 (:func:`benchmarks.report.ratio_interval`), and a second interval that also resamples
 the runs (runs first, with replacement, then each drawn run's rounds): rounds of one run
 share its processes and its stretch of the machine's time, so the first interval, which
-treats every round as independent, is too narrow when runs differ. Reads only; writes
-nothing.
+treats every round as independent, is too narrow when runs differ.
+
+Text files are saved outputs of ``python -m benchmarks.loop_cpu``: their pairs' CPU ratios
+(on / off) are pooled, with a 95 % interval over all pairs and one over the runs' means.
+Reads only; writes nothing.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import statistics
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from benchmarks.loop_cpu import t_interval
 from benchmarks.report import ratio_interval
 
 app = typer.Typer(help=__doc__, add_completion=False)
@@ -32,6 +37,12 @@ def main(
     files: Annotated[list[Path], typer.Argument(exists=True, help="Results files (JSON).")],
 ) -> None:
     """Pool the loop pair's rounds of ``files`` and print both ratios."""
+    cpu_files = [p for p in files if p.suffix == ".txt"]
+    if cpu_files:
+        pool_cpu(cpu_files)
+    files = [p for p in files if p.suffix != ".txt"]
+    if not files:
+        return
     runs = []
     for path in files:
         result = json.loads(path.read_text())
@@ -52,6 +63,23 @@ def main(
             f"{run_low:.2f}-{run_high:.2f} over runs, then rounds) from "
             f"{len(on['rounds'])} + {len(off['rounds'])} rounds of {len(files)} runs"
         )
+
+
+CPU_PAIR = re.compile(r"^pair \d+: on / off (?P<ratio>[0-9.]+)$", re.MULTILINE)
+
+
+def pool_cpu(files: list[Path]) -> None:
+    """Print the pooled CPU ratio of saved ``benchmarks.loop_cpu`` outputs."""
+    runs = [[float(m["ratio"]) for m in CPU_PAIR.finditer(p.read_text())] for p in files]
+    runs = [r for r in runs if r]
+    pairs = [r for run in runs for r in run]
+    mean, low, high = t_interval(pairs)
+    _, run_low, run_high = t_interval([statistics.mean(run) for run in runs])
+    typer.echo(
+        f"CPU per request: {mean:.3f}x on / off (95 %: {low:.3f}-{high:.3f} over pairs; "
+        f"{run_low:.3f}-{run_high:.3f} over runs' means) from {len(pairs)} pairs of "
+        f"{len(runs)} runs"
+    )
 
 
 def runs_interval(runs: list[tuple[list, list]], key: str, draws: int = 4000) -> tuple:
