@@ -6,6 +6,7 @@ PostgreSQL (shared by a fleet), with the same SQLAlchemy Core statements.
 
 from __future__ import annotations
 
+import logging
 import random
 import sqlite3
 import time
@@ -13,6 +14,8 @@ from functools import lru_cache, partial
 from pathlib import Path
 
 import sqlalchemy as sa
+
+logger = logging.getLogger(__name__)
 
 
 def database_url(uri: str | Path) -> sa.URL:
@@ -59,14 +62,19 @@ def _sqlite_wal(dbapi_connection, _record, *, busy_s: float) -> None:
         deadline = time.monotonic() + busy_s
         while True:
             try:
-                if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
-                    return
-                cursor.execute("PRAGMA journal_mode=WAL")
-                return
+                mode = cursor.execute("PRAGMA journal_mode").fetchone()[0].lower()
+                if mode not in ("wal", "memory"):  # an in-memory database keeps "memory"
+                    mode = cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower()
             except sqlite3.OperationalError as e:
                 if "locked" not in str(e) or time.monotonic() >= deadline:
                     raise
-                time.sleep(0.01 + random.random() * 0.04)
+                mode = "locked"
+            if mode in ("wal", "memory"):
+                return
+            if time.monotonic() >= deadline:  # SQLite answered with the old mode: it works,
+                logger.warning("SQLite database stays in %s journal mode, not WAL", mode)
+                return  # only readers may wait on the writer
+            time.sleep(0.01 + random.random() * 0.04)
     finally:
         cursor.close()
 

@@ -42,5 +42,7 @@ def test_many_engines_opening_a_new_sqlite_file_at_once_all_connect(tmp_path):
         finally:
             for engine in engines:
                 engine.dispose()
-        with make_engine(url).connect() as conn:
+        check = make_engine(url)
+        with check.connect() as conn:
             assert conn.execute(sa.text("PRAGMA journal_mode")).scalar() == "wal"
+        check.dispose()
