@@ -34,7 +34,12 @@ app = typer.Typer(help=__doc__, add_completion=False)
 
 @app.command()
 def main(
-    files: Annotated[list[Path], typer.Argument(exists=True, help="Results files (JSON).")],
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            exists=True, help="Results files: JSON of benchmarks.run, text of benchmarks.loop_cpu."
+        ),
+    ],
 ) -> None:
     """Pool the loop pair's rounds of ``files`` and print both ratios."""
     cpu_files = [p for p in files if p.suffix == ".txt"]
@@ -71,7 +76,11 @@ CPU_PAIR = re.compile(r"^pair \d+: on / off (?P<ratio>[0-9.]+)$", re.MULTILINE)
 def pool_cpu(files: list[Path]) -> None:
     """Print the pooled CPU ratio of saved ``benchmarks.loop_cpu`` outputs."""
     runs = [[float(m["ratio"]) for m in CPU_PAIR.finditer(p.read_text())] for p in files]
+    for path, run in zip(files, runs, strict=True):
+        typer.echo(f"{path.name}: {len(run)} pairs")
     runs = [r for r in runs if r]
+    if not runs:
+        raise typer.BadParameter("no 'pair N: on / off R' lines in the text files")
     pairs = [r for run in runs for r in run]
     mean, low, high = t_interval(pairs)
     _, run_low, run_high = t_interval([statistics.mean(run) for run in runs])
