@@ -16,12 +16,14 @@ The queue is bounded (``IRIS_CAPTURE_MAX_PENDING`` rows, queued plus spooled and
 written): when the sink falls behind, new chunks are dropped and counted
 (``iris_capture_dropped_total``), and answers go on. A clean stop spools what is pending
 and waits for the sink to write it; a hard kill of the worker loses at most one flush
-interval (the sink sees its pipe close and writes what was spooled).
+interval (the sink sees its pipe close and writes what was spooled). A sink that dies is
+restarted; one stuck in a challenger's model for ``STALL_S`` (its shadow marker says so)
+is killed, then restarted.
 
 Read it all with one line of pandas: ``pd.read_parquet("var/captures")``.
 
-Over 250 lines (about 335): the queue, the writer thread and the supervision of the
-sink process (start, restart, its reports) share the writer's state.
+Over 250 lines (about 365): the queue, the writer thread and the supervision of the
+sink process (start, restart, kill when hung, its reports) share the writer's state.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import numpy as np
 from serving.capture_columns import AnswerColumns
 from serving.capture_spool import pending_rows, write_spool
 from serving.child_env import capture_sink_env
-from serving.shadow_scoring import TARGET_KEY, count
+from serving.shadow_scoring import TARGET_KEY, busy_since, count, forget, marker_path
 from training.logs import DistinctErrors, one_line
 from training.settings import PROJECT_DIR, Settings
 
@@ -91,6 +93,11 @@ class CaptureWriter:
 
     RESTART_S = 10.0
     """A sink that died is restarted at the next flush, at most once per this long."""
+    STALL_S = 60.0
+    """A sink whose shadow marker (``serving.shadow_scoring.marker_path``) is this old has
+    been loading or calling the challenger that long (a call takes milliseconds, a load a
+    second or two): it is taken for hung, killed, and restarted at the next flush; its
+    next sink no longer uses that challenger."""
 
     def __init__(
         self,
@@ -162,6 +169,7 @@ class CaptureWriter:
             self.spool.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             self._errors.failed(logging.ERROR, f"Capture folder {self.spool} unusable", e)
+        forget(marker_path(self.spool, os.getpid()))  # an old worker's, if the pid is reused
         self._start_sink()
         self._thread.start()
         return self
@@ -202,6 +210,7 @@ class CaptureWriter:
     def flush(self) -> int:
         """Spool what is pending now; returns the number of rows spooled."""
         on_disk = pending_rows(self.spool, os.getpid())  # the sink only ever lowers it
+        self._kill_hung_sink()
         if self._sink is not None and self._sink.poll() is not None:
             self._restart_sink()
         with self._lock:
@@ -265,6 +274,28 @@ class CaptureWriter:
         )
         reader.start()
         self._reports = [r for r in self._reports if r.is_alive()] + [reader]
+
+    def _kill_hung_sink(self) -> None:
+        """Kill a sink stuck in a challenger's model for ``STALL_S``; the next flush
+        restarts it."""
+        sink = self._sink
+        if sink is None or sink.poll() is not None:
+            return
+        since = busy_since(marker_path(self.spool, os.getpid()))
+        if since is None or since < self._sink_started:  # none, or a dead sink's
+            return
+        busy_s = time.monotonic() - since
+        if busy_s < self.STALL_S:
+            return
+        logger.error(
+            "Capture sink %d has been in the shadow challenger for %.0f s; killing it (its "
+            "next sink no longer uses that challenger)",
+            sink.pid,
+            busy_s,
+        )
+        sink.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            sink.wait(5)
 
     def _restart_sink(self) -> None:
         if time.monotonic() - self._sink_started < self.RESTART_S:

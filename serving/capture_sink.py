@@ -25,7 +25,7 @@ The worker's stdin pipe is the only control: a byte means "new file", end of fil
 the server's process group does not cut a drain short. Reports go back on stdout, one
 ``written N``, ``dropped N`` or shadow line each, and become the worker's counters.
 
-Over 250 lines (about 280): a pass's steps (index, shadow, write, delete, retry, adopt,
+Over 250 lines (about 295): a pass's steps (index, shadow, write, delete, retry, adopt,
 retention) share the drain's state and its error reporting.
 """
 
@@ -44,7 +44,7 @@ from pathlib import Path
 from serving.capture_files import CaptureFiles
 from serving.capture_spool import answers_in, owner_lock, parse_spool_name, read_spool, spool_files
 from serving.capture_table import SpoolRows, capture_table, spool_rows
-from serving.shadow_scoring import BEHIND_ROWS_SHARE, ShadowScorer
+from serving.shadow_scoring import BEHIND_ROWS_SHARE, ShadowScorer, marker_path
 from training.answers import Answer
 from training.logs import DistinctErrors, configure_logging
 
@@ -223,12 +223,27 @@ class Drain:
             total -= rows
 
     def _sweep_partial_spools(self) -> None:
-        """Spool files a killed worker left half-written (``.<name>.tmp``), after an hour."""
+        """Spool files a killed worker left half-written (``.<name>.tmp``), after an hour;
+        and shadow markers and bans (``serving.shadow_scoring.marker_path``) of workers
+        whose sink is gone, after an hour."""
+        hour_ago = time.time() - 3600
         with contextlib.suppress(OSError):
             for stale in self.spool.glob(".*.tmp"):
                 with contextlib.suppress(FileNotFoundError):
-                    if stale.stat().st_mtime < time.time() - 3600:
+                    if stale.stat().st_mtime < hour_ago:
                         stale.unlink()
+            for marker in [
+                *self.spool.glob(".shadow-*.busy"),
+                *self.spool.glob(".shadow-*.banned"),
+            ]:
+                owner = marker.name.removeprefix(".shadow-").partition(".")[0]
+                with contextlib.suppress(FileNotFoundError):
+                    if not owner.isdigit() or marker.stat().st_mtime >= hour_ago:
+                        continue
+                    lock = owner_lock(self.spool, int(owner), wait=False)
+                    if lock is not None:  # its sink is gone: nobody reads the verdict
+                        with lock:
+                            marker.unlink()
 
     def _failed(self, what: str, e: BaseException) -> None:
         self._file_errors.failed(logging.ERROR, what, e)
@@ -262,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         max_pending_rows=settings.capture_max_pending,
         retention_days=settings.capture_retention_days,
         max_bytes=settings.capture_max_bytes,
-        shadow=ShadowScorer(report),
+        shadow=ShadowScorer(
+            report, marker=marker_path(settings.capture_dir / ".spool", int(owner))
+        ),
     )
     while True:
         ready, _, _ = select.select([sys.stdin.fileno()], [], [], 1.0)

@@ -28,21 +28,31 @@ What that means:
   still spooled) skips the shadow for the file, counted in ``iris_shadow_skipped_total``:
   capturing the champion's answers comes first.
 - A file is scored last, from memory, once it is deleted (or waits only for the index):
-  a challenger that raises never holds the capture back; one that kills or hangs its
-  sink stalls it (a dead sink is restarted within ``RESTART_S``; the model call has no
-  timeout), and the worker's queue bound then drops captures, counted. A file processed
-  again (its sink killed before deleting it) is scored then, once. The
-  draw is a hash of the prediction id, so every worker and retry draws the same answers.
+  a challenger that raises never holds the capture back. One that kills or hangs its
+  sink is caught by a marker file (:func:`marker_path`): the sink writes it, naming the
+  challenger and the time, before it loads or calls it, and deletes it after. A worker
+  kills its sink when its marker is ``STALL_S`` old (hung) and restarts a dead one; the
+  next sink turns the marker it finds into that worker's ban (``.banned``) and never uses
+  that challenger version (counted as failed); another version is used. Meanwhile
+  capture waits (up to ``STALL_S`` + ``RESTART_S``) and the worker's queue bound may drop
+  answers, counted. A ban is per worker, and ends with it. A file processed
+  again (its sink killed before deleting it) is scored then, once. The draw is a hash of
+  the prediction id, so every worker and retry draws the same answers.
 - Scores reach the files and the counters about one flush interval after the answer.
+
+Over 250 lines (about 315): what a worker asks, the draw, the scorer with its challenger's
+life (load, retry, ban) and the shadow's rows belong together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -112,14 +122,18 @@ class ShadowScorer:
         report: Report,
         load: Callable | None = None,
         clock: Callable[[], float] = time.monotonic,
+        marker: Path | None = None,
     ):
         self.report = report
         self.load = load or _load_one_thread  # (folder, identity) -> ServedModel
         self.clock = clock
+        self.marker = marker  # names the challenger while it is loaded or called
+        # A challenger this worker's last sinks died or hung in (read once, at start).
         self._key: tuple[str, str] | None = None
         self._model = None
         self._retry_at = 0.0
         self._errors = DistinctErrors(logger, "Shadow scoring works again")
+        self._banned = _ban_left(marker)
 
     def write(self, files, spooled, found: SpoolRows, stem: str, *, behind: bool) -> int:
         """Score a processed spool file's drawn answers into ``files`` (``CaptureFiles``) as
@@ -161,7 +175,8 @@ class ShadowScorer:
             return None
         try:
             started = time.perf_counter()
-            _, proba = model.predict(found.inputs[flowers])
+            with self._calling(wanted):
+                _, proba = model.predict(found.inputs[flowers])
             latency_ms = (time.perf_counter() - started) * 1000.0
             shadow = _shadow_spool(spooled, found, picked, flowers, model, proba, latency_ms)
             table = capture_table(shadow, spool_rows(shadow))
@@ -182,9 +197,21 @@ class ShadowScorer:
         if key == self._key and (self._model is not None or self.clock() < self._retry_at):
             return self._model
         self._key, self._model = key, None
+        if key == self._banned:
+            self._retry_at = float("inf")
+            logger.error(
+                "Shadow challenger v%s was being loaded or called when a capture sink of "
+                "this worker died or hung; this worker's sinks do not use it (another "
+                "version they do; its answers count as failed shadow scores)",
+                key[1],
+            )
+            return None
         identity = ModelIdentity(wanted["name"], key[1], CHALLENGER, wanted["run_id"], "registry")
+        if self.load is _load_one_thread:  # its imports take seconds: not in the marked time
+            import serving.served_model  # noqa: F401
         try:
-            self._model = self.load(Path(wanted["dir"]), identity)
+            with self._calling(wanted):
+                self._model = self.load(Path(wanted["dir"]), identity)
         except Exception as e:  # noqa: BLE001 - counted as failed scores, tried again later
             self._retry_at = self.clock() + RETRY_S
             self._errors.failed(logging.ERROR, f"Shadow challenger v{key[1]} not loaded", e)
@@ -192,6 +219,19 @@ class ShadowScorer:
         runtime = self._model.identity.runtime
         logger.info("Shadow scoring with challenger v%s (%s)", key[1], runtime)
         return self._model
+
+    @contextlib.contextmanager
+    def _calling(self, wanted: dict) -> Iterator[None]:
+        """Name the challenger in the marker file while it runs: if the sink dies or hangs
+        meanwhile, its next sink knows which challenger did it."""
+        if self.marker is None:
+            yield
+            return
+        self.marker.write_text(json.dumps([wanted["dir"], wanted["version"], time.monotonic()]))
+        try:
+            yield
+        finally:
+            self.marker.unlink(missing_ok=True)
 
     def _agreement(self, found: SpoolRows, flowers: np.ndarray, model, proba) -> None:
         """Report, per champion version, flowers scored and flowers whose species both
@@ -219,6 +259,49 @@ def _per_champion(found: SpoolRows, flowers: np.ndarray, theirs=None) -> dict[st
             ours = np.asarray(found.metas[code].classes, dtype=object)[predicted[rows]]
             tally[1] += int((ours == theirs[rows]).sum())
     return counts
+
+
+def marker_path(spool: Path, owner: int) -> Path:
+    """``.shadow-<worker pid>.busy``: names the challenger a worker's sink is loading or
+    calling, and since when (``[folder, version, time.monotonic()]``; the clock is the
+    machine's, so the worker can read it)."""
+    return spool / f".shadow-{owner}.busy"
+
+
+def busy_since(marker: Path) -> float | None:
+    """When the marker's call began (``time.monotonic``); None without a readable one."""
+    try:
+        return float(json.loads(marker.read_text())[2])
+    except (OSError, ValueError, TypeError, IndexError):
+        return None
+
+
+def forget(marker: Path) -> None:
+    """Remove a worker's marker and ban: a new worker (perhaps a reused pid) starts clean."""
+    for path in (marker, marker.with_suffix(".banned")):
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+
+
+def _ban_left(marker: Path | None) -> tuple[str, str] | None:
+    """The challenger (folder, version) a sink of this worker died or hung in: a marker
+    the last sink left becomes the worker's ban (``.banned``), which later sinks read."""
+    if marker is None:
+        return None
+    banned = marker.with_suffix(".banned")
+    with contextlib.suppress(OSError):  # FileNotFoundError: that sink finished its calls
+        os.replace(marker, banned)
+    try:
+        folder, version, *_ = json.loads(banned.read_text())
+        os.utime(banned)  # still wanted: the sweep of gone workers' files leaves it
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as e:  # torn by the death itself: no verdict
+        logger.warning("Shadow ban %s unreadable (%s); ignored", banned, e)
+        with contextlib.suppress(OSError):
+            banned.unlink(missing_ok=True)
+        return None
+    return str(folder), str(version)
 
 
 def _load_one_thread(folder: Path, identity):

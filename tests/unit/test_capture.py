@@ -155,6 +155,47 @@ def test_a_sink_that_dies_is_restarted_and_a_dead_sink_never_breaks_close(tmp_pa
     assert len(list((other / ".spool").glob("*.arrow"))) == 1
 
 
+def test_a_sink_hung_in_the_challenger_is_killed_and_replaced(tmp_path, caplog):
+    """A sink whose shadow marker is STALL_S old has hung in the challenger's model: its
+    worker kills it and starts another, which writes what waited and is left alone (the
+    marker its predecessor left is not its own). A younger marker is a call in progress."""
+    import json
+    import signal
+
+    from serving.shadow_scoring import marker_path
+
+    captures, written = tmp_path / "captures", []
+    settings = Settings(home=tmp_path, capture_dir=captures)
+    writer = CaptureWriter(
+        captures, flush_s=3600, sink_env=capture_sink_env(settings), on_written=written.append
+    ).start()
+    writer.RESTART_S, writer.STALL_S = 0.0, 1.0
+    sink = writer._sink
+    os.kill(sink.pid, signal.SIGSTOP)  # alive, and never again making progress...
+    marker = marker_path(captures / ".spool", os.getpid())
+    marker.write_text(json.dumps(["x", "2", time.monotonic()]))  # ...in the challenger
+    try:
+        writer.submit(answers := chunk(5))
+        assert writer.flush() == 5
+        assert writer._sink is sink and sink.poll() is None  # in the call for under 1 s
+        time.sleep(1.2)
+        writer.flush()  # in the call for over 1 s: killed, and a new sink started
+        assert sink.returncode == -signal.SIGKILL
+        assert writer._sink is not sink and writer._sink.poll() is None
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+    replacement = writer._sink
+    time.sleep(1.2)
+    writer.flush()
+    assert writer._sink is replacement and replacement.poll() is None
+    writer.close()
+    assert sorted(pd.read_parquet(captures)["prediction_id"]) == sorted(answers.ids)
+    assert written == [5]
+    assert caplog.text.count("killing it") == 1
+    assert json.loads(marker.with_suffix(".banned").read_text())[:2] == ["x", "2"]
+
+
 def test_retention_by_age_then_by_size(tmp_path):
     writer = CaptureWriter(tmp_path)
     drain = sink(tmp_path, retention_days=2, retention_every_s=float("inf"))

@@ -3,8 +3,10 @@ and how a failing, missing or slow challenger leaves the champion's capture alon
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 from serving import shadow_scoring
 from serving.capture import CaptureWriter, new_id
 from serving.capture_sink import Drain
+from serving.capture_spool import owner_lock
 from serving.served_model import ModelIdentity, ServedModel
 from serving.shadow_scoring import ShadowScorer, count, drawn
 from tests.unit.test_capture import Reports, chunk
@@ -287,3 +290,75 @@ def test_a_sinks_reports_become_the_workers_counters(kind, fields, expected):
     metrics = _Counters()
     count(metrics, kind, fields)
     assert metrics.counts == expected
+
+
+def test_a_challenger_a_sink_died_in_is_never_used_again(tmp_path):
+    """While the challenger loads or scores, a marker file names it; a sink that finds the
+    marker (its predecessor died or hung there) makes it the worker's ban and never uses
+    that version: counted as failed, the champion's rows written. Another version is used,
+    and the ban holds for the worker's later sinks."""
+    marker = tmp_path / ".spool" / ".shadow-1.busy"
+    banned = marker.with_suffix(".banned")
+    during: list = []
+
+    class Watched(Challenger):
+        def predict_proba(self, rows):
+            during.append(json.loads(marker.read_text())[:2])
+            return super().predict_proba(rows)
+
+    def load(folder, identity):
+        during.append(json.loads(marker.read_text())[:2])
+        loads.append(identity.version)
+        return served(Watched(), identity.version)
+
+    def sink_with_scorer(version: str):
+        reports = Reports()
+        writer = CaptureWriter(tmp_path, shadow=lambda: {**target(), "version": version})
+        scorer = ShadowScorer(reports, load=load, marker=marker)
+        return writer, Drain(tmp_path, os.getpid(), index=None, report=reports, shadow=scorer)
+
+    def one_file(version: str, n: int):
+        writer, sink = sink_with_scorer(version)
+        writer.submit(chunk(n))
+        writer.flush()
+        sink.once()
+        return sink.report
+
+    def scored(reports) -> list[list[str]]:  # champion, challenger, flowers (agreed left out)
+        return [fields.split()[:3] for kind, fields in reports if kind == "shadow"]
+
+    loads: list = []
+    assert scored(one_file("2", 2)) == [["3", "2", "2"]]
+    assert during == [["x", "2"]] * 2 and not marker.exists()  # named while loaded, called
+
+    marker.write_text(json.dumps(["x", "2", 12.5]))  # what a sink that died in the call leaves
+    loads.clear()
+    reports = one_file("2", 3)
+    assert loads == [] and ("shadow_failed", "3 2 3") in reports  # never loaded again
+    assert scored(reports) == []
+    assert ("written", 3) in reports  # the champion's rows all the same
+    assert not marker.exists() and json.loads(banned.read_text())[:2] == ["x", "2"]
+
+    assert scored(one_file("3", 1)) == [["3", "3", "1"]] and loads == ["3"]  # another one
+    assert ("shadow_failed", "3 2 1") in one_file("2", 1)  # a later sink: still banned
+    assert loads == ["3"]
+
+
+def test_markers_of_sinks_gone_are_swept_after_an_hour_and_live_ones_kept(tmp_path):
+    spool = tmp_path / ".spool"
+    spool.mkdir()
+    held = owner_lock(spool, 13, wait=True)  # worker 13's sink is alive: it holds the lock
+    gone, gone_ban, live, fresh = (
+        spool / f".shadow-{pid}.{kind}"
+        for pid, kind in ((11, "busy"), (11, "banned"), (13, "banned"), (12, "busy"))
+    )
+    for marker in (gone, gone_ban, live, fresh):
+        marker.write_text(json.dumps(["x", "2", 1.0]))
+    old = time.time() - 7200
+    for marker in (gone, gone_ban, live):
+        os.utime(marker, (old, old))
+    try:
+        Drain(tmp_path, os.getpid(), index=None, report=Reports())._sweep_partial_spools()
+    finally:
+        held.close()
+    assert not gone.exists() and not gone_ban.exists() and live.exists() and fresh.exists()
