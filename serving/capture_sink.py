@@ -25,7 +25,7 @@ The worker's stdin pipe is the only control: a byte means "new file", end of fil
 the server's process group does not cut a drain short. Reports go back on stdout, one
 ``written N``, ``dropped N`` or shadow line each, and become the worker's counters.
 
-Over 250 lines (about 295): a pass's steps (index, shadow, write, delete, retry, adopt,
+Over 250 lines (about 300): a pass's steps (index, shadow, write, delete, retry, adopt,
 retention) share the drain's state and its error reporting.
 """
 
@@ -111,6 +111,8 @@ class Drain:
             self._last_housekeeping = time.monotonic()
             written += self._adopt_orphans()
             self.files.enforce_retention()
+            if self.shadow is not None:
+                self.shadow.keep_ban()
             self._sweep_partial_spools()
         hour = int(time.time() // 3600)
         if hour != self._compacted_hour:

@@ -32,15 +32,17 @@ What that means:
   sink is caught by a marker file (:func:`marker_path`): the sink writes it, naming the
   challenger and the time, before it loads or calls it, and deletes it after. A worker
   kills its sink when its marker is ``STALL_S`` old (hung) and restarts a dead one; the
-  next sink turns the marker it finds into that worker's ban (``.banned``) and never uses
-  that challenger version (counted as failed); another version is used. Meanwhile
-  capture waits (up to ``STALL_S`` + ``RESTART_S``) and the worker's queue bound may drop
-  answers, counted. A ban is per worker, and ends with it. A file processed
+  next sink turns the marker it finds into that worker's ban (``.banned``) and does not
+  use that challenger version (counted as failed); another version is used. Meanwhile
+  capture waits (about ``STALL_S`` for a hang, up to ``RESTART_S`` for a crash, plus a
+  flush and the new sink's start) and the worker's queue bound may drop answers,
+  counted. A ban is per worker, holds the last version that did it, and ends with the
+  worker. A file processed
   again (its sink killed before deleting it) is scored then, once. The draw is a hash of
   the prediction id, so every worker and retry draws the same answers.
 - Scores reach the files and the counters about one flush interval after the answer.
 
-Over 250 lines (about 315): what a worker asks, the draw, the scorer with its challenger's
+Over 250 lines (about 355): what a worker asks, the draw, the scorer with its challenger's
 life (load, retry, ban) and the shadow's rows belong together.
 """
 
@@ -207,7 +209,11 @@ class ShadowScorer:
             )
             return None
         identity = ModelIdentity(wanted["name"], key[1], CHALLENGER, wanted["run_id"], "registry")
-        if self.load is _load_one_thread:  # its imports take seconds: not in the marked time
+        if self.load is _load_one_thread:
+            # Imports take seconds, so they happen before the marked time: ONNX Runtime
+            # and the loader (a challenger without an export still imports skops within).
+            import onnxruntime  # noqa: F401
+
             import serving.served_model  # noqa: F401
         try:
             with self._calling(wanted):
@@ -232,6 +238,13 @@ class ShadowScorer:
             yield
         finally:
             self.marker.unlink(missing_ok=True)
+
+    def keep_ban(self) -> None:
+        """Refresh the ban's file time (housekeeping, once a minute): the sweep of gone
+        workers' files (after an hour) must not take it while this worker lives."""
+        if self._banned is not None and self.marker is not None:
+            with contextlib.suppress(OSError):
+                os.utime(self.marker.with_suffix(".banned"))
 
     def _agreement(self, found: SpoolRows, flowers: np.ndarray, model, proba) -> None:
         """Report, per champion version, flowers scored and flowers whose species both
@@ -272,7 +285,7 @@ def busy_since(marker: Path) -> float | None:
     """When the marker's call began (``time.monotonic``); None without a readable one."""
     try:
         return float(json.loads(marker.read_text())[2])
-    except (OSError, ValueError, TypeError, IndexError):
+    except (OSError, ValueError, TypeError, LookupError):
         return None
 
 
@@ -293,7 +306,6 @@ def _ban_left(marker: Path | None) -> tuple[str, str] | None:
         os.replace(marker, banned)
     try:
         folder, version, *_ = json.loads(banned.read_text())
-        os.utime(banned)  # still wanted: the sweep of gone workers' files leaves it
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError) as e:  # torn by the death itself: no verdict
@@ -301,6 +313,8 @@ def _ban_left(marker: Path | None) -> tuple[str, str] | None:
         with contextlib.suppress(OSError):
             banned.unlink(missing_ok=True)
         return None
+    with contextlib.suppress(OSError):  # still wanted: the sweep of gone workers' files leaves it
+        os.utime(banned)
     return str(folder), str(version)
 
 

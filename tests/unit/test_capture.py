@@ -186,14 +186,20 @@ def test_a_sink_hung_in_the_challenger_is_killed_and_replaced(tmp_path, caplog):
         if sink.poll() is None:
             sink.kill()
     replacement = writer._sink
-    time.sleep(1.2)
+    banned, deadline = marker.with_suffix(".banned"), time.monotonic() + 30
+    while not banned.exists() and time.monotonic() < deadline:  # the replacement's start
+        time.sleep(0.05)
+    assert json.loads(banned.read_text())[:2] == ["x", "2"]  # the marker became the ban
+    stale = time.monotonic() - 5  # before the replacement started, and over STALL_S old
+    marker.with_suffix(".tmp").write_text(json.dumps(["x", "2", stale]))
+    marker.with_suffix(".tmp").replace(marker)  # as its predecessor would have left it
     writer.flush()
-    assert writer._sink is replacement and replacement.poll() is None
+    assert writer._sink is replacement and replacement.poll() is None  # not its marker
+    marker.unlink()
     writer.close()
     assert sorted(pd.read_parquet(captures)["prediction_id"]) == sorted(answers.ids)
     assert written == [5]
     assert caplog.text.count("killing it") == 1
-    assert json.loads(marker.with_suffix(".banned").read_text())[:2] == ["x", "2"]
 
 
 def test_retention_by_age_then_by_size(tmp_path):

@@ -303,11 +303,11 @@ def test_a_challenger_a_sink_died_in_is_never_used_again(tmp_path):
 
     class Watched(Challenger):
         def predict_proba(self, rows):
-            during.append(json.loads(marker.read_text())[:2])
+            during.append(json.loads(marker.read_text()))
             return super().predict_proba(rows)
 
     def load(folder, identity):
-        during.append(json.loads(marker.read_text())[:2])
+        during.append(json.loads(marker.read_text()))
         loads.append(identity.version)
         return served(Watched(), identity.version)
 
@@ -328,8 +328,11 @@ def test_a_challenger_a_sink_died_in_is_never_used_again(tmp_path):
         return [fields.split()[:3] for kind, fields in reports if kind == "shadow"]
 
     loads: list = []
+    before = time.monotonic()
     assert scored(one_file("2", 2)) == [["3", "2", "2"]]
-    assert during == [["x", "2"]] * 2 and not marker.exists()  # named while loaded, called
+    assert [d[:2] for d in during] == [["x", "2"]] * 2  # named while loaded, then called
+    assert all(before <= d[2] <= time.monotonic() for d in during)  # the machine's clock
+    assert not marker.exists()
 
     marker.write_text(json.dumps(["x", "2", 12.5]))  # what a sink that died in the call leaves
     loads.clear()
@@ -342,6 +345,10 @@ def test_a_challenger_a_sink_died_in_is_never_used_again(tmp_path):
     assert scored(one_file("3", 1)) == [["3", "3", "1"]] and loads == ["3"]  # another one
     assert ("shadow_failed", "3 2 1") in one_file("2", 1)  # a later sink: still banned
     assert loads == ["3"]
+    old = time.time() - 7200
+    os.utime(banned, (old, old))
+    ShadowScorer(Reports(), marker=marker).keep_ban()  # a sink's housekeeping
+    assert banned.stat().st_mtime > time.time() - 60  # so the sweep of gone workers leaves it
 
 
 def test_markers_of_sinks_gone_are_swept_after_an_hour_and_live_ones_kept(tmp_path):
