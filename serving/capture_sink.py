@@ -25,7 +25,7 @@ The worker's stdin pipe is the only control: a byte means "new file", end of fil
 the server's process group does not cut a drain short. Reports go back on stdout, one
 ``written N``, ``dropped N`` or shadow line each, and become the worker's counters.
 
-Over 250 lines (about 300): a pass's steps (index, shadow, write, delete, retry, adopt,
+Over 250 lines (about 295): a pass's steps (index, shadow, write, delete, retry, adopt,
 retention) share the drain's state and its error reporting.
 """
 
@@ -44,7 +44,7 @@ from pathlib import Path
 from serving.capture_files import CaptureFiles
 from serving.capture_spool import answers_in, owner_lock, parse_spool_name, read_spool, spool_files
 from serving.capture_table import SpoolRows, capture_table, spool_rows
-from serving.shadow_scoring import BEHIND_ROWS_SHARE, ShadowScorer, marker_path
+from serving.shadow_scoring import BEHIND_ROWS_SHARE, ShadowScorer, marker_files, marker_path
 from training.answers import Answer
 from training.logs import DistinctErrors, configure_logging
 
@@ -234,15 +234,11 @@ class Drain:
                 with contextlib.suppress(FileNotFoundError):
                     if stale.stat().st_mtime < hour_ago:
                         stale.unlink()
-            for marker in [
-                *self.spool.glob(".shadow-*.busy"),
-                *self.spool.glob(".shadow-*.banned"),
-            ]:
-                owner = marker.name.removeprefix(".shadow-").partition(".")[0]
+            for owner, marker in marker_files(self.spool):
                 with contextlib.suppress(FileNotFoundError):
-                    if not owner.isdigit() or marker.stat().st_mtime >= hour_ago:
+                    if marker.stat().st_mtime >= hour_ago:
                         continue
-                    lock = owner_lock(self.spool, int(owner), wait=False)
+                    lock = owner_lock(self.spool, owner, wait=False)
                     if lock is not None:  # its sink is gone: nobody reads the verdict
                         with lock:
                             marker.unlink()

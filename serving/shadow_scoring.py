@@ -42,7 +42,7 @@ What that means:
   the prediction id, so every worker and retry draws the same answers.
 - Scores reach the files and the counters about one flush interval after the answer.
 
-Over 250 lines (about 355): what a worker asks, the draw, the scorer with its challenger's
+Over 250 lines (about 370): what a worker asks, the draw, the scorer with its challenger's
 life (load, retry, ban) and the shadow's rows belong together.
 """
 
@@ -244,7 +244,7 @@ class ShadowScorer:
         workers' files (after an hour) must not take it while this worker lives."""
         if self._banned is not None and self.marker is not None:
             with contextlib.suppress(OSError):
-                os.utime(self.marker.with_suffix(".banned"))
+                os.utime(ban_path(self.marker))
 
     def _agreement(self, found: SpoolRows, flowers: np.ndarray, model, proba) -> None:
         """Report, per champion version, flowers scored and flowers whose species both
@@ -281,6 +281,21 @@ def marker_path(spool: Path, owner: int) -> Path:
     return spool / f".shadow-{owner}.busy"
 
 
+def ban_path(marker: Path) -> Path:
+    """``.shadow-<worker pid>.banned``: the challenger a sink of that worker died or hung in."""
+    return marker.with_suffix(".banned")
+
+
+def marker_files(spool: Path) -> list[tuple[int, Path]]:
+    """Every worker's marker and ban in ``spool``, with the worker's pid."""
+    found = []
+    for path in [*spool.glob(".shadow-*.busy"), *spool.glob(".shadow-*.banned")]:
+        owner = path.name.removeprefix(".shadow-").partition(".")[0]
+        if owner.isdigit():
+            found.append((int(owner), path))
+    return found
+
+
 def busy_since(marker: Path) -> float | None:
     """When the marker's call began (``time.monotonic``); None without a readable one."""
     try:
@@ -291,7 +306,7 @@ def busy_since(marker: Path) -> float | None:
 
 def forget(marker: Path) -> None:
     """Remove a worker's marker and ban: a new worker (perhaps a reused pid) starts clean."""
-    for path in (marker, marker.with_suffix(".banned")):
+    for path in (marker, ban_path(marker)):
         with contextlib.suppress(OSError):
             path.unlink(missing_ok=True)
 
@@ -301,7 +316,7 @@ def _ban_left(marker: Path | None) -> tuple[str, str] | None:
     the last sink left becomes the worker's ban (``.banned``), which later sinks read."""
     if marker is None:
         return None
-    banned = marker.with_suffix(".banned")
+    banned = ban_path(marker)
     with contextlib.suppress(OSError):  # FileNotFoundError: that sink finished its calls
         os.replace(marker, banned)
     try:

@@ -52,6 +52,17 @@ def sink(directory, index=None, **kwargs) -> Drain:
     return Drain(directory, os.getpid(), index=index, report=Reports(), **kwargs)
 
 
+def real_sink_writer(tmp_path):
+    """A started writer with a real sink process (flushed by hand): the writer, its capture
+    folder, the ``written`` counts its sink reported, and the settings it runs on."""
+    captures, written = tmp_path / "captures", []
+    settings = Settings(home=tmp_path, capture_dir=captures)
+    writer = CaptureWriter(
+        captures, flush_s=3600, sink_env=capture_sink_env(settings), on_written=written.append
+    ).start()
+    return writer, captures, written, settings
+
+
 def test_flush_writes_one_row_per_prediction_partitioned_by_day_and_version(tmp_path):
     writer, drain = CaptureWriter(tmp_path), sink(tmp_path)
     chunks = [chunk(1), chunk(5, version="4"), chunk(2)]
@@ -104,11 +115,7 @@ def test_a_full_queue_drops_and_counts_and_never_blocks(tmp_path):
 
 
 def test_a_real_sink_process_writes_everything_on_a_clean_close(tmp_path):
-    captures, written = tmp_path / "captures", []
-    settings = Settings(home=tmp_path, capture_dir=captures)
-    writer = CaptureWriter(
-        captures, flush_s=3600, sink_env=capture_sink_env(settings), on_written=written.append
-    ).start()
+    writer, captures, written, settings = real_sink_writer(tmp_path)
     big, small = chunk(7), chunk(1)
     writer.submit(big)
     writer.submit(small)
@@ -128,11 +135,7 @@ def test_a_real_sink_process_writes_everything_on_a_clean_close(tmp_path):
 def test_a_sink_that_dies_is_restarted_and_a_dead_sink_never_breaks_close(tmp_path):
     import signal
 
-    captures, written = tmp_path / "captures", []
-    settings = Settings(home=tmp_path, capture_dir=captures)
-    writer = CaptureWriter(
-        captures, flush_s=3600, sink_env=capture_sink_env(settings), on_written=written.append
-    ).start()
+    writer, captures, written, _settings = real_sink_writer(tmp_path)
     writer.RESTART_S = 0.0
     first = writer._sink
     first.kill()
@@ -162,13 +165,9 @@ def test_a_sink_hung_in_the_challenger_is_killed_and_replaced(tmp_path, caplog):
     import json
     import signal
 
-    from serving.shadow_scoring import marker_path
+    from serving.shadow_scoring import ban_path, marker_path
 
-    captures, written = tmp_path / "captures", []
-    settings = Settings(home=tmp_path, capture_dir=captures)
-    writer = CaptureWriter(
-        captures, flush_s=3600, sink_env=capture_sink_env(settings), on_written=written.append
-    ).start()
+    writer, captures, written, _settings = real_sink_writer(tmp_path)
     writer.RESTART_S, writer.STALL_S = 0.0, 1.0
     sink = writer._sink
     os.kill(sink.pid, signal.SIGSTOP)  # alive, and never again making progress...
@@ -186,7 +185,7 @@ def test_a_sink_hung_in_the_challenger_is_killed_and_replaced(tmp_path, caplog):
         if sink.poll() is None:
             sink.kill()
     replacement = writer._sink
-    banned, deadline = marker.with_suffix(".banned"), time.monotonic() + 30
+    banned, deadline = ban_path(marker), time.monotonic() + 30
     while not banned.exists() and time.monotonic() < deadline:  # the replacement's start
         time.sleep(0.05)
     assert json.loads(banned.read_text())[:2] == ["x", "2"]  # the marker became the ban

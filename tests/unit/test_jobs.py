@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
 import sqlalchemy as sa
@@ -22,6 +23,7 @@ from serving.job_store_sql import JobStore, jobs_table, metadata
 from serving.jobs import ConflictError, JobsUnavailableError
 from serving.retrain_job import keep_alive
 from tests.utils.postgres import postgres_server
+from tests.utils.together import at_once
 
 
 @pytest.fixture(scope="module")
@@ -76,24 +78,12 @@ def test_single_flight_and_outcomes(store, tmp_path):
 
 def test_concurrent_submissions_from_many_replicas_admit_exactly_one(url, tmp_path):
     replicas = [JobStore(url) for _ in range(8)]  # one engine each, as separate processes
-    results: list[str] = []
-    barrier = threading.Barrier(len(replicas))
-
-    def submit(replica: JobStore) -> None:
-        barrier.wait()
-        try:
-            replica.create(tmp_path / "x.csv")
-            results.append("created")
-        except ConflictError:
-            results.append("conflict")
-        except Exception as e:  # noqa: BLE001 - shown in the assertion, not lost in a thread
-            results.append(repr(e))
-
-    threads = [threading.Thread(target=submit, args=(r,)) for r in replicas]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    outcomes = at_once([partial(r.create, tmp_path / "x.csv") for r in replicas])
+    results = [
+        "conflict" if isinstance(o, ConflictError) else repr(o) if isinstance(o, Exception)
+        else "created"
+        for o in outcomes
+    ]  # fmt: skip
     assert sorted(results) == ["conflict"] * 7 + ["created"]
     assert len(replicas[0].recent()) == 1
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
+from functools import partial
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from serving.loop_monitor import LoopMonitor
 from serving.served_model import ModelHolder
 from tests.unit.test_champion_watch import _served
 from tests.utils.postgres import postgres_server
+from tests.utils.together import at_once
 from training import loop_store
 from training.answers import Answer
 from training.loop_store import FeedbackStore
@@ -83,25 +85,14 @@ def test_a_version_that_leaves_the_window_stops_reporting_its_accuracy(tmp_path)
 def test_concurrent_labels_for_the_same_ids_count_once(tmp_path):
     """Two /feedback calls racing on one id (a retry after a timeout, two workers): one
     label is added, the other call reports it unchanged or corrected, never both added."""
-    import threading
 
     uri = f"sqlite:///{tmp_path / 'loop.sqlite'}"
     FeedbackStore(uri).index(
         single(f"{i:032x}", time.time(), "1", "Iris-setosa") for i in range(200)
     )
     labels = [(f"{i:032x}", "Iris-setosa") for i in range(200)]
-    results, barrier = [], threading.Barrier(4)
-
-    def call():
-        store = FeedbackStore(uri)  # each as its own worker would
-        barrier.wait()
-        results.append(store.label(labels))
-
-    threads = [threading.Thread(target=call) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    stores = [FeedbackStore(uri) for _ in range(4)]  # each as its own worker would
+    results = at_once([partial(store.label, labels) for store in stores])
     assert sum(len(r.added) for r in results) == 200
     assert sum(r.unchanged for r in results) == 3 * 200
     assert all(r.updated == 0 for r in results)

@@ -298,7 +298,7 @@ def test_a_challenger_a_sink_died_in_is_never_used_again(tmp_path):
     that version: counted as failed, the champion's rows written. Another version is used,
     and the ban holds for the worker's later sinks."""
     marker = tmp_path / ".spool" / ".shadow-1.busy"
-    banned = marker.with_suffix(".banned")
+    banned = shadow_scoring.ban_path(marker)
     during: list = []
 
     class Watched(Challenger):

@@ -2,32 +2,23 @@
 
 from __future__ import annotations
 
-import threading
+from functools import partial
 
 import sqlalchemy as sa
 
+from tests.utils.together import at_once
 from training.sql import database_url, make_engine
 
 
 def connect_together(engines: list[sa.Engine]) -> list[str]:
     """Connect every engine at the same moment; the errors they raised."""
-    barrier = threading.Barrier(len(engines))
-    errors: list[str] = []
 
-    def connect(engine: sa.Engine) -> None:
-        barrier.wait()
-        try:
-            with engine.connect() as conn:
-                conn.execute(sa.text("select 1"))
-        except Exception as exc:  # noqa: BLE001 - returned and asserted by the caller
-            errors.append(repr(exc))
+    def connect(engine: sa.Engine):
+        with engine.connect() as conn:
+            conn.execute(sa.text("select 1"))
 
-    threads = [threading.Thread(target=connect, args=(engine,)) for engine in engines]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return errors
+    outcomes = at_once([partial(connect, engine) for engine in engines])
+    return [repr(o) for o in outcomes if isinstance(o, Exception)]
 
 
 def test_many_engines_opening_a_new_sqlite_file_at_once_all_connect(tmp_path):
