@@ -10,7 +10,8 @@ as separate machines or pods do. Under 32 clients of steady load through the bal
 (b) a rolling update replaces the replicas one at a time with 0 failed requests;
 (c) each replaced replica, SIGTERMed, finishes a request it held in flight;
 (d) a replica killed with SIGKILL (in the middle of a retrain) costs at most the requests
-    it held, the balancer routes around it, and its job is reported interrupted.
+    on their way when it died (none sent after fails), the balancer routes around it, and
+    its job is reported interrupted.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from harness.homes import TrainedHome
@@ -154,6 +156,23 @@ def rolling_update(
     return rolling, graceful
 
 
+def exited(processes: list[psutil.Process], timeout: float = 10) -> float:
+    """When every one of ``processes`` has exited (``time.monotonic()``). A zombie counts:
+    its sockets are closed; here orphans wait about a second to be reaped."""
+
+    def running(process: psutil.Process) -> bool:
+        try:
+            return process.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + timeout
+    while alive := [p.pid for p in processes if running(p)]:
+        assert time.monotonic() < deadline, f"still running after SIGKILL: {alive}"
+        time.sleep(0.005)
+    return time.monotonic()
+
+
 def kill_one(lb: Balancer, replicas: dict[str, Server]) -> str:
     """(d): SIGKILL a replica that runs a retrain; returns the summary line."""
     name, victim = next(iter(replicas.items()))
@@ -166,14 +185,18 @@ def kill_one(lb: Balancer, replicas: dict[str, Server]) -> str:
         failed_before = len(load.result.failed)
         # The whole replica, as when its machine dies: BentoML's arbiter, its workers (each
         # in a session of its own) and the retrain child of the worker that took the job.
+        doomed = []
         for pid in [victim.process.pid, *descendants(victim.process.pid)]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                doomed.append(psutil.Process(pid))
+                doomed[-1].kill()
         killed = time.monotonic()  # signals sent; the processes die moments later
         # In flight on it at the kill: HAProxy's count just before, or just after if more
         # arrived in between (the sessions it holds to a dead server until they fail).
         held = max(held_before, int(lb.stats()[name]["scur"]))
-        down_s = lb.wait_status(name, "DOWN", timeout=15)
+        dead = exited(doomed)  # no process of the replica is left to take a request
+        lb.wait_status(name, "DOWN", timeout=15)
+        down_s = time.monotonic() - killed
         with httpx.Client(base_url=lb.url, headers=auth(TOKEN), timeout=30) as client:
             while (job := client.get(f"/jobs/{job_id}").json())["state"] == "running":
                 assert time.monotonic() - killed < LEASE_S + 20, job
@@ -186,16 +209,23 @@ def kill_one(lb: Balancer, replicas: dict[str, Server]) -> str:
     kinds = Counter(f.split(":")[0].split(" ")[0] for f in result.failed[failed_before:])
     broke = int(lb.stats()[name]["eresp"]) - eresp_before
     after = counters(lb) - before
+    sent = result.failure_sent[failed_before:]
     assert job["state"] == "failed" and job["error"].startswith("interrupted"), job
-    # Only requests already on their way when it died may fail: nothing sent afterwards.
-    # Every failed request is one HAProxy saw break on the killed replica (a response
-    # error there): none failed anywhere else.
-    assert lost <= broke, (lost, broke, result.failed[failed_before:])
+    # Only requests already on their way when it died may fail: nothing sent once its
+    # processes were gone (the balancer retries those elsewhere). This is the clients' own
+    # record: HAProxy's response errors (``broke``) are not a complete count of them, as it
+    # may close a kept-alive client connection whose server died before answering without
+    # counting an error, so that the client retries (CI: 6 failed, 5 counted).
+    assert all(t <= dead for t in sent), (
+        [round(t - dead, 3) for t in sent],
+        result.failed[failed_before:],
+    )
     assert result.ok > survivors_ok
     assert set(result.replicas) >= set(replicas) - {name}
     return (
         f"fleet (d) SIGKILL of a replica mid-retrain: {lost} failed requests {dict(kinds)},"
-        f" all among the {broke} HAProxy saw break on it ({held} in flight at the kill;"
+        f" all sent before it was gone, {(dead - killed) * 1000:.0f} ms after the signals"
+        f" (HAProxy counted {broke} response errors on it; {held} in flight at the kill;"
         f" {after['retries']} retried, {after['redispatches']} redispatched elsewhere);"
         f" HAProxy marked it down in {down_s:.1f} s; its job reported failed"
         f" ({job['error'].split('(')[0].strip()}) {reported_s:.1f} s after the kill, via the"

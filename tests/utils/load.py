@@ -22,6 +22,9 @@ class LoadResult:
     """Answers per replica, when a load balancer names it (``X-Replica``)."""
     latencies_ms: list[float] = field(default_factory=list)
     failure_times: list[float] = field(default_factory=list)
+    """When each failed request ended (``time.monotonic()``)."""
+    failure_sent: list[float] = field(default_factory=list)
+    """When each failed request was sent (``time.monotonic()``)."""
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
@@ -73,7 +76,7 @@ class Load:
     def _run(self) -> None:
         with httpx.Client(base_url=self.url, timeout=self.timeout) as client:
             while not self._stop.is_set() and time.monotonic() < self.deadline:
-                started = time.perf_counter()
+                started, sent = time.perf_counter(), time.monotonic()
                 problem, version = None, None
                 try:
                     response = client.post("/predict", json=GOOD)
@@ -92,6 +95,7 @@ class Load:
                     if problem:
                         self.result.failed.append(problem)
                         self.result.failure_times.append(time.monotonic())
+                        self.result.failure_sent.append(sent)
                     else:
                         self.result.ok += 1
                         self.result.versions[version] += 1
