@@ -223,12 +223,20 @@ def run(work: Path, **opts) -> dict:
 
 
 def loop_counters(url: str) -> dict[str, float]:
-    """What the loop did during the load: captured, dropped and shadow-scored answers."""
+    """What the loop did during the load: captured, dropped, and shadow-scored, -skipped
+    (the sink was behind) or -failed answers."""
     import re
 
     text = httpx.get(url + "/metrics", timeout=10).text
     totals = {}
-    for name in ("captured", "capture_dropped", "shadow_scored", "shadow_agreed"):
+    for name in (
+        "captured",
+        "capture_dropped",
+        "shadow_scored",
+        "shadow_agreed",
+        "shadow_skipped",
+        "shadow_failed",
+    ):
         values = re.findall(rf"^iris_{name}_total(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M)
         totals[name] = sum(float(v) for v in values)
     return totals

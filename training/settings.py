@@ -151,11 +151,12 @@ class Settings(BaseSettings):
         "before new ones are dropped.",
     )
     capture_sink_nice: int = Field(
-        10,
+        19,
         ge=0,
         le=19,
         description="Niceness of each worker's capture sink process (Parquet, index): under "
-        "full load, answering comes first.",
+        "full load, answering comes first and the sink catches up in the CPU's idle time, "
+        "its backlog bounded by IRIS_CAPTURE_MAX_PENDING.",
     )
     capture_retention_days: int = Field(
         30, ge=0, description="Keep captures and indexed predictions this many days."
