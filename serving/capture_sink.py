@@ -98,14 +98,7 @@ class Drain:
     def once(self) -> int:
         """Process every spool file of the owner (and, now and then, of workers whose sink
         is gone); returns the rows written."""
-        files = spool_files(self.spool, self.owner)
-        sizes = [parse_spool_name(p.name)[2] for p in files]
-        waiting, written = sum(sizes), 0
-        for path, rows in zip(files, sizes, strict=True):
-            waiting -= rows  # rows spooled after this file: a backlog skips its shadow
-            written += self._process(
-                path, behind=waiting > self.max_pending_rows * BEHIND_ROWS_SHARE
-            )
+        written = self._process_spool(self.owner)
         self._retry_unindexed(self.owner)
         if time.monotonic() - self._last_housekeeping > self.retention_every_s:
             self._last_housekeeping = time.monotonic()
@@ -135,13 +128,22 @@ class Drain:
                 continue
             with lock:
                 logger.info("Capture sink of %d adopts the spool of worker %d", self.owner, owner)
-                written += sum(
-                    self._process(path, owner) for path in spool_files(self.spool, owner)
-                )
+                written += self._process_spool(owner)
                 self._retry_unindexed(owner)
         return written
 
-    def _process(self, path: Path, owner: int | None = None, *, behind: bool = False) -> int:
+    def _process_spool(self, owner: int) -> int:
+        """Process ``owner``'s spool files, oldest first; returns the rows written."""
+        files = spool_files(self.spool, owner)
+        sizes = [parse_spool_name(p.name)[2] for p in files]
+        waiting, written = sum(sizes), 0
+        for path, rows in zip(files, sizes, strict=True):
+            waiting -= rows  # rows spooled after this file: a backlog skips its shadow
+            behind = waiting > self.max_pending_rows * BEHIND_ROWS_SHARE
+            written += self._process(path, owner, behind=behind)
+        return written
+
+    def _process(self, path: Path, owner: int, *, behind: bool = False) -> int:
         _, stem, rows, _ = parse_spool_name(path.name)
         try:
             spooled = read_spool(path)
@@ -164,7 +166,7 @@ class Drain:
         else:
             with contextlib.suppress(FileNotFoundError):
                 os.replace(path, path.with_name(f"{path.name}.unindexed"))
-            self._bound_unindexed(self.owner if owner is None else owner)
+            self._bound_unindexed(owner)
         # The shadow last, from memory, once the file is gone or waits only for the index:
         # a challenger that raises never holds the capture back, nor is a file retried
         # because of it.
@@ -256,8 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     settings = Settings()
     configure_logging(settings.log_level, settings.log_dir, "service.log")
-    with contextlib.suppress(OSError):
-        os.nice(settings.capture_sink_nice)
+    with contextlib.suppress(OSError):  # never below the worker's: only root may lower it
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        os.setpriority(os.PRIO_PROCESS, 0, max(own, settings.capture_sink_nice))
     store = FeedbackStore(settings.loop_url)
 
     def report(kind: str, n: int | str) -> None:

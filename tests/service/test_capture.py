@@ -3,6 +3,7 @@ fails a request; a clean stop loses nothing."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import httpx
@@ -176,7 +177,8 @@ def test_a_hard_kill_loses_at_most_the_last_flush_interval(trained_home, tmp_pat
 def test_a_capturing_worker_loads_pyarrow_but_not_pandas(trained_home, tmp_path):
     """pandas would add about 40 MiB to every worker and its sink; both build and read
     Arrow columns without it, so once captures are on disk, each worker and its one
-    capture sink have pyarrow mapped and not pandas."""
+    capture sink have pyarrow mapped and not pandas. Each sink runs at nice 19, behind
+    the workers that answer."""
     import time
     from pathlib import Path
 
@@ -197,7 +199,9 @@ def test_a_capturing_worker_loads_pyarrow_but_not_pandas(trained_home, tmp_path)
             time.sleep(0.2)
         workers, sinks = worker_pids(server), capture_sink_pids(server)
         assert sorted(sinks) == workers  # one capture sink per worker, started by it
-        for pid in workers:
+        for pid in workers:  # IRIS_CAPTURE_SINK_NICE's default, or the worker's if higher
+            worker_nice = os.getpriority(os.PRIO_PROCESS, pid)
+            assert os.getpriority(os.PRIO_PROCESS, sinks[pid]) == max(19, worker_nice)
             maps = Path(f"/proc/{pid}/maps").read_text()
             assert "/site-packages/pyarrow/" in maps  # it did spool Arrow files
             assert "/site-packages/pandas/" not in maps, f"worker {pid} imported pandas"

@@ -217,6 +217,21 @@ def test_a_sink_behind_skips_the_shadow_and_counts_it(tmp_path):
     assert ("shadow_skipped", "4") in reports and challenger.calls == [4]
 
 
+def test_an_adopted_backlog_skips_the_shadow_as_the_sinks_own_does(tmp_path):
+    """A dead worker's spool, adopted by another sink, is judged by its own backlog."""
+    challenger = Challenger()
+    writer, sink, reports = pipeline(tmp_path, challenger, max_pending_rows=12)
+    gone = os.getpid() + 1  # any PID: liveness is the lock, never the PID
+    for n in (4, 4):
+        writer.submit(chunk(n))
+        writer.flush()
+    for spooled in (tmp_path / ".spool").glob("*.arrow"):
+        spooled.rename(spooled.with_name(spooled.name.replace(f"{os.getpid()}-", f"{gone}-", 1)))
+    sink._last_housekeeping = 0.0  # adoption is looked at once a minute: now
+    assert sink.once() == 8 + 4
+    assert ("shadow_skipped", "4") in reports and challenger.calls == [4]
+
+
 def test_the_worker_reads_its_sinks_report_lines_into_counters():
     """Every kind of line the sink prints, and lines it never prints, which change
     nothing and never stop the reader."""
