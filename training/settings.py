@@ -154,9 +154,10 @@ class Settings(BaseSettings):
         19,
         ge=0,
         le=19,
-        description="Niceness of each worker's capture sink process (Parquet, index): under "
-        "full load, answering comes first and the sink catches up in the CPU's idle time, "
-        "its backlog bounded by IRIS_CAPTURE_MAX_PENDING.",
+        description="Niceness of each worker's capture sink process (Parquet, index), never "
+        "below the worker's own: under full load answering comes first, the sink gets a "
+        "small share of a saturated core, and its backlog is bounded by "
+        "IRIS_CAPTURE_MAX_PENDING.",
     )
     capture_retention_days: int = Field(
         30, ge=0, description="Keep captures and indexed predictions this many days."

@@ -199,7 +199,7 @@ def test_a_capturing_worker_loads_pyarrow_but_not_pandas(trained_home, tmp_path)
             time.sleep(0.2)
         workers, sinks = worker_pids(server), capture_sink_pids(server)
         assert sorted(sinks) == workers  # one capture sink per worker, started by it
-        for pid in workers:  # IRIS_CAPTURE_SINK_NICE's default, or the worker's if higher
+        for pid in workers:  # IRIS_CAPTURE_SINK_NICE: 19 by default, never below the worker
             worker_nice = os.getpriority(os.PRIO_PROCESS, pid)
             assert os.getpriority(os.PRIO_PROCESS, sinks[pid]) == max(19, worker_nice)
             maps = Path(f"/proc/{pid}/maps").read_text()
