@@ -222,7 +222,7 @@ def run(work: Path, **opts) -> dict:
     return result
 
 
-def loop_counters(url: str) -> dict[str, float]:
+def loop_counters(url: str) -> dict[str, float | None]:
     """What the loop did during the load: captured, dropped, and shadow-scored, -skipped
     (the sink was behind) or -failed answers."""
     import re
@@ -238,7 +238,9 @@ def loop_counters(url: str) -> dict[str, float]:
         "shadow_failed",
     ):
         values = re.findall(rf"^iris_{name}_total(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M)
-        totals[name] = sum(float(v) for v in values)
+        # None: no series (a labelled counter appears with its first count, so absent
+        # means none counted; a renamed metric shows here instead of passing as 0).
+        totals[name] = sum(float(v) for v in values) if values else None
     return totals
 
 
