@@ -11,7 +11,8 @@ is involved), including ``SETTLE_S`` after the load, by which the capture sink h
 written the last flush. Requests/s depend on how wrk's connections land on the workers
 and on what else the machine runs; CPU per request much less, and on saturated cores it
 is what sets the requests/s a server can answer: a ratio ``r`` of CPU per request (on /
-off, workers and sinks) predicts ``1 / r`` of the requests/s.
+off, workers and sinks) predicts ``1 / r`` of the requests/s. A phase whose connections
+mostly reached one worker is run again, as in ``benchmarks.run`` (its split is printed).
 
 Prints one line per phase and, per pair, ``r``; then their mean with a 95 % interval
 (Student's t over the pairs). Nothing is written to the results folder: save the output
@@ -63,19 +64,30 @@ def cpu_by_role(root: psutil.Process, threads: bool = False) -> dict:
     return found
 
 
-def phase(live: launch.Running, body: Path, seconds: int, connections: int, threads: bool):
-    """One load of ``live``: (requests/s, {role: CPU µs per request}, total µs)."""
+def phase(
+    live: launch.Running, body: Path, seconds: int, connections: int, threads: bool, workers: int
+) -> tuple[dict, dict[str, float], float, int]:
+    """One load of ``live``: (wrk's step, {role: CPU µs per request}, total µs, times run
+    again). A phase whose connections did not reach every worker evenly
+    (:func:`benchmarks.run.balanced`) is run again, as ``benchmarks.run`` does, up to
+    ``run.RERUNS`` times; the last try counts whatever its split."""
     root = psutil.Process(live.server.process.pid)
     url = live.peer.url + live.peer.predict_path
-    before = cpu_by_role(root, threads)
-    result = load.run_wrk(url, body, connections=connections, duration_s=seconds)
-    time.sleep(SETTLE_S)
-    after = cpu_by_role(root, threads)
+    opts = {"duration": seconds, "wrk_threads": 1}
+    again = 0
+    while True:
+        before = cpu_by_role(root, threads)
+        step = run.wrk_step(live, live.peer, url, body, connections, opts)
+        time.sleep(SETTLE_S)
+        after = cpu_by_role(root, threads)
+        if again == run.RERUNS or run.balanced(step, connections, workers):
+            break
+        again += 1
     used: dict[str, float] = {}
     for pid, (role, cpu) in after.items():
         used[role] = used.get(role, 0.0) + cpu - before.get(pid, (role, 0.0))[1]
-    per_request = {role: 1e6 * cpu / result.requests for role, cpu in sorted(used.items())}
-    return result.rps, per_request, sum(per_request.values())
+    per_request = {role: 1e6 * cpu / step["requests"] for role, cpu in sorted(used.items())}
+    return step, per_request, sum(per_request.values()), again
 
 
 def t_interval(values: list[float]) -> tuple[float, float, float]:
@@ -108,9 +120,10 @@ def main(
         peers = launch.build_peers(trained.env, work, load.iris_rows(1)[0], 1)
         peers["loop_on"].env.update(item.split("=", 1) for item in env)
         with contextlib.ExitStack() as stack:
-            lives, bodies = {}, {}
+            lives, bodies, workers = {}, {}, {}
             for key in PAIR:
                 lives[key] = stack.enter_context(launch.running(peers[key], work))
+                workers[key] = launch.memory(lives[key].server)["workers"]
                 bodies[key] = work / f"body-{key}.json"
                 bodies[key].write_text(json.dumps(peers[key].body))
                 url = peers[key].url + peers[key].predict_path
@@ -118,14 +131,16 @@ def main(
             totals: dict[str, list[float]] = {key: [] for key in PAIR}
             for i in range(pairs):
                 for key in PAIR if i % 2 == 0 else PAIR[::-1]:
-                    rps, per_request, total = phase(
-                        lives[key], bodies[key], seconds, connections, threads
+                    step, per_request, total, again = phase(
+                        lives[key], bodies[key], seconds, connections, threads, workers[key]
                     )
                     totals[key].append(total)
+                    split = "+".join(str(n) for n in step["connections_per_process"].values())
                     typer.echo(
-                        f"pair {i + 1} {key}: {rps:,.0f} requests/s; CPU µs per request: "
+                        f"pair {i + 1} {key}: {step['rps']:,.0f} requests/s; CPU µs per request: "
                         + ", ".join(f"{role} {us:.0f}" for role, us in per_request.items())
-                        + f"; total {total:.0f}"
+                        + f"; total {total:.0f}; connections {split or '?'}"
+                        + (f" (run again {again}x for an uneven split)" if again else "")
                     )
                 typer.echo(
                     f"pair {i + 1}: on / off {totals['loop_on'][-1] / totals['loop_off'][-1]:.3f}"

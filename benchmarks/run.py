@@ -274,12 +274,12 @@ def measure(group: list[launch.Peer], work: Path, entries: dict, opts: dict, ver
                 for peer in group if r % 2 == 0 else group[::-1]:
                     url = peer.url + peer.predict_path
                     body_file = work / f"body-{peer.key}.json"
-                    step = _step(lives[peer.key], peer, url, body_file, c, opts)
+                    step = wrk_step(lives[peer.key], peer, url, body_file, c, opts)
                     for _ in range(RERUNS if len(group) > 1 else 0):
                         if balanced(step, c, workers[peer.key]):
                             break
                         skipped[peer.key].append(step)
-                        step = _step(lives[peer.key], peer, url, body_file, c, opts)
+                        step = wrk_step(lives[peer.key], peer, url, body_file, c, opts)
                     steps[peer.key].append(step)
             for peer in group:
                 entries[peer.key].setdefault("load", {})[str(c)] = step = load.combine(
@@ -350,7 +350,7 @@ def _after_load(live: launch.Running, peer: launch.Peer, entry: dict, opts: dict
     entry["memory"] = launch.memory(live.server)
 
 
-def _step(
+def wrk_step(
     live: launch.Running, peer: launch.Peer, url: str, body_file: Path, c: int, opts: dict
 ) -> dict:
     """One wrk run at ``c`` connections, with how the server's processes shared them."""
