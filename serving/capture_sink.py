@@ -143,7 +143,7 @@ class Drain:
             written += self._process(path, owner, behind=behind)
         return written
 
-    def _process(self, path: Path, owner: int, *, behind: bool = False) -> int:
+    def _process(self, path: Path, owner: int, *, behind: bool) -> int:
         _, stem, rows, _ = parse_spool_name(path.name)
         try:
             spooled = read_spool(path)
