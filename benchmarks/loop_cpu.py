@@ -15,7 +15,10 @@ off, workers and sinks) predicts ``1 / r`` of the requests/s. A phase whose conn
 mostly reached one worker is run again, as in ``benchmarks.run`` (its split is printed).
 
 Prints one line per phase and, per pair, ``r``; then their mean with a 95 % interval
-(Student's t over the pairs). Nothing is written to the results folder: save the output
+(Student's t over the pairs). With ``--perf``, Linux ``perf`` also samples the workers'
+and sinks' user-space CPU during each phase (``benchmarks.perf_samples``), and the run
+ends with where the difference is: µs per request by role, thread and library, on
+against off. Nothing is written to the results folder: save the output
 (``benchmarks/results/loop-cpu-*.txt``).
 """
 
@@ -34,7 +37,7 @@ from typing import Annotated
 import psutil
 import typer
 
-from benchmarks import launch, load, run
+from benchmarks import launch, load, perf_samples, run
 
 app = typer.Typer(help=__doc__, add_completion=False)
 PAIR = ("loop_on", "loop_off")
@@ -64,22 +67,44 @@ def cpu_by_role(root: psutil.Process, threads: bool = False) -> dict:
     return found
 
 
+def sampled_roles(root: psutil.Process) -> dict[int, str]:
+    """The workers and capture sinks of a server's tree, by pid: what ``--perf`` samples."""
+    roles = {}
+    for proc in root.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            role = launch.process_role(proc, " ".join(proc.cmdline()))
+            if role in ("worker", "capture sink"):
+                roles[proc.pid] = role
+    return roles
+
+
 def phase(
-    live: launch.Running, body: Path, seconds: int, connections: int, threads: bool, workers: int
-) -> tuple[dict, dict[str, float], float, int]:
+    live: launch.Running,
+    body: Path,
+    seconds: int,
+    connections: int,
+    threads: bool,
+    workers: int,
+    perf_file: Path | None = None,
+) -> tuple[dict, dict[str, float], float, int, dict]:
     """One load of ``live``: (wrk's step, {role: CPU µs per request}, total µs, times run
-    again). A phase whose connections did not reach every worker evenly
+    again, {(role, thread, library): sampled CPU µs per request} with ``perf_file``, else
+    empty). A phase whose connections did not reach every worker evenly
     (:func:`benchmarks.run.balanced`) is run again, as ``benchmarks.run`` does, up to
     ``run.RERUNS`` times; the last try counts whatever its split."""
     root = psutil.Process(live.server.process.pid)
     url = live.peer.url + live.peer.predict_path
     opts = {"duration": seconds, "wrk_threads": 1}
+    roles = sampled_roles(root)
     again = 0
     while True:
-        before = cpu_by_role(root, threads)
-        step = run.wrk_step(live, live.peer, url, body, connections, opts)
-        time.sleep(SETTLE_S)
-        after = cpu_by_role(root, threads)
+        with contextlib.ExitStack() as sampling:
+            if perf_file is not None:
+                sampling.enter_context(perf_samples.recording(list(roles), perf_file))
+            before = cpu_by_role(root, threads)
+            step = run.wrk_step(live, live.peer, url, body, connections, opts)
+            time.sleep(SETTLE_S)
+            after = cpu_by_role(root, threads)
         if again == run.RERUNS or run.balanced(step, connections, workers):
             break
         again += 1
@@ -87,7 +112,11 @@ def phase(
     for pid, (role, cpu) in after.items():
         used[role] = used.get(role, 0.0) + cpu - before.get(pid, (role, 0.0))[1]
     per_request = {role: 1e6 * cpu / step["requests"] for role, cpu in sorted(used.items())}
-    return step, per_request, sum(per_request.values()), again
+    sampled = {}
+    if perf_file is not None:
+        found = perf_samples.seconds_by_library(perf_file, roles)
+        sampled = {key: 1e6 * cpu / step["requests"] for key, cpu in found.items()}
+    return step, per_request, sum(per_request.values()), again, sampled
 
 
 def t_interval(values: list[float]) -> tuple[float, float, float]:
@@ -101,6 +130,24 @@ def t_interval(values: list[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def print_sampled(sampled: dict[str, list[dict]], rows: int = 12) -> None:
+    """Sampled CPU µs per request, mean over the phases, on against off: per (role,
+    thread), then the ``rows`` (role, thread, library) that differ most."""
+
+    def mean(key: str, part) -> float:
+        phases = sampled[key]
+        return sum(sum(v for k, v in ph.items() if part(k)) for ph in phases) / len(phases)
+
+    keys = sorted({k for phases in sampled.values() for ph in phases for k in ph})
+    typer.echo("perf, user-space CPU µs per request (mean over phases): on, off, on - off")
+    for whole in sorted({k[:2] for k in keys}):
+        on, off = (mean(key, lambda k, w=whole: k[:2] == w) for key in PAIR)
+        typer.echo(f"  {' '.join(whole)}: {on:.1f}, {off:.1f}, {on - off:+.1f}")
+    diffs = {k: [mean(key, lambda x, k=k: x == k) for key in PAIR] for k in keys}
+    for k, (on, off) in sorted(diffs.items(), key=lambda kv: -abs(kv[1][0] - kv[1][1]))[:rows]:
+        typer.echo(f"    {' '.join(k)}: {on:.1f}, {off:.1f}, {on - off:+.1f}")
+
+
 @app.command()
 def main(
     seconds: Annotated[int, typer.Option(min=2, help="Seconds of load per phase.")] = 15,
@@ -111,6 +158,13 @@ def main(
     ] = [],  # noqa: B006 - typer reads the default, never mutates it
     threads: Annotated[
         bool, typer.Option(help="Split a worker's CPU: its event-loop thread, the others.")
+    ] = False,
+    perf: Annotated[
+        bool,
+        typer.Option(
+            help="Also sample workers and sinks with Linux perf (user space) and print CPU "
+            "per request by role, thread and library, on against off (benchmarks.perf_samples)."
+        ),
     ] = False,
 ) -> None:
     """Measure CPU per request of loop_on and loop_off, alternating."""
@@ -129,12 +183,20 @@ def main(
                 url = peers[key].url + peers[key].predict_path
                 load.run_wrk(url, bodies[key], connections=connections, duration_s=3)
             totals: dict[str, list[float]] = {key: [] for key in PAIR}
+            sampled: dict[str, list[dict]] = {key: [] for key in PAIR}
             for i in range(pairs):
                 for key in PAIR if i % 2 == 0 else PAIR[::-1]:
-                    step, per_request, total, again = phase(
-                        lives[key], bodies[key], seconds, connections, threads, workers[key]
+                    step, per_request, total, again, libraries = phase(
+                        lives[key],
+                        bodies[key],
+                        seconds,
+                        connections,
+                        threads,
+                        workers[key],
+                        work / "perf.data" if perf else None,
                     )
                     totals[key].append(total)
+                    sampled[key].append(libraries)
                     split = "+".join(str(n) for n in step["connections_per_process"].values())
                     typer.echo(
                         f"pair {i + 1} {key}: {step['rps']:,.0f} requests/s; CPU µs per request: "
@@ -145,6 +207,8 @@ def main(
                 typer.echo(
                     f"pair {i + 1}: on / off {totals['loop_on'][-1] / totals['loop_off'][-1]:.3f}"
                 )
+        if perf:
+            print_sampled(sampled)
         ratios = [on / off for on, off in zip(totals["loop_on"], totals["loop_off"], strict=True)]
         mean, low, high = t_interval(ratios)
         typer.echo(
