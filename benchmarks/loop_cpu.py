@@ -18,8 +18,9 @@ Prints one line per phase and, per pair, ``r``; then their mean with a 95 % inte
 (Student's t over the pairs). With ``--perf``, Linux ``perf`` also samples the workers'
 and sinks' user-space CPU during each phase (``benchmarks.perf_samples``), and the run
 ends with where the difference is: µs per request by role, thread and library, on
-against off. Nothing is written to the results folder: save the output
-(``benchmarks/results/loop-cpu-*.txt``).
+against off. perf's own overhead falls on both peers but is not zero: a ``--perf`` run's
+ratio is not one to pool with runs without it. Nothing is written to the results folder:
+save the output (``benchmarks/results/loop-cpu-*.txt``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -134,7 +136,7 @@ def print_sampled(sampled: dict[str, list[dict]], rows: int = 12) -> None:
     """Sampled CPU µs per request, mean over the phases, on against off: per (role,
     thread), then the ``rows`` (role, thread, library) that differ most."""
 
-    def mean(key: str, part) -> float:
+    def mean(key: str, part: Callable[[tuple], bool]) -> float:
         phases = sampled[key]
         return sum(sum(v for k, v in ph.items() if part(k)) for ph in phases) / len(phases)
 
