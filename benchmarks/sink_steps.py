@@ -25,7 +25,7 @@ import typer
 from serving.capture import Chunk, new_id
 from serving.capture_columns import AnswerColumns
 from serving.capture_files import CaptureFiles
-from serving.capture_spool import answers_in, read_spool, write_spool
+from serving.capture_spool import index_rows, read_spool, write_spool
 from serving.capture_table import capture_table, spool_rows
 from training.loop_store import FeedbackStore
 from training.schema import SPECIES
@@ -63,7 +63,7 @@ def main(
             marks.append(time.process_time())
             table = capture_table(spooled, found)
             marks.append(time.process_time())
-            indexed = answers_in(spooled, found)
+            indexed = index_rows(spooled, found)
             marks.append(time.process_time())
             store.index(indexed)
             marks.append(time.process_time())

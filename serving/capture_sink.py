@@ -42,10 +42,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from serving.capture_files import CaptureFiles
-from serving.capture_spool import answers_in, owner_lock, parse_spool_name, read_spool, spool_files
+from serving.capture_spool import index_rows, owner_lock, parse_spool_name, read_spool, spool_files
 from serving.capture_table import SpoolRows, capture_table, spool_rows
 from serving.shadow_scoring import BEHIND_ROWS_SHARE, ShadowScorer, marker_files, marker_path
-from training.answers import Answer
+from training.answers import IndexRows
 from training.logs import DistinctErrors, configure_logging
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class Drain:
         directory: Path,
         owner: int,
         *,
-        index: Callable[[list[Answer]], object] | None,
+        index: Callable[[IndexRows], object] | None,
         report: Report,
         max_pending_rows: int = 100_000,
         retention_days: int = 30,
@@ -182,7 +182,7 @@ class Drain:
         if time.monotonic() < self._index_retry_at:
             return False
         try:
-            answers = answers_in(spooled, found)
+            answers = index_rows(spooled, found)
         except Exception as e:  # noqa: BLE001 - its Parquet rows go out all the same
             self._failed(f"Capture spool file {name}: answers unreadable, not indexed", e)
             return True

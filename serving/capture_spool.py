@@ -22,8 +22,8 @@ import numpy as np
 
 from serving.arrow_buffers import numpy_of
 from serving.capture_table import SpoolRows
-from training.answers import Answer
-from training.schema import SHADOW
+from training.answers import CLASSES_DTYPE, INPUTS_DTYPE, IndexRows, classes_json
+from training.schema import FEATURES
 
 
 def spool_name(owner: int, seq: int, rows: int) -> str:
@@ -72,34 +72,28 @@ def owner_lock(spool: Path, owner: int, *, wait: bool) -> IO | None:
     return lock
 
 
-def answers_in(table, found: SpoolRows) -> list[Answer]:
+def index_rows(table, found: SpoolRows) -> IndexRows:
     """The answers of a spool table (its flowers: ``found``) as the loop store indexes
-    them (shadow scores are not: nobody saw them, so nobody can label them)."""
-    served = np.array([m.role != SHADOW for m in found.metas] or [False])
-    keep = np.flatnonzero(served[found.meta])
-    if not len(keep):
-        return []
-    micros = numpy_of(table["time"], np.int64)
-    ids = table["answer_id"].to_pylist()
-    singles = table["single"].to_pylist()
-    starts = found.starts
-    answers = []
-    for k in keep.tolist():
-        meta = found.metas[found.meta[k]]
-        start, end = starts[k], starts[k + 1]
-        answers.append(
-            Answer(
-                ids[k],
-                micros[k] / 1e6,
-                meta.model_version,
-                meta.role,
-                singles[k],
-                meta.classes,
-                found.predicted[start:end],
-                found.inputs[start:end],
-            )
-        )
-    return answers
+    them, built column by column: no object per answer."""
+    starts, metas = found.starts, found.metas
+    versions = np.array([m.model_version for m in metas], dtype=object)
+    roles = np.array([m.role for m in metas], dtype=object)
+    classes = np.array([classes_json(m.classes) for m in metas], dtype=object)
+    predicted = found.predicted.astype(CLASSES_DTYPE).tobytes()
+    inputs = np.ascontiguousarray(found.inputs, dtype=INPUTS_DTYPE).tobytes()
+    p, f = CLASSES_DTYPE.itemsize, INPUTS_DTYPE.itemsize * len(FEATURES)
+    bounds = list(zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True))
+    return IndexRows(
+        table["answer_id"].to_pylist(),
+        (numpy_of(table["time"], np.int64) / 1e6).tolist(),
+        versions[found.meta].tolist(),
+        roles[found.meta].tolist(),
+        table["single"].to_pylist(),
+        np.diff(starts).tolist(),
+        classes[found.meta].tolist(),
+        [predicted[p * a : p * b] for a, b in bounds],
+        [inputs[f * a : f * b] for a, b in bounds],
+    )
 
 
 def write_spool(spool: Path, table, owner: int, seq: int, rows: int) -> Path:

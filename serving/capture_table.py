@@ -2,7 +2,7 @@
 
 A worker spools one row per answer (``serving.capture_columns``); its capture sink makes
 the rows of the Parquet files from it (:func:`capture_table`: :data:`PARQUET_COLUMNS`, row
-ids ``<answer id>-<row>``, species names), and ``serving.capture_spool.answers_in`` the
+ids ``<answer id>-<row>``, species names), and ``serving.capture_spool.index_rows`` the
 answers of the prediction index (:func:`spool_rows`). Arrow compute kernels over numpy
 buffers only: no Python object per flower.
 """

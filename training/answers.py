@@ -1,14 +1,18 @@
-"""One served answer as the loop store indexes it, and the prediction ids that name its rows.
+"""Served answers as the loop store indexes them, and the prediction ids that name their rows.
 
 An answer is indexed as one row however many flowers it classified: its inputs and
 predicted classes packed as bytes (``INPUTS_DTYPE``, ``CLASSES_DTYPE``). A single flower's
 prediction id is the answer's id; a batch row's is ``<answer id>-<row>`` (:func:`parse_id`).
+The store takes answers column by column (:class:`IndexRows`): a capture sink builds the
+columns of a whole flush at once (``serving.capture_spool.index_rows``), with no object per
+answer; one :class:`Answer` at a time is for callers that have a few.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, fields
 from functools import lru_cache
 
 import numpy as np
@@ -30,22 +34,65 @@ class Answer:
     predicted: np.ndarray  # (n,) class indices into ``classes``
     inputs: np.ndarray  # (n, 4), FEATURES order
 
-    def record(self) -> dict:
-        return {
-            "answer_id": self.answer_id,
-            "time": self.time,
-            "model_version": self.model_version,
-            "role": self.role,
-            "single": self.single,
-            "n_rows": len(self.predicted),
-            "classes": _classes_json(self.classes),
-            "predicted": np.ascontiguousarray(self.predicted, dtype=CLASSES_DTYPE).tobytes(),
-            "inputs": np.ascontiguousarray(self.inputs, dtype=INPUTS_DTYPE).tobytes(),
-        }
+    def record(self) -> tuple:
+        """Its row of the index, in :class:`IndexRows`' column order."""
+        return (
+            self.answer_id,
+            self.time,
+            self.model_version,
+            self.role,
+            self.single,
+            len(self.predicted),
+            classes_json(self.classes),
+            np.ascontiguousarray(self.predicted, dtype=CLASSES_DTYPE).tobytes(),
+            np.ascontiguousarray(self.inputs, dtype=INPUTS_DTYPE).tobytes(),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class IndexRows:
+    """Answers as the index stores them, one list per column (the index table's columns,
+    in order), one entry per answer."""
+
+    answer_id: list[str]
+    time: list[float]  # epoch seconds
+    model_version: list[str]
+    role: list[str]
+    single: list[bool]
+    n_rows: list[int]
+    classes: list[str]  # JSON list, the model's class order (:func:`classes_json`)
+    predicted: list[bytes]  # CLASSES_DTYPE per row
+    inputs: list[bytes]  # INPUTS_DTYPE, n_rows x 4
+
+    def __len__(self) -> int:
+        return len(self.answer_id)
+
+    @classmethod
+    def columns(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def of(cls, answers: Iterable[Answer]) -> IndexRows:
+        records = [a.record() for a in answers]
+        if not records:
+            return cls(*([] for _ in cls.columns()))
+        return cls(*(list(column) for column in zip(*records, strict=True)))
+
+    def lists(self) -> tuple[list, ...]:
+        """The columns, in order."""
+        return tuple(getattr(self, name) for name in self.columns())
+
+    def rows(self) -> Iterator[tuple]:
+        """One tuple per answer, in column order."""
+        return zip(*self.lists(), strict=True)
+
+    def where(self, keep: list[bool]) -> IndexRows:
+        """The answers whose ``keep`` is true."""
+        return IndexRows(*([v for v, k in zip(c, keep, strict=True) if k] for c in self.lists()))
 
 
 @lru_cache(maxsize=64)
-def _classes_json(classes: tuple[str, ...]) -> str:
+def classes_json(classes: tuple[str, ...]) -> str:
     return json.dumps(list(classes))
 
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import sqlalchemy as sa
 
-from training.answers import CLASSES_DTYPE, INPUTS_DTYPE, Answer, parse_id
+from training.answers import CLASSES_DTYPE, INPUTS_DTYPE, Answer, IndexRows, parse_id
 from training.schema import FEATURES, SHADOW
 from training.sql import (
     chunks,
@@ -124,24 +124,34 @@ class FeedbackStore:
                 self._engine = engine
             return self._engine
 
-    def index(self, served: Iterable[Answer]) -> int:
+    def index(self, served: IndexRows | Iterable[Answer]) -> int:
         """Record served answers, one row each (shadow scores are skipped: nobody saw them,
         so nobody can label them); ids already present are left as they are.
 
         Returns:
             The number of answers given to the database.
         """
-        records = [a.record() for a in served if a.role != SHADOW]
-        if not records:
+        if not isinstance(served, IndexRows):
+            served = IndexRows.of(served)
+        if SHADOW in served.role:
+            served = served.where([role != SHADOW for role in served.role])
+        if not len(served):
             return 0
         with self.engine.begin() as conn:
-            inserted = set(insert_many(conn, answers, records, returning="answer_id"))
+            inserted = set(
+                insert_many(
+                    conn, answers, IndexRows.columns(), list(served.rows()), returning="answer_id"
+                )
+            )
             counts: dict[tuple[str, int], int] = {}
-            for r in records:  # only answers new to the table: a retried file counts once
-                if r["answer_id"] in inserted:
-                    inserted.discard(r["answer_id"])  # an id given twice in one call, too
-                    key = (r["model_version"], int(r["time"] // 60))
-                    counts[key] = counts.get(key, 0) + r["n_rows"]
+            # Only answers new to the table: a retried file counts once.
+            for answer_id, at, version, n in zip(
+                served.answer_id, served.time, served.model_version, served.n_rows, strict=True
+            ):
+                if answer_id in inserted:
+                    inserted.discard(answer_id)  # an id given twice in one call, too
+                    key = (version, int(at // 60))
+                    counts[key] = counts.get(key, 0) + n
             if counts:
                 mark = param_mark(conn)
                 conn.exec_driver_sql(
@@ -152,7 +162,7 @@ class FeedbackStore:
                     # (a canary) lock them in the same order, so neither waits on the other.
                     [(v, m, n) for (v, m), n in sorted(counts.items())],
                 )
-        return len(records)
+        return len(served)
 
     def label(self, pairs: Sequence[tuple[str, str]]) -> Labelled:
         """Store ``(prediction_id, species)`` pairs in one transaction.

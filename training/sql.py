@@ -10,7 +10,9 @@ import logging
 import random
 import sqlite3
 import time
+from collections.abc import Sequence
 from functools import lru_cache, partial
+from itertools import chain
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -87,28 +89,28 @@ def chunks(items: list, size: int):
 def insert_many(
     conn: sa.Connection,
     table: sa.Table,
-    records: list[dict],
+    columns: Sequence[str],
+    rows: Sequence[tuple],
     page: int = 100,
     *,
     returning: str | None = None,
 ) -> list:
-    """Insert ``records`` (ids already present are skipped) as multi-row VALUES statements;
-    returns column ``returning`` of the rows actually inserted (if asked).
+    """Insert ``rows`` (tuples in ``columns``' order; ids already present are skipped) as
+    multi-row VALUES statements; returns column ``returning`` of the rows actually
+    inserted (if asked).
 
     One statement per ``page`` rows instead of one per row (``executemany``): each step of
-    the sqlite3 driver releases and retakes the GIL, and every retake can stall this
-    worker's event loop for a switch interval. 100 rows of 9 columns stay under SQLite's
+    the sqlite3 driver releases and retakes the GIL, and every retake can wait a switch
+    interval for the process's other threads. 100 rows of 9 columns stay under SQLite's
     oldest limit of 999 parameters. The text is built once per page size, not compiled by
     SQLAlchemy for every flush.
     """
-    columns = list(records[0])
     mark = param_mark(conn)
     inserted = []
-    for start in range(0, len(records), page):
-        rows = records[start : start + page]
-        sql = insert_sql_text(table.name, tuple(columns), len(rows), mark, returning)
-        params = tuple(r[c] for r in rows for c in columns)
-        result = conn.exec_driver_sql(sql, params)
+    for start in range(0, len(rows), page):
+        some = rows[start : start + page]
+        sql = insert_sql_text(table.name, tuple(columns), len(some), mark, returning)
+        result = conn.exec_driver_sql(sql, tuple(chain.from_iterable(some)))
         if returning:
             inserted += result.scalars().all()
     return inserted

@@ -13,11 +13,16 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 
 from serving.capture import CaptureWriter, Chunk, new_id
 from serving.capture_sink import Drain
-from serving.capture_spool import owner_lock
+from serving.capture_spool import index_rows, owner_lock, read_spool, spool_files
+from serving.capture_table import spool_rows
 from serving.child_env import capture_sink_env
+from training import loop_store
+from training.answers import Answer, IndexRows
+from training.loop_store import FeedbackStore
 from training.schema import FEATURES, SPECIES
 from training.settings import Settings
 
@@ -229,13 +234,13 @@ def test_an_unreachable_index_keeps_answers_in_the_spool_until_it_is_back(
 ):
     monkeypatch.setattr("serving.capture_sink.INDEX_RETRY_S", 0.0)  # retry at every pass
     calls = {"n": 0}
-    indexed: list[str] = []
+    store = FeedbackStore(tmp_path / ".loop.sqlite")  # a dot file: Parquet readers skip it
 
     def flaky(answers):
         calls["n"] += 1
         if calls["n"] <= 2:
             raise ConnectionError("database unreachable")
-        indexed.extend(a.answer_id for a in answers)
+        store.index(answers)
 
     writer, drain = CaptureWriter(tmp_path), sink(tmp_path, index=flaky)
     first, second, shadow = chunk(2), chunk(3), chunk(4, role="shadow")
@@ -247,6 +252,8 @@ def test_an_unreachable_index_keeps_answers_in_the_spool_until_it_is_back(
     writer.submit(shadow)
     writer.flush()
     assert drain.once() == 7
+    with store.engine.connect() as conn:
+        indexed = conn.execute(sa.select(loop_store.answers.c.answer_id)).scalars().all()
     assert sorted(indexed) == sorted([first.base, second.base])  # shadow scores: never
     assert not list((tmp_path / ".spool").iterdir())
     assert caplog.text.count("database unreachable") == 1  # logged once, not every pass
@@ -348,7 +355,7 @@ def test_index_failures_keep_parquet_going_and_the_backlog_is_bounded(tmp_path, 
     assert [p.name for p in waiting] == [spooled[-1].name + ".unindexed"]  # the oldest went
     assert "will not be indexed" in caplog.text
     indexed = []
-    drain.index = lambda answers: indexed.extend(a.answer_id for a in answers)
+    drain.index = lambda answers: indexed.extend(answers.answer_id)
     drain.once()
     assert indexed == []  # still backing off
     drain._index_retry_at = 0.0  # INDEX_RETRY_S later
@@ -394,6 +401,29 @@ def test_row_ids_and_species_are_made_in_the_sink_exactly_as_served(tmp_path):
     for i in (0, 1, 500, 999):
         best = int(big.proba[i].argmax())
         assert got[f"{big.base}-{i}"] == sorted([SPECIES[best], reordered[best]])
+
+
+def test_the_index_rows_of_a_spool_file_are_each_answers_own(tmp_path):
+    """The sink builds a flush's index rows column by column; each equals what its answer
+    alone packs (``Answer.record``): singles and batches, two versions and roles, and a
+    model whose classes come in another order."""
+    writer = CaptureWriter(tmp_path)
+    reordered = dataclasses.replace(chunk(4, version="5", role="challenger"), classes=SPECIES[::-1])
+    chunks = [chunk(1), chunk(3, version="4"), chunk(1, version="4"), reordered, chunk(1)]
+    for c in chunks:
+        writer.submit(c)
+    writer.flush()
+    (path,) = spool_files(writer.spool)
+    spooled = read_spool(path)
+    got = index_rows(spooled, spool_rows(spooled))
+    want = IndexRows.of(
+        Answer(c.base, c.time, c.model_version, c.role, c.single, c.classes,
+               c.proba.argmax(axis=1), c.rows)
+        for c in chunks
+    )  # fmt: skip
+    assert got.time == pytest.approx(want.time, abs=1e-6)  # kept as microseconds
+    assert dataclasses.replace(got, time=want.time) == want
+    assert [len(b) for b in got.inputs] == [16, 48, 16, 64, 16]
 
 
 def test_queued_arrays_grow_are_reused_and_refuse_another_class_count(tmp_path):
