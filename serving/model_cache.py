@@ -165,6 +165,15 @@ def _exclusive(path: Path) -> Iterator[int]:
         yield handle.fileno()
 
 
+def mark_held(settings: Settings, folder: Path | None) -> None:
+    """Mark a fetched version a worker holds as just used, at every poll: the capture sink
+    loads its challenger from this folder (again when it restarts), so pruning must keep
+    it, however many versions were fetched since. A folder outside the cache (the
+    BentoML store's) is left alone."""
+    if folder is not None and folder.parent == cache_dir(settings):
+        _touch(folder)
+
+
 def _touch(folder: Path) -> None:
     """Mark a folder as just used, so pruning keeps what workers serve."""
     with contextlib.suppress(OSError):

@@ -155,6 +155,7 @@ class ChampionWatcher:
             found.version,
             found.run_id,
         ):
+            model_cache.mark_held(self.settings, held.model_dir)
             return
         model = self._load(found, CHALLENGER)
         if model is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -158,6 +159,37 @@ def test_a_promoted_challenger_is_swapped_in_from_memory(watcher, monkeypatch):
     current = w.holder.current.identity
     assert (current.version, current.alias) == ("2", "champion")
     assert w.holder.challenger is None
+
+
+def test_a_held_challenger_outlives_the_pruning_of_fetched_versions(monkeypatch, tmp_path):
+    """The capture sink loads the challenger from its fetched folder (again after a
+    restart): while a worker holds it, every poll marks it used, so fetching newer
+    versions never prunes it."""
+    settings = Settings(home=tmp_path)
+    cache = model_cache.cache_dir(settings)
+    for age, name in enumerate(["v3-abc3", "v4-abc4", "v5-abc5"]):
+        (cache / name).mkdir(parents=True)
+        os.utime(cache / name, (1000 + age, 1000 + age))  # the challenger's is the oldest
+    monkeypatch.setattr(
+        reloader.champion_lookup,
+        "champion",
+        lambda uri, name, alias="champion": Champion(
+            *(("1", "abc1"), ("3", "abc3"))[alias != "champion"]
+        ),
+    )
+    monkeypatch.setattr(reloader.champion_lookup, "model_tag", lambda *a: None)
+    w = reloader.ChampionWatcher(settings, ModelHolder(_served("1")))
+    held = _served("3")
+    w.holder.set_challenger(
+        reloader.replace(
+            held,
+            identity=reloader.replace(held.identity, alias="challenger"),
+            model_dir=cache / "v3-abc3",
+        )
+    )
+    assert w.check_once() is False  # nothing to swap: the same champion and challenger
+    model_cache._prune(cache, keep=model_cache.KEEP - 1)  # what the next fetch does first
+    assert sorted(p.name for p in cache.iterdir()) == ["v3-abc3", "v5-abc5"]
 
 
 def test_a_registry_outage_is_logged_once_and_its_end_once(monkeypatch, caplog, tmp_path):
