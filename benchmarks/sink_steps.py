@@ -2,8 +2,8 @@
 
 Spools files of single-flower champion answers (the ``/predict`` case) as a worker does,
 then runs the steps of the sink's pass on each (``serving.capture_sink.Drain._process``:
-read the spool file, find its flowers, build the Parquet rows, turn the answers into the
-index's records and insert them into a fresh SQLite loop store, write the Parquet
+read the spool file, find its flowers, build the Parquet rows, build the index's columns
+of the answers and insert them into a fresh SQLite loop store, write the Parquet
 files) and prints the CPU time of each, per answer (``time.process_time``; the first
 files warm up and are not counted). The shadow's single model call per file is left out.
 Nothing is written to the results folder; ``benchmarks/results/sink-steps.txt`` is a copy

@@ -67,7 +67,7 @@ class Drain:
         directory: Path,
         owner: int,
         *,
-        index: Callable[[IndexRows], object] | None,
+        index: Callable[[IndexRows], object] | None,  # FeedbackStore.index: skips shadow
         report: Report,
         max_pending_rows: int = 100_000,
         retention_days: int = 30,

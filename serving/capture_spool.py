@@ -73,8 +73,9 @@ def owner_lock(spool: Path, owner: int, *, wait: bool) -> IO | None:
 
 
 def index_rows(table, found: SpoolRows) -> IndexRows:
-    """The answers of a spool table (its flowers: ``found``) as the loop store indexes
-    them, built column by column: no object per answer."""
+    """The answers of a spool table (its flowers: ``found``) as the loop store's columns,
+    built column by column: no object per answer. Every answer is there, of any role
+    (``FeedbackStore.index`` skips shadow answers; a worker's spool has none)."""
     starts, metas = found.starts, found.metas
     versions = np.array([m.model_version for m in metas], dtype=object)
     roles = np.array([m.role for m in metas], dtype=object)

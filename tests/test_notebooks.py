@@ -19,6 +19,10 @@ _NOT_CONTENT = {
     ".pytest_cache",
     ".ruff_cache",
     ".ipynb_checkpoints",
+    # What other tests write meanwhile (xdist runs them beside this one): container storage
+    # (scripts/container/env.sh) and servers' Prometheus files. Tool venvs: ``.venv-*``.
+    ".containers",
+    ".metrics",
 }
 
 
@@ -49,7 +53,11 @@ def _repo_files() -> dict[str, tuple[int, int]]:
     """Size and mtime of every file in the checkout, caches and virtualenvs excepted."""
     files = {}
     for folder, dirs, names in os.walk(REPO_ROOT):
-        dirs[:] = [d for d in dirs if d not in _NOT_CONTENT and not d.endswith(".egg-info")]
+        dirs[:] = [
+            d
+            for d in dirs
+            if d not in _NOT_CONTENT and not d.endswith(".egg-info") and not d.startswith(".venv-")
+        ]
         for name in names:
             path = Path(folder, name)
             stat = path.stat()

@@ -34,7 +34,7 @@ class Answer:
     predicted: np.ndarray  # (n,) class indices into ``classes``
     inputs: np.ndarray  # (n, 4), FEATURES order
 
-    def record(self) -> tuple:
+    def record(self) -> tuple[str, float, str, str, bool, int, str, bytes, bytes]:
         """Its row of the index, in :class:`IndexRows`' column order."""
         return (
             self.answer_id,
@@ -64,15 +64,22 @@ class IndexRows:
     predicted: list[bytes]  # CLASSES_DTYPE per row
     inputs: list[bytes]  # INPUTS_DTYPE, n_rows x 4
 
+    def __post_init__(self) -> None:
+        lengths = {len(column) for column in self.lists()}
+        if len(lengths) > 1:
+            raise ValueError(f"index columns of unequal lengths {sorted(lengths)}")
+
     def __len__(self) -> int:
         return len(self.answer_id)
 
     @classmethod
     def columns(cls) -> tuple[str, ...]:
+        """The index table's column names, in order (the fields')."""
         return tuple(f.name for f in fields(cls))
 
     @classmethod
     def of(cls, answers: Iterable[Answer]) -> IndexRows:
+        """The columns of answers given one at a time (each packed by ``Answer.record``)."""
         records = [a.record() for a in answers]
         if not records:
             return cls(*([] for _ in cls.columns()))
@@ -93,6 +100,7 @@ class IndexRows:
 
 @lru_cache(maxsize=64)
 def classes_json(classes: tuple[str, ...]) -> str:
+    """A model's class order as the index stores it (a JSON list), made once per order."""
     return json.dumps(list(classes))
 
 

@@ -17,7 +17,7 @@ The database is ``IRIS_LOOP_URI``: by default a SQLite file under ``var/`` (shar
 workers of one server), a PostgreSQL URL for a fleet (shared by every replica). SQLAlchemy
 Core speaks both, with the same statements.
 
-Over 250 lines (about 330): the three tables, the index, the label upsert and the read queries
+Over 250 lines (about 340): the three tables, the index, the label upsert and the read queries
 of live quality, drift and retraining share one schema; the packing of an answer lives in
 ``training.answers`` and the SQL plumbing in ``training.sql``.
 """
@@ -127,6 +127,10 @@ class FeedbackStore:
     def index(self, served: IndexRows | Iterable[Answer]) -> int:
         """Record served answers, one row each (shadow scores are skipped: nobody saw them,
         so nobody can label them); ids already present are left as they are.
+
+        Args:
+            served: the answers column by column (what a capture sink builds for a whole
+                flush), or one ``Answer`` at a time.
 
         Returns:
             The number of answers given to the database.

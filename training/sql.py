@@ -104,6 +104,14 @@ def insert_many(
     interval for the process's other threads. 100 rows of 9 columns stay under SQLite's
     oldest limit of 999 parameters. The text is built once per page size, not compiled by
     SQLAlchemy for every flush.
+
+    Args:
+        conn: an open connection (the caller's transaction).
+        table: the table inserted into.
+        columns: the column names, in the rows' order.
+        rows: one tuple of values per row.
+        page: rows per statement.
+        returning: a column to return for the rows inserted.
     """
     mark = param_mark(conn)
     inserted = []

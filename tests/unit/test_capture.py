@@ -405,11 +405,12 @@ def test_row_ids_and_species_are_made_in_the_sink_exactly_as_served(tmp_path):
 
 def test_the_index_rows_of_a_spool_file_are_each_answers_own(tmp_path):
     """The sink builds a flush's index rows column by column; each equals what its answer
-    alone packs (``Answer.record``): singles and batches, two versions and roles, and a
-    model whose classes come in another order."""
+    alone packs (``Answer.record``): singles and batches, versions and roles, and a model
+    whose classes come in another order."""
     writer = CaptureWriter(tmp_path)
     reordered = dataclasses.replace(chunk(4, version="5", role="challenger"), classes=SPECIES[::-1])
-    chunks = [chunk(1), chunk(3, version="4"), chunk(1, version="4"), reordered, chunk(1)]
+    shadow = chunk(2, role="shadow")  # kept here: the store is what skips it
+    chunks = [chunk(1), chunk(3, version="4"), chunk(1, version="4"), reordered, shadow, chunk(1)]
     for c in chunks:
         writer.submit(c)
     writer.flush()
@@ -423,7 +424,7 @@ def test_the_index_rows_of_a_spool_file_are_each_answers_own(tmp_path):
     )  # fmt: skip
     assert got.time == pytest.approx(want.time, abs=1e-6)  # kept as microseconds
     assert dataclasses.replace(got, time=want.time) == want
-    assert [len(b) for b in got.inputs] == [16, 48, 16, 64, 16]
+    assert [len(b) for b in got.inputs] == [16, 48, 16, 64, 32, 16]
 
 
 def test_queued_arrays_grow_are_reused_and_refuse_another_class_count(tmp_path):
