@@ -50,8 +50,16 @@ LAYERS = {
     "anyio": "anyio",
     "grpc": "gRPC server threads",
 }
-WAITING = {"Condition.wait", "Event.wait", "Thread.run", "EpollSelector.select", "_worker"}
-"""Leaf frames of threads that wait (the registry watcher, gRPC and thread-pool threads).
+WAITING = {
+    "Condition.wait",
+    "Event.wait",
+    "Thread.run",
+    "EpollSelector.select",
+    "_worker",
+    "CaptureWriter._read_reports",  # blocked reading its capture sink's report pipe
+}
+"""Leaf frames of threads that wait (the registry watcher, gRPC and thread-pool threads,
+the capture writer's report reader).
 
 py-spy reports some of them as active; they use no CPU, so they are counted apart."""
 KEY_FUNCTIONS = {
@@ -109,7 +117,10 @@ def analyse(raw: Path, worker_marker: str = "_bentoml_impl.worker.service") -> d
             continue
         count = int(count_text)
         parts = stack.split(";")
-        if not any(p.startswith("process ") and worker_marker in p for p in parts):
+        # A child's stack names its parents' processes first: only the innermost is its own
+        # (a worker's capture sink is a child of the worker, and not a worker).
+        processes = [p for p in parts if p.startswith("process ")]
+        if not processes or worker_marker not in processes[-1]:
             other_processes += count
             continue
         frames = [m for p in parts if (m := FRAME.match(p))]
