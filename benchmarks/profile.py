@@ -101,6 +101,18 @@ def owner(path: str) -> str | None:
     return None
 
 
+PROCESS = re.compile(r'process \d+:"')
+"""py-spy's process frame (``--subprocesses``): ``process <pid>:"<command line>"``."""
+
+
+def is_workers(parts: list[str], worker_marker: str) -> bool:
+    """Whether a py-spy stack (its frames) is a worker's own: a child's stack names its
+    parents' processes first, so only the innermost process frame is its own (a worker's
+    capture sink is a child of the worker, and not a worker)."""
+    processes = [p for p in parts if PROCESS.match(p)]
+    return bool(processes) and worker_marker in processes[-1]
+
+
 def analyse(raw: Path, worker_marker: str = "_bentoml_impl.worker.service") -> dict:
     """Shares of worker CPU samples by owner, key functions (inclusive) and hottest leaves.
 
@@ -117,10 +129,7 @@ def analyse(raw: Path, worker_marker: str = "_bentoml_impl.worker.service") -> d
             continue
         count = int(count_text)
         parts = stack.split(";")
-        # A child's stack names its parents' processes first: only the innermost is its own
-        # (a worker's capture sink is a child of the worker, and not a worker).
-        processes = [p for p in parts if p.startswith("process ")]
-        if not processes or worker_marker not in processes[-1]:
+        if not is_workers(parts, worker_marker):
             other_processes += count
             continue
         frames = [m for p in parts if (m := FRAME.match(p))]
@@ -183,8 +192,10 @@ def profile_ours(
     url = peer.url + peer.predict_path
     with launch.running(probed, work) as live:
         workers = [
-            p for p in psutil.Process(live.server.process.pid).children() if not p.children()
-        ]
+            p
+            for p in psutil.Process(live.server.process.pid).children()
+            if launch.process_role(p, " ".join(p.cmdline())) == "worker"
+        ]  # not "the leaves": with capture on, each worker has its capture sink as a child
         loader = threading.Thread(
             target=load.run_wrk,
             args=(url, body_file),

@@ -52,7 +52,7 @@ def inclusive(raw: Path, worker_marker: str = "_bentoml_impl.worker.service") ->
         if not stack or not count_text.isdigit():
             continue
         parts = stack.split(";")
-        if not any(p.startswith("process ") and worker_marker in p for p in parts):
+        if not profile.is_workers(parts, worker_marker):
             continue
         frames = [m["func"] for p in parts if (m := FRAME.match(p))]
         if frames and frames[-1] in profile.WAITING:

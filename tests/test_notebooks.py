@@ -19,11 +19,11 @@ _NOT_CONTENT = {
     ".pytest_cache",
     ".ruff_cache",
     ".ipynb_checkpoints",
-    # What other tests write meanwhile (xdist runs them beside this one): container storage
-    # (scripts/container/env.sh) and servers' Prometheus files. Tool venvs: ``.venv-*``.
-    ".containers",
-    ".metrics",
 }
+_OTHER_TESTS = (".containers", ".metrics", ".hypothesis", ".import_linter_cache", ".venv-")
+"""What other tests write at the checkout's root meanwhile (xdist runs them beside the
+notebook): container storage (scripts/container/env.sh), servers' Prometheus files,
+Hypothesis's and import-linter's caches, tool venvs and their lock files (``.venv-*``)."""
 
 
 def _venv_kernel_manager():
@@ -53,11 +53,10 @@ def _repo_files() -> dict[str, tuple[int, int]]:
     """Size and mtime of every file in the checkout, caches and virtualenvs excepted."""
     files = {}
     for folder, dirs, names in os.walk(REPO_ROOT):
-        dirs[:] = [
-            d
-            for d in dirs
-            if d not in _NOT_CONTENT and not d.endswith(".egg-info") and not d.startswith(".venv-")
-        ]
+        dirs[:] = [d for d in dirs if d not in _NOT_CONTENT and not d.endswith(".egg-info")]
+        if folder == str(REPO_ROOT):
+            dirs[:] = [d for d in dirs if not d.startswith(_OTHER_TESTS)]
+            names = [n for n in names if not n.startswith(_OTHER_TESTS)]
         for name in names:
             path = Path(folder, name)
             stat = path.stat()
