@@ -76,10 +76,11 @@ def index_rows(table, found: SpoolRows) -> IndexRows:
     """The answers of a spool table (its flowers: ``found``) as the loop store's columns,
     built column by column: no object per answer. Every answer is there, of any role
     (``FeedbackStore.index`` skips shadow answers; a worker's spool has none)."""
-    starts, metas = found.starts, found.metas
-    versions = np.array([m.model_version for m in metas], dtype=object)
-    roles = np.array([m.role for m in metas], dtype=object)
-    classes = np.array([classes_json(m.classes) for m in metas], dtype=object)
+    starts = found.starts
+
+    def per_answer(values: list[str]) -> list[str]:  # one value per meta, for each answer
+        return np.array(values, dtype=object)[found.meta].tolist()
+
     predicted = found.predicted.astype(CLASSES_DTYPE).tobytes()
     inputs = np.ascontiguousarray(found.inputs, dtype=INPUTS_DTYPE).tobytes()
     p, f = CLASSES_DTYPE.itemsize, INPUTS_DTYPE.itemsize * len(FEATURES)
@@ -87,11 +88,11 @@ def index_rows(table, found: SpoolRows) -> IndexRows:
     return IndexRows(
         table["answer_id"].to_pylist(),
         (numpy_of(table["time"], np.int64) / 1e6).tolist(),
-        versions[found.meta].tolist(),
-        roles[found.meta].tolist(),
+        per_answer([m.model_version for m in found.metas]),
+        per_answer([m.role for m in found.metas]),
         table["single"].to_pylist(),
         np.diff(starts).tolist(),
-        classes[found.meta].tolist(),
+        per_answer([classes_json(m.classes) for m in found.metas]),
         [predicted[p * a : p * b] for a, b in bounds],
         [inputs[f * a : f * b] for a, b in bounds],
     )

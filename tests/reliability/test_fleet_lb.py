@@ -50,10 +50,10 @@ DRAIN_S = 3.0
 LEASE_S = 10.0
 FOLLOW_S = 60.0
 PHASE_S = 150.0
+"""Upper bound on each phase's load (the load also stops when the phase is done)."""
 JUST_DEAD_S = 0.25
 """After a replica's processes are seen gone, how long a request sent through HAProxy may
 still fail on it (HAProxy marks it down after two failed checks 0.5 s apart)."""
-"""Upper bound on each phase's load (the load also stops when the phase is done)."""
 
 
 def replica_env(seed: TrainedHome, root: Path, database: str) -> dict[str, str]:
