@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import sqlalchemy as sa
@@ -71,6 +72,22 @@ class FeedbackRequest(RootModel[list[FeedbackItem]]):
 
 _items = TypeAdapter(list[FeedbackItem])
 
+_DATABASE = ThreadPoolExecutor(max_workers=4, thread_name_prefix="feedback-db")
+"""Threads of feedback's database calls, apart from the event loop's default ones: calls
+stuck on a frozen database never hold the threads a scikit-learn model predicts on."""
+ANSWER_MARGIN_S = 5.0
+"""A feedback call answers 503 once the database has not answered for its statement
+timeout (``IRIS_LOOP_STATEMENT_TIMEOUT_S``) plus this long: a server that stopped
+answering altogether (frozen, or cut off mid-call) cancels nothing, so the wait is
+bounded here as well. The labels may still be stored after such a 503; sending them
+again is idempotent."""
+
+
+def _unavailable(why: str) -> Response:
+    response = json_error(503, f"{why}; retry shortly")
+    response.headers["Retry-After"] = "5"
+    return response
+
 
 async def post_feedback(request: Request) -> Response:
     """Ground truth for served predictions: all stored, or none. Feedback (or admin) token."""
@@ -94,10 +111,16 @@ async def post_feedback(request: Request) -> Response:
         return json_error(422, summary, details)
     if not items:
         return json_error(422, "no labels: send a non-empty list")
+    pairs = [(i.prediction_id, i.species) for i in items]
+    wait_s = runtime.settings.loop_statement_timeout_s + ANSWER_MARGIN_S
     try:
-        result = await asyncio.to_thread(
-            runtime.feedback_store.label, [(i.prediction_id, i.species) for i in items]
+        stored = asyncio.get_running_loop().run_in_executor(
+            _DATABASE, runtime.feedback_store.label, pairs
         )
+        result = await asyncio.wait_for(stored, wait_s)
+    except TimeoutError:
+        logger.error("Feedback not stored: the database did not answer within %.0f s", wait_s)
+        return _unavailable(f"the feedback database did not answer within {wait_s:.0f} s")
     except KeyError as e:
         unknown = e.args[0]
         rows = {i.prediction_id: n for n, i in enumerate(items)}
@@ -113,9 +136,7 @@ async def post_feedback(request: Request) -> Response:
         )
     except sa.exc.SQLAlchemyError as e:
         logger.error("Feedback not stored, database unavailable: %s", type(e).__name__)
-        response = json_error(503, "the feedback database is unavailable; retry shortly")
-        response.headers["Retry-After"] = "5"
-        return response
+        return _unavailable("the feedback database is unavailable")
     for version, _role, correct in result.added:
         runtime.metrics.feedback.labels(model_version=version, correct=str(correct).lower()).inc()
     return json_response(

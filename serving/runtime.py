@@ -61,7 +61,9 @@ class IrisRuntime:
         self.metrics = get_metrics()
         self.jobs = JobStore(settings.jobs_url, lease_s=settings.jobs_lease_s)
         self.retrains = RetrainLauncher(settings, self.jobs, self._on_retrain_finished)
-        self.feedback_store = FeedbackStore(settings.loop_url)
+        self.feedback_store = FeedbackStore(
+            settings.loop_url, statement_s=settings.loop_statement_timeout_s
+        )
         self.capturer = (
             capture_writer(settings, self.metrics, self._shadow_target)
             if settings.capture

@@ -43,6 +43,7 @@ from training.sql import (
     insert_many,
     make_engine,
     param_mark,
+    without_statement_timeout,
 )
 
 logger = logging.getLogger(__name__)
@@ -109,9 +110,14 @@ class VersionQuality:
 class FeedbackStore:
     """Thread-safe; one per worker process, on the shared database."""
 
-    def __init__(self, uri: str, timeout_s: float = 5.0):
+    def __init__(self, uri: str, timeout_s: float = 5.0, statement_s: float | None = None):
+        """``statement_s``: on PostgreSQL, the longest a statement may run or wait for a
+        lock before the server cancels it (an error, as an outage is); serving sets it so
+        that a locked table costs a request seconds, not forever. SQLite statements wait
+        at most 5 s for a lock."""
         self.uri = database_url(uri)
         self.timeout_s = timeout_s
+        self.statement_s = statement_s
         self._engine: sa.Engine | None = None
         self._lock = threading.Lock()
 
@@ -119,7 +125,12 @@ class FeedbackStore:
     def engine(self) -> sa.Engine:
         with self._lock:
             if self._engine is None:
-                engine = make_engine(self.uri, timeout_s=self.timeout_s, sqlite_busy_s=5.0)
+                engine = make_engine(
+                    self.uri,
+                    timeout_s=self.timeout_s,
+                    sqlite_busy_s=5.0,
+                    statement_s=self.statement_s,
+                )
                 _meta.create_all(engine)
                 self._engine = engine
             return self._engine
@@ -291,6 +302,7 @@ class FeedbackStore:
         """Delete answers (and labels of predictions) served before ``cutoff``; returns how
         many answers went."""
         with self.engine.begin() as conn:
+            without_statement_timeout(conn)  # an hour of answers can be millions of rows
             conn.execute(labels.delete().where(labels.c.served_time < cutoff))
             conn.execute(served_counts.delete().where(served_counts.c.minute < int(cutoff // 60)))
             return conn.execute(answers.delete().where(answers.c.time < cutoff)).rowcount

@@ -29,12 +29,20 @@ def database_url(uri: str | Path) -> sa.URL:
     return url
 
 
-def make_engine(url: sa.URL, *, timeout_s: float = 5.0, sqlite_busy_s: float = 30.0) -> sa.Engine:
+def make_engine(
+    url: sa.URL,
+    *,
+    timeout_s: float = 5.0,
+    sqlite_busy_s: float = 30.0,
+    statement_s: float | None = None,
+) -> sa.Engine:
     """An engine with bounded waits (no connection is made yet).
 
-    SQLite files get their folder and WAL mode (readers never block the writer); PostgreSQL
-    gets connect and pool timeouts and pre-ping, so a database that drops packets or
-    restarts costs seconds, not minutes.
+    SQLite files get their folder and WAL mode (readers never block the writer), and a
+    statement waits at most ``sqlite_busy_s`` for a lock. PostgreSQL gets connect and pool
+    timeouts and pre-ping, so a database that drops packets or restarts costs seconds, not
+    minutes; with ``statement_s``, the server also cancels any statement of ours that runs
+    (or waits for a lock, e.g. behind a migration's ``LOCK TABLE``) longer than that.
     """
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
@@ -48,8 +56,22 @@ def make_engine(url: sa.URL, *, timeout_s: float = 5.0, sqlite_busy_s: float = 3
         pool_size=2,
         max_overflow=4,
         pool_timeout=timeout_s,
-        connect_args={"connect_timeout": max(1, int(timeout_s))},
+        connect_args={"connect_timeout": max(1, int(timeout_s)), **_pg_options(statement_s)},
     )
+
+
+def _pg_options(statement_s: float | None) -> dict[str, str]:
+    """libpq's ``options``: the session's ``statement_timeout``, if any."""
+    if statement_s is None:
+        return {}
+    return {"options": f"-c statement_timeout={max(1, round(statement_s * 1000))}"}
+
+
+def without_statement_timeout(conn: sa.Connection) -> None:
+    """Lift ``statement_timeout`` for the rest of ``conn``'s transaction (PostgreSQL; a
+    no-op on SQLite), for upkeep that may rightly take long, such as retention."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
 
 
 def _sqlite_wal(dbapi_connection, _record, *, busy_s: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import numpy as np
@@ -182,3 +183,27 @@ def test_served_rows_are_counted_once_per_answer_and_follow_the_window(loop_url)
     assert (v2.labelled, v2.unlabelled, v2.accuracy) == (1, 0, 1.0)
     assert store.forget_before(now - 3600) == 6
     assert unlabelled(now - 3 * 3600) == {"1": 4, "2": 0}
+
+
+def test_a_locked_table_fails_a_statement_after_its_timeout_but_not_retention(postgres_url):
+    """With ``statement_s``, PostgreSQL cancels a statement that waits on a lock (an error
+    the caller reports as an outage); the hourly retention delete waits as long as it must."""
+    engine = sa.create_engine(postgres_url)
+    loop_store._meta.drop_all(engine)
+    store = FeedbackStore(postgres_url, statement_s=0.5)
+    now = time.time()
+    store.index([single("a" * 32, now - 100, "1", "Iris-setosa")])
+    with engine.connect() as conn, conn.begin():
+        conn.exec_driver_sql("LOCK TABLE iris_answers IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        with pytest.raises(sa.exc.OperationalError, match="statement timeout"):
+            store.label([("a" * 32, "Iris-setosa")])
+        assert time.monotonic() - started < 3
+        # Retention lifts the timeout: it waits for the lock, then deletes.
+        pool = ThreadPoolExecutor(1)
+        waiting = pool.submit(store.forget_before, now)
+        time.sleep(1.5)  # three timeouts long
+        assert not waiting.done()
+    assert waiting.result(timeout=10) == 1
+    pool.shutdown()
+    engine.dispose()

@@ -64,3 +64,18 @@ def postgres_server() -> Iterator[str]:
                 timeout=60,
             )
         shutil.rmtree(root, ignore_errors=True)
+
+
+def server_processes(uri: str) -> list:
+    """The processes of the test cluster serving ``uri`` (its postmaster and every child:
+    backends and background workers), found by the port in the postmaster's command line."""
+    import psutil
+    import sqlalchemy as sa
+
+    port = str(sa.engine.make_url(uri).port)
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        named = proc.info["name"] == "postgres" and "-p" in cmdline
+        if named and cmdline[cmdline.index("-p") + 1] == port:
+            return [proc, *proc.children(recursive=True)]
+    raise LookupError(f"no PostgreSQL postmaster on port {port}")

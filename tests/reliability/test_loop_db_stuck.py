@@ -1,0 +1,149 @@
+"""The shared prediction database stuck rather than down: a table locked (a migration's
+``LOCK TABLE``), then the whole PostgreSQL server frozen. Predictions go on at once,
+``POST /feedback`` answers 503 within its bound instead of hanging, and once the database
+answers again every answer captured meanwhile is indexed: its label is taken."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+
+import httpx
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from harness.servers import bento_server
+from serving.feedback_api import ANSWER_MARGIN_S
+from tests.utils.load import GOOD
+from tests.utils.postgres import postgres_server, server_processes
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "stuck-db-token-5e"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+STATEMENT_S = 2.0
+"""IRIS_LOOP_STATEMENT_TIMEOUT_S here; the server's bound on a frozen database is this
+plus ``ANSWER_MARGIN_S``."""
+PREDICTIONS = 20
+
+
+def predict_all(client: httpx.Client) -> tuple[list[str], float]:
+    """``PREDICTIONS`` answers, all 200; their ids and the slowest answer's seconds."""
+    ids, slowest = [], 0.0
+    for _ in range(PREDICTIONS):
+        started = time.monotonic()
+        answer = client.post("/predict", json=GOOD, timeout=10)
+        slowest = max(slowest, time.monotonic() - started)
+        assert answer.status_code == 200, answer.text
+        ids.append(answer.json()["prediction_id"])
+    return ids, slowest
+
+
+def feedback(client: httpx.Client, ids: list[str]) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    body = [{"prediction_id": pid, "species": "Iris-setosa"} for pid in ids]
+    answer = client.post("/feedback", json=body, headers=AUTH, timeout=60)
+    return answer, time.monotonic() - started
+
+
+def labelled_once_answering(client: httpx.Client, ids: list[str], within_s: float) -> float:
+    """Send labels for ``ids`` until they are taken (404: not indexed yet; 503: the
+    database still failing); returns the seconds it took."""
+    started = time.monotonic()
+    while True:
+        answer, _ = feedback(client, ids)
+        if answer.status_code == 200:
+            # A call that timed out may have stored them after its 503: unchanged, then.
+            taken = answer.json()
+            assert taken["added"] + taken["unchanged"] == len(ids), answer.text
+            return time.monotonic() - started
+        assert answer.status_code in (404, 503), answer.text
+        assert time.monotonic() - started < within_s, answer.text
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def tables_locked(uri: str):
+    """Another session holds both loop tables in ACCESS EXCLUSIVE mode (no read, no write)."""
+    engine = sa.create_engine(uri)
+    try:
+        with engine.connect() as conn, conn.begin():
+            conn.exec_driver_sql("LOCK TABLE iris_answers, iris_labels IN ACCESS EXCLUSIVE MODE")
+            yield
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def frozen(uri: str):
+    """Every process of the test cluster stopped (SIGSTOP): connections stay open, nothing
+    answers, no statement timeout can fire. Always resumed."""
+    processes = server_processes(uri)
+    for proc in processes:
+        proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for proc in processes:
+            with contextlib.suppress(Exception):
+                proc.send_signal(signal.SIGCONT)
+
+
+def test_stuck_loop_database_costs_feedback_a_bounded_503_and_loses_nothing(
+    trained_home, tmp_path, record_property
+):
+    with postgres_server() as database:
+        env = {
+            **trained_home.env,
+            "IRIS_FEEDBACK_TOKEN": TOKEN,
+            "IRIS_LOOP_URI": database,
+            "IRIS_LOOP_STATEMENT_TIMEOUT_S": str(STATEMENT_S),
+            "IRIS_CAPTURE_DIR": str(tmp_path / "captures"),
+            "IRIS_CAPTURE_FLUSH_S": "0.2",
+            "IRIS_FOLLOW_REGISTRY": "false",
+        }
+        with (
+            bento_server(env, tmp_path / "logs", workers=1) as server,
+            httpx.Client(base_url=server.url) as client,
+        ):
+            before, _ = predict_all(client)
+            labelled_once_answering(client, before, within_s=30)  # the database works
+
+            with tables_locked(database):
+                during_lock, lock_slowest = predict_all(client)
+                locked, locked_s = feedback(client, during_lock)
+                # Long enough that the sink's index of these answers fails too: their
+                # files wait for the database and are indexed by its retry.
+                time.sleep(STATEMENT_S + 1)
+            assert locked.status_code == 503, locked.text
+            assert locked.json()["error"]["message"].startswith(
+                "the feedback database is unavailable"
+            )
+            assert locked.headers["retry-after"] == "5"
+            assert locked_s < STATEMENT_S + 4, locked_s  # the server cancelled the statement
+            lock_recovery_s = labelled_once_answering(client, during_lock, within_s=60)
+
+            with frozen(database):
+                during_freeze, freeze_slowest = predict_all(client)
+                stuck, stuck_s = feedback(client, during_freeze)
+            # Bounded by the server itself: its own wait (statement timeout + 5 s), or
+            # libpq's connect timeout (5 s) for a new connection.
+            assert stuck.status_code == 503, stuck.text
+            assert stuck_s < STATEMENT_S + ANSWER_MARGIN_S + 3, stuck_s
+            freeze_recovery_s = labelled_once_answering(client, during_freeze, within_s=60)
+
+            assert client.get("/readyz", timeout=10).status_code == 200
+        captured = pd.read_parquet(tmp_path / "captures")
+        served = set(before + during_lock + during_freeze)
+        assert set(captured["prediction_id"]) == served  # every answer captured, once
+        assert len(captured) == len(served)
+    record_property(
+        "reliability",
+        f"loop database locked: /predict 200 (slowest {lock_slowest:.2f} s), /feedback 503 "
+        f"in {locked_s:.1f} s, labels taken {lock_recovery_s:.1f} s after the unlock; frozen: "
+        f"/predict 200 (slowest {freeze_slowest:.2f} s), /feedback 503 in {stuck_s:.1f} s, "
+        f"labels taken {freeze_recovery_s:.1f} s after the thaw; {len(served)} answers "
+        "captured, none lost",
+    )
