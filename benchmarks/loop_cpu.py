@@ -18,7 +18,11 @@ Prints one line per phase and, per pair, ``r``; then their mean with a 95 % inte
 (Student's t over the pairs). With ``--perf``, Linux ``perf`` also samples the workers'
 and sinks' user-space CPU during each phase (``benchmarks.perf_samples``), and the run
 ends with where the difference is: µs per request by role, thread and library, on
-against off. perf's own overhead falls on both peers but is not zero: a ``--perf`` run's
+against off. With ``--pin N``, each peer runs one worker, on core 0, its capture sink on
+core N, and ``wrk`` and the supervisors on core 1: the worker's own CPU without
+the other core's traffic, with its sink apart (1) or beside it (0). With ``--off-env``,
+``loop_off`` gets settings too, so two loop settings can be compared (both capture on).
+perf's own overhead falls on both peers but is not zero: a ``--perf`` run's
 ratio is not one to pool with runs without it. Nothing is written to the results folder:
 save the output (``benchmarks/results/loop-cpu-*.txt``).
 """
@@ -28,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import statistics
 import tempfile
@@ -69,6 +74,18 @@ def cpu_by_role(root: psutil.Process, threads: bool = False) -> dict:
     return found
 
 
+def pin(root: psutil.Process, sink_core: int) -> None:
+    """Every thread of the server's one worker on core 0, its capture sink's on
+    ``sink_core``, every other thread of its tree (the supervisor) on core 1, where ``wrk``
+    runs too (``--pin``)."""
+    for proc in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+            role = launch.process_role(proc, " ".join(proc.cmdline()))
+            core = {"worker": 0, "capture sink": sink_core}.get(role, 1)
+            for thread in proc.threads():
+                os.sched_setaffinity(thread.id, {core})
+
+
 def sampled_roles(root: psutil.Process) -> dict[int, str]:
     """The workers and capture sinks of a server's tree, by pid: what ``--perf`` samples."""
     roles = {}
@@ -88,6 +105,7 @@ def phase(
     threads: bool,
     workers: int,
     perf_file: Path | None = None,
+    sink_core: int | None = None,
 ) -> tuple[dict, dict[str, float], float, int, dict]:
     """One load of ``live``: (wrk's step, {role: CPU µs per request}, total µs, times run
     again, {(role, thread, library): sampled CPU µs per request} with ``perf_file``, else
@@ -100,6 +118,8 @@ def phase(
     roles = sampled_roles(root)
     again = 0
     while True:
+        if sink_core is not None:  # each phase: new threads and processes inherit a parent's
+            pin(root, sink_core)
         with contextlib.ExitStack() as sampling:
             if perf_file is not None:
                 sampling.enter_context(perf_samples.recording(list(roles), perf_file))
@@ -158,6 +178,13 @@ def main(
     env: Annotated[
         list[str], typer.Option(help="KEY=VALUE set on the loop_on peer (repeatable).")
     ] = [],  # noqa: B006 - typer reads the default, never mutates it
+    off_env: Annotated[
+        list[str],
+        typer.Option(
+            help="KEY=VALUE set on the loop_off peer (repeatable): with IRIS_CAPTURE=true and "
+            "IRIS_SHADOW_RATE=1.0, two loop settings are compared with each other."
+        ),
+    ] = [],  # noqa: B006 - typer reads the default, never mutates it
     threads: Annotated[
         bool, typer.Option(help="Split a worker's CPU: its event-loop thread, the others.")
     ] = False,
@@ -168,6 +195,17 @@ def main(
             "per request by role, thread and library, on against off (benchmarks.perf_samples)."
         ),
     ] = False,
+    sink_core: Annotated[
+        int | None,
+        typer.Option(
+            "--pin",
+            min=0,
+            max=1,
+            help="One worker per peer, on core 0, and its capture sink on this core; wrk and "
+            "the supervisors on core 1. With 1, the worker's own CPU per request without the "
+            "sink or the other core's noise; with 0, the sink shares the worker's core.",
+        ),
+    ] = None,
 ) -> None:
     """Measure CPU per request of loop_on and loop_off, alternating."""
     work = Path(tempfile.mkdtemp(prefix="iris-loop-cpu-"))
@@ -175,6 +213,11 @@ def main(
         trained = run.trained_registry(work)
         peers = launch.build_peers(trained.env, work, load.iris_rows(1)[0], 1)
         peers["loop_on"].env.update(item.split("=", 1) for item in env)
+        peers["loop_off"].env.update(item.split("=", 1) for item in off_env)
+        if sink_core is not None:
+            os.sched_setaffinity(0, {1})  # this process, so wrk too
+            for key in PAIR:
+                peers[key].env["BENTOML_CONFIG_OPTIONS"] = "services.iris_classifier.workers=1"
         with contextlib.ExitStack() as stack:
             lives, bodies, workers = {}, {}, {}
             for key in PAIR:
@@ -196,6 +239,7 @@ def main(
                         threads,
                         workers[key],
                         work / "perf.data" if perf else None,
+                        sink_core,
                     )
                     totals[key].append(total)
                     sampled[key].append(libraries)
