@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(OSError):  # never below the worker's: only root may lower it
         own = os.getpriority(os.PRIO_PROCESS, 0)
         os.setpriority(os.PRIO_PROCESS, 0, max(own, settings.capture_sink_nice))
-    store = FeedbackStore(settings.loop_url, statement_s=settings.loop_statement_timeout_s)
+    store = FeedbackStore(settings.loop_url, statement_s=settings.db_statement_timeout_s)
 
     def report(kind: str, n: int | str) -> None:
         with contextlib.suppress(BrokenPipeError):  # the worker is gone: nobody counts

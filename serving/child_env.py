@@ -61,6 +61,6 @@ def capture_sink_env(
         IRIS_CAPTURE_MAX_BYTES=str(settings.capture_max_bytes),
         IRIS_CAPTURE_SINK_NICE=str(settings.capture_sink_nice),
         IRIS_LOOP_URI=settings.loop_url,
-        IRIS_LOOP_STATEMENT_TIMEOUT_S=str(settings.loop_statement_timeout_s),
+        IRIS_DB_STATEMENT_TIMEOUT_S=str(settings.db_statement_timeout_s),
     )
     return env

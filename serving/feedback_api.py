@@ -9,10 +9,8 @@ uses the service's error shape.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import sqlalchemy as sa
@@ -22,6 +20,7 @@ from starlette.responses import Response
 
 from serving import route_docs
 from serving.auth import feedback_denied
+from serving.db_calls import MARGIN_S, BoundedCalls
 from serving.errors import json_error, json_response, validation_details
 from serving.runtime import get_runtime
 from serving.schemas import ErrorResponse
@@ -72,15 +71,9 @@ class FeedbackRequest(RootModel[list[FeedbackItem]]):
 
 _items = TypeAdapter(list[FeedbackItem])
 
-_DATABASE = ThreadPoolExecutor(max_workers=4, thread_name_prefix="feedback-db")
-"""Threads of feedback's database calls, apart from the event loop's default ones: calls
-stuck on a frozen database never hold the threads a scikit-learn model predicts on."""
-ANSWER_MARGIN_S = 5.0
-"""A feedback call answers 503 once the database has not answered for its statement
-timeout (``IRIS_LOOP_STATEMENT_TIMEOUT_S``) plus this long: a server that stopped
-answering altogether (frozen, or cut off mid-call) cancels nothing, so the wait is
-bounded here as well. The labels may still be stored after such a 503; sending them
-again is idempotent."""
+_DATABASE = BoundedCalls("feedback-db")
+"""Feedback's database calls (``serving.db_calls``): a 503 once the database has not
+answered for its statement timeout plus ``db_calls.MARGIN_S``."""
 
 
 def _unavailable(why: str) -> Response:
@@ -112,12 +105,9 @@ async def post_feedback(request: Request) -> Response:
     if not items:
         return json_error(422, "no labels: send a non-empty list")
     pairs = [(i.prediction_id, i.species) for i in items]
-    wait_s = runtime.settings.loop_statement_timeout_s + ANSWER_MARGIN_S
+    wait_s = runtime.settings.db_statement_timeout_s + MARGIN_S
     try:
-        stored = asyncio.get_running_loop().run_in_executor(
-            _DATABASE, runtime.feedback_store.label, pairs
-        )
-        result = await asyncio.wait_for(stored, wait_s)
+        result = await _DATABASE.run(wait_s, runtime.feedback_store.label, pairs)
     except TimeoutError:
         logger.error("Feedback not stored: the database did not answer within %.0f s", wait_s)
         return _unavailable(f"the feedback database did not answer within {wait_s:.0f} s")

@@ -6,24 +6,39 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import Request
 from starlette.responses import JSONResponse, Response
 
 from serving import route_docs
 from serving.auth import admin_denied
+from serving.db_calls import MARGIN_S, BoundedCalls
 from serving.errors import error_body, json_error, json_response
 from serving.jobs import ConflictError, Job, JobsUnavailableError
 from serving.route_docs import JobId
 from serving.runtime import IrisRuntime, get_runtime
 from serving.schemas import ErrorResponse, JobList, JobStatus
 
+_DATABASE = BoundedCalls("jobs-db")
+"""The job database's calls (``serving.db_calls``): a 503 once it has not answered for
+its statement timeout plus ``db_calls.MARGIN_S``. A launch that answered 503 so may still
+start its job; asking again then meets it (409)."""
+
+
+async def _call(runtime: IrisRuntime, call, *args):
+    """``call(*args)`` on the job database's threads; a stuck database is unavailable."""
+    wait_s = runtime.settings.db_statement_timeout_s + MARGIN_S
+    try:
+        return await _DATABASE.run(wait_s, call, *args)
+    except TimeoutError:
+        raise JobsUnavailableError(
+            f"the job database did not answer within {wait_s:.0f} s"
+        ) from None
+
 
 async def start_retrain(runtime: IrisRuntime, with_feedback: bool = False) -> Response:
     """202 with the new job's id, 409 if one is running, 503 if the job database is down."""
     try:
-        job = await asyncio.to_thread(runtime.retrains.launch, with_feedback)
+        job = await _call(runtime, runtime.retrains.launch, with_feedback)
     except ConflictError as c:
         return _conflict(c.job)
     except JobsUnavailableError as e:
@@ -39,7 +54,7 @@ async def job_status(request: Request, job_id: JobId) -> Response:
     if denied is not None:
         return denied
     try:
-        job = await asyncio.to_thread(runtime.jobs.get, job_id)
+        job = await _call(runtime, runtime.jobs.get, job_id)
     except JobsUnavailableError as e:
         return jobs_unavailable(e)
     if job is None:
@@ -54,7 +69,7 @@ async def list_jobs(request: Request) -> Response:
     if denied is not None:
         return denied
     try:
-        jobs = await asyncio.to_thread(runtime.jobs.recent)
+        jobs = await _call(runtime, runtime.jobs.recent)
     except JobsUnavailableError as e:
         return jobs_unavailable(e)
     return JSONResponse({"jobs": [job.public() for job in jobs]})

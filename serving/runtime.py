@@ -59,10 +59,14 @@ class IrisRuntime:
         self.settings = settings
         self.holder = ModelHolder(model)
         self.metrics = get_metrics()
-        self.jobs = JobStore(settings.jobs_url, lease_s=settings.jobs_lease_s)
+        self.jobs = JobStore(
+            settings.jobs_url,
+            lease_s=settings.jobs_lease_s,
+            statement_s=settings.db_statement_timeout_s,
+        )
         self.retrains = RetrainLauncher(settings, self.jobs, self._on_retrain_finished)
         self.feedback_store = FeedbackStore(
-            settings.loop_url, statement_s=settings.loop_statement_timeout_s
+            settings.loop_url, statement_s=settings.db_statement_timeout_s
         )
         self.capturer = (
             capture_writer(settings, self.metrics, self._shadow_target)

@@ -186,12 +186,13 @@ class Settings(BaseSettings):
     loop_interval_s: float = Field(
         15.0, gt=0, description="How often live accuracy and drift are recomputed."
     )
-    loop_statement_timeout_s: float = Field(
+    db_statement_timeout_s: float = Field(
         10.0,
         gt=0,
         description="On PostgreSQL, the longest a statement of the server (feedback, capture"
-        " index, live quality and drift) may run or wait for a lock before it fails: a locked"
-        " table makes POST /feedback a 503, not a hang. SQLite waits at most 5 s for a lock.",
+        " index, live quality and drift, retrain jobs) may run or wait for a lock before it"
+        " fails: a locked or frozen database makes /feedback, /retrain and /jobs a 503 (after"
+        " this plus 5 s at most), not a hang. SQLite waits at most 5 s for a lock.",
     )
     # The challenger on live traffic (serving/challenger.py, serving/shadow_scoring.py);
     # the canary split itself is the registered model's canary_percent tag, so every

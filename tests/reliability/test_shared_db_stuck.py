@@ -1,7 +1,8 @@
-"""The shared prediction database stuck rather than down: a table locked (a migration's
-``LOCK TABLE``), then the whole PostgreSQL server frozen. Predictions go on at once,
-``POST /feedback`` answers 503 within its bound instead of hanging, and once the database
-answers again every answer captured meanwhile is indexed: its label is taken."""
+"""The fleet's shared PostgreSQL stuck rather than down: its tables locked (a migration's
+``LOCK TABLE``), then the whole server frozen. Predictions go on at once, ``POST
+/feedback`` and ``GET /jobs`` answer 503 within their bound instead of hanging, and once
+the database answers again every answer captured meanwhile is indexed: its label is
+taken."""
 
 from __future__ import annotations
 
@@ -15,17 +16,19 @@ import pytest
 import sqlalchemy as sa
 
 from harness.servers import bento_server
-from serving.feedback_api import ANSWER_MARGIN_S
+from serving.db_calls import MARGIN_S
 from tests.utils.load import GOOD
 from tests.utils.postgres import postgres_server, server_processes
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "stuck-db-token-5e"
+ADMIN = "stuck-db-admin-token-7a"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
+TABLES = "iris_answers, iris_labels, iris_retrain_jobs"
 STATEMENT_S = 2.0
-"""IRIS_LOOP_STATEMENT_TIMEOUT_S here; the server's bound on a frozen database is this
-plus ``ANSWER_MARGIN_S``."""
+"""IRIS_DB_STATEMENT_TIMEOUT_S here; the server's bound on a frozen database is this
+plus ``MARGIN_S``."""
 PREDICTIONS = 20
 
 
@@ -39,6 +42,12 @@ def predict_all(client: httpx.Client) -> tuple[list[str], float]:
         assert answer.status_code == 200, answer.text
         ids.append(answer.json()["prediction_id"])
     return ids, slowest
+
+
+def jobs(client: httpx.Client) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    answer = client.get("/jobs/", headers={"authorization": f"Bearer {ADMIN}"}, timeout=60)
+    return answer, time.monotonic() - started
 
 
 def feedback(client: httpx.Client, ids: list[str]) -> tuple[httpx.Response, float]:
@@ -66,11 +75,12 @@ def labelled_once_answering(client: httpx.Client, ids: list[str], within_s: floa
 
 @contextlib.contextmanager
 def tables_locked(uri: str):
-    """Another session holds both loop tables in ACCESS EXCLUSIVE mode (no read, no write)."""
+    """Another session holds the loop and job tables in ACCESS EXCLUSIVE mode (no read, no
+    write)."""
     engine = sa.create_engine(uri)
     try:
         with engine.connect() as conn, conn.begin():
-            conn.exec_driver_sql("LOCK TABLE iris_answers, iris_labels IN ACCESS EXCLUSIVE MODE")
+            conn.exec_driver_sql(f"LOCK TABLE {TABLES} IN ACCESS EXCLUSIVE MODE")
             yield
     finally:
         engine.dispose()
@@ -91,15 +101,17 @@ def frozen(uri: str):
                 proc.send_signal(signal.SIGCONT)
 
 
-def test_stuck_loop_database_costs_feedback_a_bounded_503_and_loses_nothing(
+def test_stuck_shared_database_costs_feedback_and_jobs_a_bounded_503_and_loses_nothing(
     trained_home, tmp_path, record_property
 ):
     with postgres_server() as database:
         env = {
             **trained_home.env,
             "IRIS_FEEDBACK_TOKEN": TOKEN,
+            "IRIS_ADMIN_TOKEN": ADMIN,
             "IRIS_LOOP_URI": database,
-            "IRIS_LOOP_STATEMENT_TIMEOUT_S": str(STATEMENT_S),
+            "IRIS_JOBS_URI": database,
+            "IRIS_DB_STATEMENT_TIMEOUT_S": str(STATEMENT_S),
             "IRIS_CAPTURE_DIR": str(tmp_path / "captures"),
             "IRIS_CAPTURE_FLUSH_S": "0.2",
             "IRIS_FOLLOW_REGISTRY": "false",
@@ -109,11 +121,13 @@ def test_stuck_loop_database_costs_feedback_a_bounded_503_and_loses_nothing(
             httpx.Client(base_url=server.url) as client,
         ):
             before, _ = predict_all(client)
+            assert jobs(client)[0].status_code == 200  # and its table exists
             labelled_once_answering(client, before, within_s=30)  # the database works
 
             with tables_locked(database):
                 during_lock, lock_slowest = predict_all(client)
                 locked, locked_s = feedback(client, during_lock)
+                jobs_locked, jobs_locked_s = jobs(client)
                 # Long enough that the sink's index of these answers fails too: their
                 # files wait for the database and are indexed by its retry.
                 time.sleep(STATEMENT_S + 1)
@@ -123,15 +137,23 @@ def test_stuck_loop_database_costs_feedback_a_bounded_503_and_loses_nothing(
             )
             assert locked.headers["retry-after"] == "5"
             assert locked_s < STATEMENT_S + 4, locked_s  # the server cancelled the statement
+            assert jobs_locked.status_code == 503, jobs_locked.text
+            assert jobs_locked.json()["error"]["code"] == "jobs_unavailable"
+            assert jobs_locked_s < STATEMENT_S + 4, jobs_locked_s
             lock_recovery_s = labelled_once_answering(client, during_lock, within_s=60)
 
             with frozen(database):
                 during_freeze, freeze_slowest = predict_all(client)
                 stuck, stuck_s = feedback(client, during_freeze)
+                jobs_stuck, jobs_stuck_s = jobs(client)
             # Bounded by the server itself: its own wait (statement timeout + 5 s), or
             # libpq's connect timeout (5 s) for a new connection.
             assert stuck.status_code == 503, stuck.text
-            assert stuck_s < STATEMENT_S + ANSWER_MARGIN_S + 3, stuck_s
+            assert stuck_s < STATEMENT_S + MARGIN_S + 3, stuck_s
+            assert jobs_stuck.status_code == 503, jobs_stuck.text
+            assert jobs_stuck.json()["error"]["code"] == "jobs_unavailable"
+            assert jobs_stuck_s < STATEMENT_S + MARGIN_S + 3, jobs_stuck_s
+            assert jobs(client)[0].status_code == 200
             freeze_recovery_s = labelled_once_answering(client, during_freeze, within_s=60)
 
             assert client.get("/readyz", timeout=10).status_code == 200
@@ -141,9 +163,11 @@ def test_stuck_loop_database_costs_feedback_a_bounded_503_and_loses_nothing(
         assert len(captured) == len(served)
     record_property(
         "reliability",
-        f"loop database locked: /predict 200 (slowest {lock_slowest:.2f} s), /feedback 503 "
-        f"in {locked_s:.1f} s, labels taken {lock_recovery_s:.1f} s after the unlock; frozen: "
+        f"shared database locked: /predict 200 (slowest {lock_slowest:.2f} s), /feedback 503 "
+        f"in {locked_s:.1f} s, /jobs 503 in {jobs_locked_s:.1f} s, labels taken "
+        f"{lock_recovery_s:.1f} s after the unlock; frozen: "
         f"/predict 200 (slowest {freeze_slowest:.2f} s), /feedback 503 in {stuck_s:.1f} s, "
+        f"/jobs 503 in {jobs_stuck_s:.1f} s, "
         f"labels taken {freeze_recovery_s:.1f} s after the thaw; {len(served)} answers "
         "captured, none lost",
     )
