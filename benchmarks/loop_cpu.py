@@ -79,10 +79,14 @@ def pin(root: psutil.Process, sink_core: int) -> None:
     ``sink_core``, every other thread of its tree (the supervisor) on core 1, where ``wrk``
     runs too (``--pin``)."""
     for proc in [root, *root.children(recursive=True)]:
-        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+        try:
             role = launch.process_role(proc, " ".join(proc.cmdline()))
-            core = {"worker": 0, "capture sink": sink_core}.get(role, 1)
-            for thread in proc.threads():
+            threads = proc.threads()
+        except psutil.NoSuchProcess:
+            continue
+        core = {"worker": 0, "capture sink": sink_core}.get(role, 1)
+        for thread in threads:
+            with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
                 os.sched_setaffinity(thread.id, {core})
 
 
@@ -223,11 +227,15 @@ def main(
             for key in PAIR:
                 lives[key] = stack.enter_context(launch.running(peers[key], work))
                 workers[key] = launch.memory(lives[key].server)["workers"]
+                if sink_core is not None and workers[key] != 1:
+                    raise typer.BadParameter(f"--pin needs one worker; {key} has {workers[key]}")
                 bodies[key] = work / f"body-{key}.json"
                 bodies[key].write_text(json.dumps(peers[key].body))
                 url = peers[key].url + peers[key].predict_path
                 load.run_wrk(url, bodies[key], connections=connections, duration_s=3)
             totals: dict[str, list[float]] = {key: [] for key in PAIR}
+            worker_us: dict[str, list[float]] = {key: [] for key in PAIR}
+            rps: dict[str, list[float]] = {key: [] for key in PAIR}
             sampled: dict[str, list[dict]] = {key: [] for key in PAIR}
             for i in range(pairs):
                 for key in PAIR if i % 2 == 0 else PAIR[::-1]:
@@ -242,6 +250,10 @@ def main(
                         sink_core,
                     )
                     totals[key].append(total)
+                    worker_us[key].append(
+                        sum(us for role, us in per_request.items() if role.startswith("worker"))
+                    )
+                    rps[key].append(step["rps"])
                     sampled[key].append(libraries)
                     split = "+".join(str(n) for n in step["connections_per_process"].values())
                     typer.echo(
@@ -263,6 +275,11 @@ def main(
             f"{statistics.mean(totals['loop_off']):.0f} µs; predicted requests/s on / off "
             f"{1 / mean:.3f} ({1 / high:.3f}-{1 / low:.3f})"
         )
+        for what, values in (("workers' CPU per request", worker_us), ("requests/s", rps)):
+            mean, low, high = t_interval(
+                [on / off for on, off in zip(values["loop_on"], values["loop_off"], strict=True)]
+            )
+            typer.echo(f"{what}, on / off: {mean:.3f} (95 %: {low:.3f}-{high:.3f})")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

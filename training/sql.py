@@ -56,22 +56,34 @@ def make_engine(
         pool_size=2,
         max_overflow=4,
         pool_timeout=timeout_s,
-        connect_args={"connect_timeout": max(1, int(timeout_s)), **_pg_options(statement_s)},
+        connect_args={"connect_timeout": max(1, int(timeout_s)), **_pg_options(url, statement_s)},
     )
 
 
-def _pg_options(statement_s: float | None) -> dict[str, str]:
-    """libpq's ``options``: the session's ``statement_timeout``, if any."""
+def _pg_options(url: sa.URL, statement_s: float | None) -> dict[str, str]:
+    """libpq's ``options`` with the session's ``statement_timeout``, if any, after any
+    ``options`` the URL itself gives (e.g. a ``search_path``)."""
     if statement_s is None:
         return {}
-    return {"options": f"-c statement_timeout={max(1, round(statement_s * 1000))}"}
+    given = url.query.get("options", "")
+    given = given if isinstance(given, str) else " ".join(given)
+    ours = f"-c statement_timeout={_ms(statement_s)}"
+    return {"options": f"{given} {ours}".strip()}
 
 
-def without_statement_timeout(conn: sa.Connection) -> None:
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def without_statement_timeout(conn: sa.Connection, lock_wait_s: float | None) -> None:
     """Lift ``statement_timeout`` for the rest of ``conn``'s transaction (PostgreSQL; a
-    no-op on SQLite), for upkeep that may rightly take long, such as retention."""
+    no-op on SQLite), for upkeep that may rightly take long, such as retention. Waiting
+    for a lock stays bounded by ``lock_wait_s``: behind a migration's lock, upkeep gives
+    up rather than queue every later statement behind its own."""
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
+        if lock_wait_s is not None:
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {_ms(lock_wait_s)}")
 
 
 def _sqlite_wal(dbapi_connection, _record, *, busy_s: float) -> None:

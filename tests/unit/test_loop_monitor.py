@@ -17,7 +17,7 @@ from serving.served_model import ModelHolder
 from tests.unit.test_champion_watch import _served
 from tests.utils.postgres import postgres_server
 from tests.utils.together import at_once
-from training import loop_store
+from training import loop_store, sql
 from training.answers import Answer
 from training.loop_store import FeedbackStore
 from training.schema import FEATURES, SPECIES
@@ -185,25 +185,49 @@ def test_served_rows_are_counted_once_per_answer_and_follow_the_window(loop_url)
     assert unlabelled(now - 3 * 3600) == {"1": 4, "2": 0}
 
 
-def test_a_locked_table_fails_a_statement_after_its_timeout_but_not_retention(postgres_url):
+def test_a_locked_table_fails_a_statement_after_its_timeout_and_retention_runs_long(
+    postgres_url,
+):
     """With ``statement_s``, PostgreSQL cancels a statement that waits on a lock (an error
-    the caller reports as an outage); the hourly retention delete waits as long as it must."""
+    the caller reports as an outage). Retention may run longer than that, but does not
+    wait longer than that for a lock."""
     engine = sa.create_engine(postgres_url)
     loop_store._meta.drop_all(engine)
     store = FeedbackStore(postgres_url, statement_s=0.5)
     now = time.time()
     store.index([single("a" * 32, now - 100, "1", "Iris-setosa")])
-    with engine.connect() as conn, conn.begin():
-        conn.exec_driver_sql("LOCK TABLE iris_answers IN ACCESS EXCLUSIVE MODE")
-        started = time.monotonic()
-        with pytest.raises(sa.exc.OperationalError, match="statement timeout"):
-            store.label([("a" * 32, "Iris-setosa")])
-        assert time.monotonic() - started < 3
-        # Retention lifts the timeout: it waits for the lock, then deletes.
-        pool = ThreadPoolExecutor(1)
-        waiting = pool.submit(store.forget_before, now)
-        time.sleep(1.5)  # three timeouts long
-        assert not waiting.done()
-    assert waiting.result(timeout=10) == 1
-    pool.shutdown()
-    engine.dispose()
+    pool = ThreadPoolExecutor(2)
+    try:
+        with engine.connect() as conn, conn.begin():
+            conn.exec_driver_sql("LOCK TABLE iris_answers IN ACCESS EXCLUSIVE MODE")
+            for call in (
+                partial(store.label, [("a" * 32, "Iris-setosa")]),
+                partial(store.forget_before, now),
+            ):
+                started = time.monotonic()
+                with pytest.raises(sa.exc.OperationalError, match="timeout"):
+                    pool.submit(call).result(timeout=10)  # a hang fails, not blocks, the test
+                assert time.monotonic() - started < 3
+        with store.engine.begin() as conn:  # what retention runs under
+            sql.without_statement_timeout(conn, lock_wait_s=0.5)
+            conn.exec_driver_sql("SELECT pg_sleep(1.0)")  # twice the statement timeout
+            timeouts = [
+                conn.exec_driver_sql(f"SHOW {n}").scalar()
+                for n in ("statement_timeout", "lock_timeout")
+            ]
+        assert timeouts == ["0", "500ms"]
+        assert store.forget_before(now) == 1
+        # Options the URL gives are kept beside ours.
+        url = f"{postgres_url}?options=-c%20application_name%3Diris-t"
+        named = FeedbackStore(url, statement_s=0.25)
+        with named.engine.connect() as conn:
+            shown = [
+                conn.exec_driver_sql(f"SHOW {n}").scalar()
+                for n in ("statement_timeout", "application_name")
+            ]
+        named.engine.dispose()
+        assert shown == ["250ms", "iris-t"]
+    finally:
+        pool.shutdown(wait=False)
+        store.engine.dispose()
+        engine.dispose()
