@@ -68,12 +68,20 @@ class JobStore:
         lease_s: A running job whose heartbeat is older than this is reported failed.
         statement_s: On PostgreSQL, the longest a statement may run or wait for a lock
             (then :class:`JobsUnavailableError`, as for an unreachable database).
+        sqlite_busy_s: On SQLite, the longest a statement waits for a lock.
     """
 
-    def __init__(self, url: str | Path, lease_s: float = 30.0, statement_s: float | None = None):
+    def __init__(
+        self,
+        url: str | Path,
+        lease_s: float = 30.0,
+        statement_s: float | None = None,
+        sqlite_busy_s: float = 30.0,
+    ):
         self.url = database_url(url)
         self.lease_s = lease_s
         self.statement_s = statement_s
+        self.sqlite_busy_s = sqlite_busy_s
         self._engine: sa.Engine | None = None
         self._engine_lock = threading.Lock()
         self._schema_ready = False
@@ -85,7 +93,7 @@ class JobStore:
 
     def _make_engine(self) -> sa.Engine:
         """The engine (no connection yet): training.sql's bounded waits."""
-        return make_engine(self.url, statement_s=self.statement_s)
+        return make_engine(self.url, sqlite_busy_s=self.sqlite_busy_s, statement_s=self.statement_s)
 
     def _ensure_schema(self, engine: sa.Engine) -> None:
         try:

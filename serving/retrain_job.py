@@ -50,11 +50,9 @@ def keep_alive(store: JobStore, job_id: str, done: threading.Event) -> threading
 def main(job_id: str, with_feedback: bool = False) -> int:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_dir, "training.log")
-    store = JobStore(
-        settings.jobs_url,
-        lease_s=settings.jobs_lease_s,
-        statement_s=settings.db_statement_timeout_s,
-    )
+    # No statement timeout here: nobody waits on this process's calls, and its outcome
+    # must be recorded even behind a long lock.
+    store = JobStore(settings.jobs_url, lease_s=settings.jobs_lease_s)
     job = store.get(job_id)
     if job is None:
         logger.error("No retrain job %s in %r", job_id, store)

@@ -47,12 +47,18 @@ class RetrainLauncher:
         except OSError as e:
             self.jobs.finish(job.id, error=f"could not start the training process: {e}")
             raise
-        self.jobs.mark_running(job.id, proc.pid)
-        logger.info("Retrain job %s started (pid %d) on %s", job.id, proc.pid, Path(data_path).name)
+        # Watched from now on, whatever the database says next: the reaper enforces the
+        # timeout and records the outcome.
         threading.Thread(
             target=self._wait, args=(job.id, proc), name=f"retrain-{job.id[:8]}", daemon=True
         ).start()
-        return self.jobs.get(job.id) or job
+        logger.info("Retrain job %s started (pid %d) on %s", job.id, proc.pid, Path(data_path).name)
+        try:
+            self.jobs.mark_running(job.id, proc.pid)  # the process marks itself running too
+            return self.jobs.get(job.id) or job
+        except JobsUnavailableError as e:  # it runs: say so, not "unavailable"
+            logger.warning("Retrain job %s started; its record not updated yet: %s", job.id, e)
+            return job
 
     def _wait(self, job_id: str, proc: subprocess.Popen) -> None:
         try:

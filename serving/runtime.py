@@ -63,6 +63,7 @@ class IrisRuntime:
             settings.jobs_url,
             lease_s=settings.jobs_lease_s,
             statement_s=settings.db_statement_timeout_s,
+            sqlite_busy_s=5.0,  # as the loop store: a request waits seconds, not minutes
         )
         self.retrains = RetrainLauncher(settings, self.jobs, self._on_retrain_finished)
         self.feedback_store = FeedbackStore(

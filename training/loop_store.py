@@ -302,7 +302,8 @@ class FeedbackStore:
         """Delete answers (and labels of predictions) served before ``cutoff``; returns how
         many answers went."""
         with self.engine.begin() as conn:
-            # An hour of answers can be millions of rows: as long as it takes, but no lock queue.
+            # An hour of answers can be millions of rows: as long as it takes, but it waits
+            # for a lock no longer than any other statement (then it is tried in an hour).
             without_statement_timeout(conn, lock_wait_s=self.statement_s)
             conn.execute(labels.delete().where(labels.c.served_time < cutoff))
             conn.execute(served_counts.delete().where(served_counts.c.minute < int(cutoff // 60)))

@@ -79,7 +79,7 @@ def without_statement_timeout(conn: sa.Connection, lock_wait_s: float | None) ->
     """Lift ``statement_timeout`` for the rest of ``conn``'s transaction (PostgreSQL; a
     no-op on SQLite), for upkeep that may rightly take long, such as retention. Waiting
     for a lock stays bounded by ``lock_wait_s``: behind a migration's lock, upkeep gives
-    up rather than queue every later statement behind its own."""
+    up (and holds no thread and connection meanwhile) rather than wait for it."""
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
         if lock_wait_s is not None:

@@ -120,6 +120,9 @@ def test_stuck_shared_database_costs_feedback_and_jobs_a_bounded_503_and_loses_n
             "IRIS_CAPTURE_DIR": str(tmp_path / "captures"),
             "IRIS_CAPTURE_FLUSH_S": "0.2",
             "IRIS_FOLLOW_REGISTRY": "false",
+            # The monitor polls once, at start: it takes no pooled connection the frozen
+            # phase's calls expect to find (a new one would fail on connect instead).
+            "IRIS_LOOP_INTERVAL_S": "3600",
         }
         with (
             bento_server(env, tmp_path / "logs", workers=1) as server,
@@ -145,6 +148,7 @@ def test_stuck_shared_database_costs_feedback_and_jobs_a_bounded_503_and_loses_n
             assert locked_s < STATEMENT_S + 4, locked_s  # the server cancelled the statement
             assert jobs_locked.status_code == 503, jobs_locked.text
             assert jobs_locked.json()["error"]["code"] == "jobs_unavailable"
+            assert "did not answer" not in jobs_locked.json()["error"]["message"]  # cancelled
             assert jobs_locked_s < STATEMENT_S + 4, jobs_locked_s
             lock_recovery_s = labelled_once_answering(client, during_lock, within_s=60)
 

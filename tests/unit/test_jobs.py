@@ -160,3 +160,30 @@ def test_a_loop_uri_of_another_kind_is_refused_and_defaults_follow_the_jobs_data
         "sqlite:////x/loop.db"
     )
     assert Settings().loop_url.endswith("/var/loop.sqlite")
+
+
+def test_a_started_retrain_is_watched_even_when_its_record_cannot_be_updated(tmp_path, monkeypatch):
+    """The training process runs before the job is marked running: a database that fails
+    then (a lock past its statement timeout) neither hides the job behind a 503 nor leaves
+    its process unwatched. The process marks itself running, and its outcome is reaped."""
+    import queue
+
+    from serving.retrain_launcher import RetrainLauncher
+    from training.settings import Settings
+
+    monkeypatch.setenv("IRIS_HOME", str(tmp_path))
+    monkeypatch.setenv("IRIS_JOBS_URI", f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    monkeypatch.setenv("IRIS_RETRAIN_DATA", str(tmp_path / "missing.csv"))  # fails at once
+    settings = Settings()
+
+    class Locked(JobStore):
+        def mark_running(self, job_id: str, pid: int) -> None:
+            raise JobsUnavailableError("canceling statement due to statement timeout")
+
+    finished: queue.Queue = queue.Queue()
+    launcher = RetrainLauncher(settings, Locked(settings.jobs_url), finished.put)
+    job = launcher.launch()  # no exception: the job exists and its process runs
+    assert job.state == "queued"
+    reaped = finished.get(timeout=120)
+    assert reaped.id == job.id and reaped.state == "failed", reaped
+    assert "missing.csv" in (reaped.error or ""), reaped.error
