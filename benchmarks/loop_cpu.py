@@ -212,12 +212,13 @@ def main(
     ] = None,
 ) -> None:
     """Measure CPU per request of loop_on and loop_off, alternating."""
+    on_settings, off_settings = run.env_pairs(env, "--env"), run.env_pairs(off_env, "--off-env")
     work = Path(tempfile.mkdtemp(prefix="iris-loop-cpu-"))
     try:
         trained = run.trained_registry(work)
         peers = launch.build_peers(trained.env, work, load.iris_rows(1)[0], 1)
-        peers["loop_on"].env.update(item.split("=", 1) for item in env)
-        peers["loop_off"].env.update(item.split("=", 1) for item in off_env)
+        peers["loop_on"].env.update(on_settings)
+        peers["loop_off"].env.update(off_settings)
         if sink_core is not None:
             os.sched_setaffinity(0, {1})  # this process, so wrk too
             for key in PAIR:

@@ -99,7 +99,7 @@ def main(
     unknown = set(peers) - set(report.PEER_ORDER)
     if unknown:
         raise typer.BadParameter(f"unknown peer(s) {sorted(unknown)}", param_hint="--peers")
-    overrides = _env_pairs(loop_env)
+    overrides = env_pairs(loop_env)
     if overrides and result_name == "latest":  # a diagnosis is not the benchmark's result
         raise typer.BadParameter("name the results of a diagnosis", param_hint="--result-name")
     signal.signal(signal.SIGTERM, _interrupt)  # so `finally` blocks stop the servers
@@ -158,10 +158,12 @@ def trained_registry(work: Path):
     return trained
 
 
-def _env_pairs(items: list[str]) -> dict[str, str]:
+def env_pairs(items: list[str], option: str = "--loop-env") -> dict[str, str]:
+    """``KEY=VALUE`` items of ``option`` as a dict; anything else is a usage error naming
+    the item and the option."""
     for item in items:
         if "=" not in item:
-            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--loop-env")
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=option)
     return dict(item.split("=", 1) for item in items)
 
 

@@ -23,6 +23,12 @@ MARGIN_S = 5.0
 """How much longer than the database's own statement timeout a request waits."""
 
 
+def answer_within(settings) -> float:
+    """How long a request waits for its database call: the statement timeout
+    (``IRIS_DB_STATEMENT_TIMEOUT_S``) plus ``MARGIN_S``."""
+    return settings.db_statement_timeout_s + MARGIN_S
+
+
 class BoundedCalls:
     """A store's blocking calls, on ``threads`` threads of their own."""
 

@@ -20,7 +20,7 @@ from starlette.responses import Response
 
 from serving import route_docs
 from serving.auth import feedback_denied
-from serving.db_calls import MARGIN_S, BoundedCalls
+from serving.db_calls import BoundedCalls, answer_within
 from serving.errors import json_error, json_response, validation_details
 from serving.runtime import get_runtime
 from serving.schemas import ErrorResponse
@@ -73,7 +73,7 @@ _items = TypeAdapter(list[FeedbackItem])
 
 _DATABASE = BoundedCalls("feedback-db")
 """Feedback's database calls (``serving.db_calls``): a 503 once the database has not
-answered for its statement timeout plus ``db_calls.MARGIN_S``."""
+answered within ``db_calls.answer_within``."""
 
 
 def _unavailable(why: str) -> Response:
@@ -105,7 +105,7 @@ async def post_feedback(request: Request) -> Response:
     if not items:
         return json_error(422, "no labels: send a non-empty list")
     pairs = [(i.prediction_id, i.species) for i in items]
-    wait_s = runtime.settings.db_statement_timeout_s + MARGIN_S
+    wait_s = answer_within(runtime.settings)
     try:
         result = await _DATABASE.run(wait_s, runtime.feedback_store.label, pairs)
     except TimeoutError:

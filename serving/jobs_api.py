@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 
 from serving import route_docs
 from serving.auth import admin_denied
-from serving.db_calls import MARGIN_S, BoundedCalls
+from serving.db_calls import BoundedCalls, answer_within
 from serving.errors import error_body, json_error, json_response
 from serving.jobs import ConflictError, Job, JobsUnavailableError
 from serving.route_docs import JobId
@@ -19,14 +19,14 @@ from serving.runtime import IrisRuntime, get_runtime
 from serving.schemas import ErrorResponse, JobList, JobStatus
 
 _DATABASE = BoundedCalls("jobs-db")
-"""The job database's calls (``serving.db_calls``): a 503 once it has not answered for
-its statement timeout plus ``db_calls.MARGIN_S``. A launch that answered 503 so may still
+"""The job database's calls (``serving.db_calls``): a 503 once it has not answered
+within ``db_calls.answer_within``. A launch that answered 503 so may still
 start its job; asking again then meets it (409)."""
 
 
 async def _call(runtime: IrisRuntime, call, *args):
     """``call(*args)`` on the job database's threads; a stuck database is unavailable."""
-    wait_s = runtime.settings.db_statement_timeout_s + MARGIN_S
+    wait_s = answer_within(runtime.settings)
     try:
         return await _DATABASE.run(wait_s, call, *args)
     except TimeoutError:
