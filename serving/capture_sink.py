@@ -15,17 +15,21 @@ share its worker asks for with the challenger in shadow (``serving.shadow_scorin
 the index database fails, the file waits as ``*.unindexed`` (at most
 ``IRIS_CAPTURE_MAX_PENDING`` rows of them; beyond, the oldest are only logged: their
 Parquet rows stay) and the database is tried again after ``INDEX_RETRY_S``, while
-Parquet writing goes on. Once a minute a sink adopts the files of any worker whose lock
-is free (its sink is gone; an adopted worker's ``*.unindexed`` files are thus retried
-once a minute), and sweeps retention. Lock files are never deleted: an ``flock`` belongs
-to the file, and a new file under the old name would let two sinks in.
+Parquet writing goes on. An insert the database does not answer within its bound (a
+frozen server cancels nothing) counts as failed: the call runs on, on a thread of its own
+(``serving.db_calls``), and no other is tried until it returns, so a frozen database
+stops neither the Parquet capture nor the sink's exit. Once a minute a sink adopts the
+files of any worker whose lock is free (its sink is gone; an adopted worker's
+``*.unindexed`` files are thus retried once a minute), and sweeps retention. Lock files
+are never deleted: an ``flock`` belongs to the file, and a new file under the old name
+would let two sinks in.
 
 The worker's stdin pipe is the only control: a byte means "new file", end of file means
 "drain and exit" (a worker that exits, cleanly or killed, closes it), so SIGTERM sent to
 the server's process group does not cut a drain short. Reports go back on stdout, one
 ``written N``, ``dropped N`` or shadow line each, and become the worker's counters.
 
-Over 250 lines (about 295): a pass's steps (index, shadow, write, delete, retry, adopt,
+Over 250 lines (about 315): a pass's steps (index, shadow, write, delete, retry, adopt,
 retention) share the drain's state and its error reporting.
 """
 
@@ -44,6 +48,7 @@ from pathlib import Path
 from serving.capture_files import CaptureFiles
 from serving.capture_spool import index_rows, owner_lock, parse_spool_name, read_spool, spool_files
 from serving.capture_table import SpoolRows, capture_table, spool_rows
+from serving.db_calls import BoundedCalls, answer_within
 from serving.shadow_scoring import BEHIND_ROWS_SHARE, ShadowScorer, marker_files, marker_path
 from training.answers import IndexRows
 from training.logs import DistinctErrors, configure_logging
@@ -74,6 +79,7 @@ class Drain:
         max_bytes: int = 1 << 30,
         retention_every_s: float = 60.0,
         shadow: ShadowScorer | None = None,
+        index_wait_s: float = 15.0,
     ):
         self.spool = directory / ".spool"
         self.owner = owner
@@ -82,6 +88,8 @@ class Drain:
         self.max_pending_rows = max_pending_rows
         self.retention_every_s = retention_every_s
         self.shadow = shadow
+        self.index_wait_s = index_wait_s
+        self._index_calls = BoundedCalls("capture-index", threads=1)
         self._index_errors = DistinctErrors(logger, "Capture indexing works again")
         self._file_errors = DistinctErrors(logger, "Capture files are written again")
         self._index_retry_at = 0.0
@@ -179,15 +187,23 @@ class Drain:
         after a failure) and the file must wait."""
         if self.index is None:
             return True
-        if time.monotonic() < self._index_retry_at:
-            return False
+        if time.monotonic() < self._index_retry_at or self._index_calls.busy():
+            return False  # resting after a failure, or the last insert still hangs
         try:
             answers = index_rows(spooled, found)
         except Exception as e:  # noqa: BLE001 - its Parquet rows go out all the same
             self._failed(f"Capture spool file {name}: answers unreadable, not indexed", e)
             return True
         try:
-            self.index(answers)
+            self._index_calls.call(self.index_wait_s, self.index, answers)
+        except TimeoutError:
+            self._index_retry_at = time.monotonic() + INDEX_RETRY_S
+            self._index_errors.failed(
+                logging.ERROR,
+                "Capture indexing failed; the answers wait in the spool",
+                TimeoutError(f"the database did not answer within {self.index_wait_s:g} s"),
+            )
+            return False
         except Exception as e:  # noqa: BLE001 - a database outage never stops capture
             self._index_retry_at = time.monotonic() + INDEX_RETRY_S
             self._index_errors.failed(
@@ -281,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         shadow=ShadowScorer(
             report, marker=marker_path(settings.capture_dir / ".spool", int(owner))
         ),
+        index_wait_s=answer_within(settings),
     )
     while True:
         ready, _, _ = select.select([sys.stdin.fileno()], [], [], 1.0)

@@ -1,14 +1,18 @@
 """The fleet's shared PostgreSQL stuck rather than down: its tables locked (a migration's
 ``LOCK TABLE``), then the whole server frozen. Predictions go on at once, ``POST
-/feedback`` and ``GET /jobs`` answer 503 within their bound instead of hanging, and once
-the database answers again every answer captured meanwhile is indexed: its label is
-taken."""
+/feedback`` and ``GET /jobs`` answer 503 within their bound instead of hanging, the
+capture files go on being written, and once the database answers again every answer
+captured meanwhile is indexed: its label is taken. Last, the server is stopped while the
+database is frozen and calls are stuck in it: it exits by itself, its capture sink too,
+and the answers it could not index wait in the spool."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -17,6 +21,8 @@ import pytest
 import sqlalchemy as sa
 
 from harness.servers import bento_server
+from serving.capture_spool import index_rows, read_spool
+from serving.capture_table import spool_rows
 from serving.db_calls import MARGIN_S
 from tests.utils.load import GOOD
 from tests.utils.postgres import postgres_server, server_processes
@@ -106,6 +112,41 @@ def frozen(uri: str):
                 proc.send_signal(signal.SIGCONT)
 
 
+def captured_ids(captures: Path) -> set[str]:
+    if not any(captures.glob("date=*")):
+        return set()
+    return set(pd.read_parquet(captures, columns=["prediction_id"])["prediction_id"])
+
+
+def written_while_frozen(captures: Path, ids: list[str], within_s: float) -> float:
+    """Seconds until every one of ``ids`` is in the capture files."""
+    started = time.monotonic()
+    while not set(ids) <= captured_ids(captures):
+        assert time.monotonic() - started < within_s, "answers not written to Parquet"
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def stopped_by_itself(server, within_s: float) -> float:
+    """SIGTERM the server's process group and wait for every one of its processes to
+    exit; returns the seconds it took. Processes still alive after ``within_s`` are
+    killed and fail the test."""
+    leader = psutil.Process(server.process.pid)
+    processes = [leader, *leader.children(recursive=True)]
+    names = {}
+    for proc in processes:
+        with contextlib.suppress(psutil.Error):
+            names[proc.pid] = " ".join(proc.cmdline()[:4])
+    started = time.monotonic()
+    os.killpg(server.process.pid, signal.SIGTERM)
+    _, alive = psutil.wait_procs(processes, timeout=within_s)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    assert not alive, [names.get(p.pid, p.pid) for p in alive]
+    return time.monotonic() - started
+
+
 def test_stuck_shared_database_costs_feedback_and_jobs_a_bounded_503_and_loses_nothing(
     trained_home, tmp_path, record_property
 ):
@@ -152,10 +193,16 @@ def test_stuck_shared_database_costs_feedback_and_jobs_a_bounded_503_and_loses_n
             assert jobs_locked_s < STATEMENT_S + 4, jobs_locked_s
             lock_recovery_s = labelled_once_answering(client, during_lock, within_s=60)
 
+            captures = tmp_path / "captures"
             with frozen(database):
                 during_freeze, freeze_slowest = predict_all(client)
                 stuck, stuck_s = feedback(client, during_freeze)
                 jobs_stuck, jobs_stuck_s = jobs(client)
+                # The sink's index insert hangs as the handlers' calls do; it gives up as
+                # they do, and writes the files all the same.
+                frozen_written_s = written_while_frozen(
+                    captures, during_freeze, within_s=STATEMENT_S + MARGIN_S + 10
+                )
             # Bounded by the server itself: pooled connections hang (their pre-ping is
             # never answered), so each call gives up after its wait.
             assert freeze_slowest < 2, freeze_slowest
@@ -172,17 +219,29 @@ def test_stuck_shared_database_costs_feedback_and_jobs_a_bounded_503_and_loses_n
             freeze_recovery_s = labelled_once_answering(client, during_freeze, within_s=60)
 
             assert client.get("/readyz", timeout=10).status_code == 200
-        captured = pd.read_parquet(tmp_path / "captures")
-        served = set(before + during_lock + during_freeze)
+
+            with frozen(database):
+                last, _ = predict_all(client)
+                stuck_again, _ = feedback(client, last)  # its thread stays in the database
+                assert stuck_again.status_code == 503, stuck_again.text
+                stop_s = stopped_by_itself(server, within_s=STATEMENT_S + MARGIN_S + 20)
+        captured = pd.read_parquet(captures)
+        served = set(before + during_lock + during_freeze + last)
         assert set(captured["prediction_id"]) == served  # every answer captured, once
         assert len(captured) == len(served)
+        # What the sink could not index waits for the next sink (which adopts the spool).
+        waiting = set()
+        for path in (captures / ".spool").glob("*.unindexed"):
+            spooled = read_spool(path)
+            waiting |= set(index_rows(spooled, spool_rows(spooled)).answer_id)
+        assert set(last) <= waiting, waiting
     record_property(
         "reliability",
         f"shared database locked: /predict 200 (slowest {lock_slowest:.2f} s), /feedback 503 "
         f"in {locked_s:.1f} s, /jobs 503 in {jobs_locked_s:.1f} s, labels taken "
         f"{lock_recovery_s:.1f} s after the unlock; frozen: "
         f"/predict 200 (slowest {freeze_slowest:.2f} s), /feedback 503 in {stuck_s:.1f} s, "
-        f"/jobs 503 in {jobs_stuck_s:.1f} s, "
-        f"labels taken {freeze_recovery_s:.1f} s after the thaw; {len(served)} answers "
-        "captured, none lost",
+        f"/jobs 503 in {jobs_stuck_s:.1f} s, its answers in Parquet {frozen_written_s:.1f} s "
+        f"after, labels taken {freeze_recovery_s:.1f} s after the thaw; {len(served)} answers "
+        f"captured, none lost; stopped while frozen with calls stuck: exited in {stop_s:.1f} s",
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 
 import numpy as np
@@ -361,6 +362,40 @@ def test_index_failures_keep_parquet_going_and_the_backlog_is_bounded(tmp_path, 
     drain._index_retry_at = 0.0  # INDEX_RETRY_S later
     drain.once()
     assert len(indexed) == 1 and not list((tmp_path / ".spool").glob("*.unindexed"))
+
+
+def test_an_index_insert_that_never_answers_holds_back_neither_parquet_nor_the_exit(
+    tmp_path, caplog, monkeypatch
+):
+    """A frozen database: the insert hangs. The sink gives up on it after its bound,
+    writes the files, tries no other insert until that one returns, then indexes all."""
+    monkeypatch.setattr("serving.capture_sink.INDEX_RETRY_S", 0.0)
+    release, tried, indexed = threading.Event(), [], []
+
+    def frozen(answers):
+        tried.append(answers.answer_id)
+        release.wait(30)
+        indexed.extend(answers.answer_id)
+
+    writer, drain = CaptureWriter(tmp_path), sink(tmp_path, index=frozen, index_wait_s=0.2)
+    first, second = chunk(2), chunk(3)
+    writer.submit(first)
+    writer.flush()
+    assert drain.once() == 2  # within the bound, although the insert still hangs
+    writer.submit(second)
+    writer.flush()
+    assert drain.once() == 3
+    assert tried == [[first.base]]  # no second insert behind the stuck one
+    assert len(list((tmp_path / ".spool").glob("*.unindexed"))) == 2
+    assert "did not answer within 0.2 s" in caplog.text
+    release.set()  # the database answers again: the stuck insert completes
+    deadline = time.monotonic() + 10
+    while drain._index_calls.busy() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    drain.once()
+    assert sorted(indexed) == sorted([first.base, first.base, second.base])  # once more: idempotent
+    assert not list((tmp_path / ".spool").iterdir())
+    assert len(pd.read_parquet(tmp_path)) == 5
 
 
 def test_a_damaged_spool_file_is_dropped_and_counted_and_the_others_go_on(tmp_path, caplog):

@@ -4,11 +4,14 @@ never the event loop's own threads."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 
 import pytest
 
 from serving.db_calls import BoundedCalls
+from training.settings import PROJECT_DIR
 
 
 def test_a_stuck_call_times_out_on_its_own_threads_and_a_queued_one_is_dropped():
@@ -32,3 +35,40 @@ def test_a_stuck_call_times_out_on_its_own_threads_and_a_queued_one_is_dropped()
     release.set()
     assert asyncio.run(calls.run(5, lambda: threading.current_thread().name)).startswith("test-db")
     assert ran == []
+
+
+def test_the_blocking_form_times_out_and_says_when_every_thread_is_in_a_call():
+    calls = BoundedCalls("test-sync", threads=1)
+    release = threading.Event()
+    assert not calls.busy()
+    with pytest.raises(TimeoutError):
+        calls.call(0.2, release.wait, 10)
+    assert calls.busy()  # the stuck call holds the only thread
+    release.set()
+    assert calls.call(5, lambda: threading.current_thread().name).startswith("test-sync")
+    assert not calls.busy()
+    with pytest.raises(ZeroDivisionError):  # the call's own error reaches the caller
+        calls.call(5, lambda: 1 / 0)
+
+
+STUCK_AT_EXIT = """
+import asyncio, threading
+from serving.db_calls import BoundedCalls
+try:
+    asyncio.run(BoundedCalls("stuck").run(0.2, threading.Event().wait))
+except TimeoutError:
+    print("gave up")
+"""
+
+
+def test_a_call_stuck_for_ever_keeps_no_process_from_exiting():
+    """A worker or capture sink whose database froze mid-call still exits when told to."""
+    done = subprocess.run(
+        [sys.executable, "-c", STUCK_AT_EXIT],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        cwd=PROJECT_DIR,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "gave up"
