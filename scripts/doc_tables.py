@@ -51,7 +51,7 @@ WHEN = {
     429: "the server is at its concurrency limit",
     500: "a fault in the server (logged there with its traceback; never sent)",
     503: "not ready (starting, model unloaded), or a database it needs (feedback, jobs) does"
-    " not answer",
+    " not answer (then with `Retry-After: 5`)",
     504: "the request took longer than the server's timeout",
 }
 """When each status of ``serving.errors.CODES`` happens (the code's generic meaning)."""
@@ -59,7 +59,10 @@ WHEN = {
 SPECIFIC = {
     "invalid_json": (400, "the body is not valid JSON"),
     "retrain_in_progress": (409, "a retrain is already queued or running; the body names that job"),
-    "jobs_unavailable": (503, "the job records database does not answer (`/retrain`, `/jobs`)"),
+    "jobs_unavailable": (
+        503,
+        "the job records database does not answer (`/retrain`, `/jobs`); `Retry-After: 5`",
+    ),
     "draining": (503, "`/readyz` after SIGTERM while the replica drains (`IRIS_DRAIN_S`)"),
 }
 """Codes more specific than a status's generic one, passed as ``code="..."`` in serving/."""

@@ -104,6 +104,19 @@ def json_error(status: int, message: str, details: list[dict] | None = None, cod
     return json_response(error_body(status, message, details, code), status)
 
 
+RETRY_AFTER_S = 5
+"""What a 503 for a database that failed or did not answer tells the client to wait
+(``Retry-After``) before sending again: the connect timeout it would meet anyway."""
+
+
+def database_unavailable(message: str, code: str = "") -> Response:
+    """503 for a database that failed or did not answer, with ``Retry-After``; serving
+    itself is fine."""
+    response = json_error(503, message, code=code)
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
+
+
 def describe_loc(loc: list | tuple) -> tuple[str | None, int | None, str]:
     """Turn a pydantic error location into (field, row, readable path)."""
     parts = [p for p in loc if p not in ("body", "root")]

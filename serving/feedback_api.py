@@ -21,7 +21,7 @@ from starlette.responses import Response
 from serving import route_docs
 from serving.auth import feedback_denied
 from serving.db_calls import BoundedCalls, answer_within
-from serving.errors import json_error, json_response, validation_details
+from serving.errors import database_unavailable, json_error, json_response, validation_details
 from serving.runtime import get_runtime
 from serving.schemas import ErrorResponse
 from training.schema import SPECIES
@@ -77,9 +77,7 @@ answered within ``db_calls.answer_within``."""
 
 
 def _unavailable(why: str) -> Response:
-    response = json_error(503, f"{why}; retry shortly")
-    response.headers["Retry-After"] = "5"
-    return response
+    return database_unavailable(f"{why}; retry shortly")
 
 
 async def post_feedback(request: Request) -> Response:

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from serving import route_docs
 from serving.auth import admin_denied
 from serving.db_calls import BoundedCalls, answer_within
-from serving.errors import error_body, json_error, json_response
+from serving.errors import database_unavailable, error_body, json_error, json_response
 from serving.jobs import ConflictError, Job, JobsUnavailableError
 from serving.route_docs import JobId
 from serving.runtime import IrisRuntime, get_runtime
@@ -115,7 +115,7 @@ jobs_app.add_api_route(
 
 def jobs_unavailable(error: JobsUnavailableError) -> Response:
     """503 in the documented error shape: the job database is down, serving is not."""
-    return json_error(503, str(error), code="jobs_unavailable")
+    return database_unavailable(str(error), code="jobs_unavailable")
 
 
 def _conflict(job: Job) -> Response:

@@ -30,6 +30,7 @@ def test_unreachable_job_database_is_a_clear_503_and_predictions_are_untouched(
             error = answer.json()["error"]
             assert error["code"] == "jobs_unavailable", (route, error)
             assert "job database is unreachable" in error["message"]
+            assert answer.headers["retry-after"] == "5", route
             assert "hunter2" not in answer.text
         # Auth still comes first: no token, no hint about the database.
         assert client.post("/retrain", timeout=30).status_code == 401

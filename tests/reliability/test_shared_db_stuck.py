@@ -213,6 +213,7 @@ def test_stuck_shared_database_costs_feedback_and_jobs_a_bounded_503_and_loses_n
             assert stuck_s < STATEMENT_S + MARGIN_S + 3, stuck_s
             assert jobs_stuck.status_code == 503, jobs_stuck.text
             assert jobs_stuck.json()["error"]["code"] == "jobs_unavailable"
+            assert jobs_stuck.headers["retry-after"] == "5"
             assert "did not answer within" in jobs_stuck.json()["error"]["message"]
             assert jobs_stuck_s < STATEMENT_S + MARGIN_S + 3, jobs_stuck_s
             assert jobs(client)[0].status_code == 200
