@@ -40,7 +40,9 @@ What that means:
   worker. A file processed
   again (its sink killed before deleting it) is scored then, once. The draw is a hash of
   the prediction id, so every worker and retry draws the same answers.
-- Scores reach the files and the counters about one flush interval after the answer.
+- Scores reach the files and the counters about one flush interval after the answer. The
+  counters count what reached the files: a shadow file that could not be written is
+  counted as dropped (``iris_capture_dropped_total``), not as scored.
 
 Over 250 lines (about 370): what a worker asks, the draw, the scorer with its challenger's
 life (load, retry, ban) and the shadow's rows belong together.
@@ -141,23 +143,29 @@ class ShadowScorer:
         """Score a processed spool file's drawn answers into ``files`` (``CaptureFiles``) as
         ``part-<stem>-s-<k>.parquet``; returns the rows written. Never raises."""
         try:
-            shadow = self.rows(spooled, found, behind=behind)
+            shadow, agreement = self.rows(spooled, found, behind=behind)
         except Exception as e:  # noqa: BLE001 - never stops the capture
             self._errors.failed(logging.ERROR, "Shadow scoring failed", e)
             return 0
-        written = files.write(shadow, f"{stem}-s") if shadow is not None else 0
+        if shadow is None:
+            return 0
+        written = files.write(shadow, f"{stem}-s")
         if written:
             self.report("written", written)
+        if written == shadow.num_rows:  # else dropped and counted so: the gauge's rows only
+            for fields in agreement:
+                self.report("shadow", fields)
         return written
 
-    def rows(self, spooled, found: SpoolRows, *, behind: bool = False):
+    def rows(self, spooled, found: SpoolRows, *, behind: bool = False) -> tuple[object, list[str]]:
         """The Parquet rows (``serving.capture_table``) of the challenger's answers to the
-        drawn champion answers of ``spooled`` (whose flowers are ``found``); None if there
-        are none, or the challenger failed (counted)."""
+        drawn champion answers of ``spooled`` (whose flowers are ``found``), and the
+        agreement to report once they are written (``shadow`` report fields); None (and
+        nothing to report) if there are none, or the challenger failed (counted)."""
         raw = (spooled.schema.metadata or {}).get(TARGET_KEY)
         if raw is None:  # no challenger (any more): let its model go
             self._key = self._model = None
-            return None
+            return None, []
         wanted = json.loads(raw)
         rate = float(wanted["rate"])
         served = np.array([m.role == CHAMPION for m in found.metas] or [False])
@@ -166,15 +174,15 @@ class ShadowScorer:
             ids = spooled["answer_id"].take(numeric_array(picked)).to_pylist()
             picked = picked[drawn(ids, rate)]
         if not len(picked):
-            return None
+            return None, []
         flowers = np.isin(found.answer, picked)
         if behind:
             self.report("shadow_skipped", str(int(flowers.sum())))
-            return None
+            return None, []
         model = self._challenger(wanted)
         if model is None:
             self._failed(found, flowers, wanted["version"])
-            return None
+            return None, []
         try:
             started = time.perf_counter()
             with self._calling(wanted):
@@ -185,10 +193,9 @@ class ShadowScorer:
         except Exception as e:  # noqa: BLE001 - a broken challenger is counted, never raised
             self._errors.failed(logging.WARNING, f"Shadow v{wanted['version']} failed", e)
             self._failed(found, flowers, wanted["version"])
-            return None
+            return None, []
         self._errors.ok()
-        self._agreement(found, flowers, model, proba)
-        return table
+        return table, _agreement(found, flowers, model, proba)
 
     def _challenger(self, wanted: dict):
         """The challenger ``wanted`` names, loaded once; None if it cannot be (tried again
@@ -246,17 +253,20 @@ class ShadowScorer:
             with contextlib.suppress(OSError):
                 os.utime(ban_path(self.marker))
 
-    def _agreement(self, found: SpoolRows, flowers: np.ndarray, model, proba) -> None:
-        """Report, per champion version, flowers scored and flowers whose species both
-        models named (each the argmax of its own probabilities, as served)."""
-        theirs = np.asarray(model.class_names, dtype=object)[proba.argmax(axis=1)]
-        for version, (scored, agreed) in _per_champion(found, flowers, theirs).items():
-            self.report("shadow", f"{version} {model.identity.version} {scored} {agreed}")
-
     def _failed(self, found: SpoolRows, flowers: np.ndarray, challenger: str) -> None:
         """Report the flowers not scored, per champion version."""
         for version, (n, _) in _per_champion(found, flowers).items():
             self.report("shadow_failed", f"{version} {challenger} {n}")
+
+
+def _agreement(found: SpoolRows, flowers: np.ndarray, model, proba) -> list[str]:
+    """Per champion version, flowers scored and flowers whose species both models named
+    (each the argmax of its own probabilities, as served), as ``shadow`` report fields."""
+    theirs = np.asarray(model.class_names, dtype=object)[proba.argmax(axis=1)]
+    return [
+        f"{version} {model.identity.version} {scored} {agreed}"
+        for version, (scored, agreed) in _per_champion(found, flowers, theirs).items()
+    ]
 
 
 def _per_champion(found: SpoolRows, flowers: np.ndarray, theirs=None) -> dict[str, list[int]]:

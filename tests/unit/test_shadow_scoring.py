@@ -109,6 +109,22 @@ def test_the_sink_scores_champion_answers_and_writes_them_as_shadow_rows(tmp_pat
     assert not set(canary.ids) & set(shadow.index)
 
 
+def test_shadow_rows_that_cannot_be_written_are_dropped_not_counted_as_scored(tmp_path):
+    """The agreement counters count what reached the files, so that they equal an offline
+    comparison of the captures: a shadow file that fails is counted as dropped."""
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    (tmp_path / f"date={day}").mkdir()
+    (tmp_path / f"date={day}" / "model_version=2").write_text("not a folder")  # the shadow's
+    writer, sink, reports = pipeline(tmp_path, Challenger())
+    writer.submit(chunk(3))
+    writer.flush()
+    assert sink.once() == 3  # the champion's rows
+    assert ("dropped", 3) in reports
+    assert not [r for r in reports if r[0] == "shadow"]
+    written = pd.concat(map(pd.read_parquet, tmp_path.glob("date=*/model_version=*/*.parquet")))
+    assert set(written["role"]) == {"champion"}
+
+
 def test_agreement_compares_species_names_when_the_class_orders_differ(tmp_path):
     """A challenger whose classes come in another order: its third-column answer is the
     champion's first species, and agreement counts the names, not the columns."""
