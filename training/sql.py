@@ -29,6 +29,22 @@ def database_url(uri: str | Path) -> sa.URL:
     return url
 
 
+TCP_USER_TIMEOUT_S = 30
+"""A PostgreSQL connection whose sent data has gone unacknowledged this long (the network
+cut, or the database's host gone without a reset) is closed, and its call fails; without
+it, Linux retransmits for about 15 minutes. libpq's ``tcp_user_timeout``."""
+
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+"""TCP keepalives on PostgreSQL connections: an idle pooled connection to a host that is
+gone is noticed by its probes (unanswered for ``TCP_USER_TIMEOUT_S``), not by the next
+call that hangs on it."""
+
+
 def make_engine(
     url: sa.URL,
     *,
@@ -42,7 +58,9 @@ def make_engine(
     statement waits at most ``sqlite_busy_s`` for a lock. PostgreSQL gets connect and pool
     timeouts and pre-ping, so a database that drops packets or restarts costs seconds, not
     minutes; with ``statement_s``, the server also cancels any statement of ours that runs
-    (or waits for a lock, e.g. behind a migration's ``LOCK TABLE``) longer than that.
+    (or waits for a lock, e.g. behind a migration's ``LOCK TABLE``) longer than that. A cut
+    network fails a call after ``TCP_USER_TIMEOUT_S`` (a frozen server, whose kernel still
+    acknowledges, is bounded only by the callers' own waits: ``serving.db_calls``).
     """
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
@@ -56,8 +74,17 @@ def make_engine(
         pool_size=2,
         max_overflow=4,
         pool_timeout=timeout_s,
-        connect_args={"connect_timeout": max(1, int(timeout_s)), **_pg_options(url, statement_s)},
+        connect_args={
+            "connect_timeout": max(1, int(timeout_s)),
+            **_unless_given(url, {"tcp_user_timeout": TCP_USER_TIMEOUT_S * 1000, **KEEPALIVES}),
+            **_pg_options(url, statement_s),
+        },
     )
+
+
+def _unless_given(url: sa.URL, defaults: dict) -> dict:
+    """``defaults`` without the parameters the URL itself sets (its own win)."""
+    return {k: v for k, v in defaults.items() if k not in url.query}
 
 
 def _pg_options(url: sa.URL, statement_s: float | None) -> dict[str, str]:

@@ -217,15 +217,20 @@ def test_a_locked_table_fails_a_statement_after_its_timeout_and_retention_runs_l
         assert timeouts == ["0", "500ms"]
         assert store.forget_before(now) == 1
         # Options the URL gives are kept beside ours.
-        url = f"{postgres_url}?options=-c%20application_name%3Diris-t"
+        url = f"{postgres_url}?options=-c%20application_name%3Diris-t&keepalives_idle=60"
         named = FeedbackStore(url, statement_s=0.25)
         with named.engine.connect() as conn:
             shown = [
                 conn.exec_driver_sql(f"SHOW {n}").scalar()
                 for n in ("statement_timeout", "application_name")
             ]
+            dsn = conn.connection.dbapi_connection.get_dsn_parameters()
         named.engine.dispose()
         assert shown == ["250ms", "iris-t"]
+        # TCP bounds for a cut network (tests/reliability/test_db_network_cut.py), the URL's
+        # own value kept.
+        tcp = ("tcp_user_timeout", "keepalives", "keepalives_idle", "keepalives_count")
+        assert [dsn.get(k) for k in tcp] == ["30000", "1", "60", "3"], dsn
     finally:
         pool.shutdown(wait=False)
         store.engine.dispose()
