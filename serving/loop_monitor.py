@@ -110,11 +110,15 @@ class LoopMonitor:
         return result
 
     def _cleanup(self) -> None:
-        """Once an hour, forget predictions older than the capture retention."""
+        """Once an hour, forget predictions older than the capture retention, and labels
+        older than theirs."""
         if time.monotonic() - self._last_cleanup < 3600:
             return
         self._last_cleanup = time.monotonic()
-        cutoff = time.time() - self.settings.capture_retention_days * 86400
-        removed = self.store.forget_before(cutoff)
+        now = time.time()
+        removed = self.store.forget_before(
+            now - self.settings.capture_retention_days * 86400,
+            now - self.settings.label_retention_days * 86400,
+        )
         if removed:
             logger.info("Forgot %d predictions served before the retention window", removed)

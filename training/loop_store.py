@@ -298,14 +298,16 @@ class FeedbackStore:
         with self.engine.connect() as conn:
             return [tuple(row) for row in conn.execute(query)]
 
-    def forget_before(self, cutoff: float) -> int:
-        """Delete answers (and labels of predictions) served before ``cutoff``; returns how
-        many answers went."""
+    def forget_before(self, cutoff: float, labels_cutoff: float | None = None) -> int:
+        """Delete answers served before ``cutoff``, and labels of predictions served before
+        ``labels_cutoff`` (default: ``cutoff``; a label keeps its flower's measurements, so
+        it outlives its answer); returns how many answers went."""
+        labels_cutoff = cutoff if labels_cutoff is None else labels_cutoff
         with self.engine.begin() as conn:
             # An hour of answers can be millions of rows: as long as it takes, but it waits
             # for a lock no longer than any other statement (then it is tried in an hour).
             without_statement_timeout(conn, lock_wait_s=self.statement_s)
-            conn.execute(labels.delete().where(labels.c.served_time < cutoff))
+            conn.execute(labels.delete().where(labels.c.served_time < labels_cutoff))
             conn.execute(served_counts.delete().where(served_counts.c.minute < int(cutoff // 60)))
             return conn.execute(answers.delete().where(answers.c.time < cutoff)).rowcount
 

@@ -160,7 +160,17 @@ class Settings(BaseSettings):
         "IRIS_CAPTURE_MAX_PENDING.",
     )
     capture_retention_days: int = Field(
-        30, ge=0, description="Keep captures and indexed predictions this many days."
+        30,
+        ge=1,
+        description="Keep captures and indexed predictions this many days (labels: "
+        "IRIS_LABEL_RETENTION_DAYS).",
+    )
+    label_retention_days: int = Field(
+        365,
+        ge=1,
+        description="Keep ground-truth labels (each with its flower's measurements: the "
+        "training data of a retrain with feedback) this many days, however long the "
+        "captures they label are kept.",
     )
     capture_max_bytes: int = Field(
         1 << 30, ge=1 << 20, description="Delete the oldest captures beyond this many bytes."

@@ -152,7 +152,12 @@ def test_a_batch_is_one_indexed_answer_whose_rows_take_labels(loop_url):
     assert len(values) == 10 and species[0] == "Iris-setosa"  # the newest answer first
     np.testing.assert_allclose(values[1:], inputs[:9])
     assert species[1:] == [SPECIES[i] for i in predicted[:9]]
-    assert store.forget_before(now + 0.5) == 1
+    labelled = store.labelled_rows()
+    assert store.forget_before(now + 0.5, labels_cutoff=now - 1) == 1  # the batch answer
+    assert store.labelled_rows() == labelled  # labels outlive their answers
+    with pytest.raises(KeyError):  # its answer is gone: a new label for it is unknown
+        store.label([(f"{'b' * 32}-0", "Iris-setosa")])
+    assert store.forget_before(now + 0.5) == 0
     assert store.labelled_rows() == [(1.0, 1.0, 1.0, 1.0, "Iris-setosa")]
 
 
