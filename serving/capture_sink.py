@@ -14,11 +14,12 @@ replaces rather than duplicates), delete the file, and last, from memory, score 
 share its worker asks for with the challenger in shadow (``serving.shadow_scoring``). If
 the index database fails, the file waits as ``*.unindexed`` (at most
 ``IRIS_CAPTURE_MAX_PENDING`` rows of them; beyond, the oldest are only logged: their
-Parquet rows stay) and the database is tried again after ``INDEX_RETRY_S``, while
-Parquet writing goes on. An insert the database does not answer within its bound (a
-frozen server cancels nothing) counts as failed: the call runs on, on a thread of its own
-(``serving.db_calls``), and no other is tried until it returns, so a frozen database
-stops neither the Parquet capture nor the sink's exit. Once a minute a sink adopts the
+Parquet rows stay) and the database is tried again after ``INDEX_RETRY_S``, doubled after
+each further failure up to ``INDEX_RETRY_MAX_S``, while Parquet writing goes on. An insert
+the database does not answer within its bound (a frozen server cancels nothing) counts as
+failed: the call runs on, on a thread of its own (``serving.db_calls``), and no other is
+tried until it returns, so a frozen database stops neither the Parquet capture nor the
+sink's exit. Once a minute a sink adopts the
 files of any worker whose lock is free (its sink is gone; an adopted worker's
 ``*.unindexed`` files are thus retried once a minute), and sweeps retention. Lock files
 are never deleted: an ``flock`` belongs to the file, and a new file under the old name
@@ -63,6 +64,11 @@ INDEX_RETRY_S = 5.0
 again for this long: a database that hangs (rather than refusing) must not slow the
 Parquet capture down to one timeout per file."""
 
+INDEX_RETRY_MAX_S = 60.0
+"""The longest rest between tries after failures in a row: a database that stays
+unreachable (each connect attempt waits its timeout) costs the Parquet capture a few
+seconds a minute, not half its time."""
+
 
 class Drain:
     """One pass over a worker's spool: index, write, delete; then the folder's upkeep."""
@@ -93,6 +99,7 @@ class Drain:
         self._index_errors = DistinctErrors(logger, "Capture indexing works again")
         self._file_errors = DistinctErrors(logger, "Capture files are written again")
         self._index_retry_at = 0.0
+        self._index_failures = 0  # in a row
         self.files = CaptureFiles(
             directory,
             retention_days,
@@ -197,7 +204,7 @@ class Drain:
         try:
             self._index_calls.call(self.index_wait_s, self.index, answers)
         except TimeoutError:
-            self._index_retry_at = time.monotonic() + INDEX_RETRY_S
+            self._rest_index()
             self._index_errors.failed(
                 logging.ERROR,
                 "Capture indexing failed; the answers wait in the spool",
@@ -205,13 +212,20 @@ class Drain:
             )
             return False
         except Exception as e:  # noqa: BLE001 - a database outage never stops capture
-            self._index_retry_at = time.monotonic() + INDEX_RETRY_S
+            self._rest_index()
             self._index_errors.failed(
                 logging.ERROR, "Capture indexing failed; the answers wait in the spool", e
             )
             return False
         self._index_errors.ok()
+        self._index_failures = 0
         return True
+
+    def _rest_index(self) -> None:
+        """No insert for ``INDEX_RETRY_S``, doubled for each failure in a row."""
+        self._index_failures += 1
+        rest = min(INDEX_RETRY_S * 2 ** (self._index_failures - 1), INDEX_RETRY_MAX_S)
+        self._index_retry_at = time.monotonic() + rest
 
     def _retry_unindexed(self, owner: int) -> None:
         for path in spool_files(self.spool, owner, unindexed=True):

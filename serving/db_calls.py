@@ -17,11 +17,16 @@ capture sink holding one would outlive its SIGTERM until the database answered).
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TypeVar
+
+from training.logs import one_line
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -54,8 +59,13 @@ class BoundedCalls:
             TimeoutError: no answer within ``wait_s`` (a call still queued is dropped;
                 one under way runs on).
         """
-        done = asyncio.wrap_future(self._submit(call, args))  # cancelling it cancels the call
-        return await asyncio.wait_for(done, wait_s)
+        future = self._submit(call, args)
+        try:
+            # A timeout cancels the wrapper, and so the call if it is still queued.
+            return await asyncio.wait_for(asyncio.wrap_future(future), wait_s)
+        except TimeoutError:
+            self._given_up(future)
+            raise
 
     def call(self, wait_s: float, call: Callable[..., T], *args) -> T:
         """:meth:`run` for a caller without an event loop: blocks for up to ``wait_s``."""
@@ -63,7 +73,7 @@ class BoundedCalls:
         try:
             return future.result(wait_s)
         except TimeoutError:
-            future.cancel()  # still queued: never runs
+            self._given_up(future)
             raise
 
     def busy(self) -> bool:
@@ -85,14 +95,32 @@ class BoundedCalls:
     def _serve(self) -> None:
         while True:
             future, call, args = self._calls.get()
-            if not future.set_running_or_notify_cancel():  # given up while queued
-                continue
-            with self._lock:
+            with self._lock:  # busy() counts the call from the moment it cannot be cancelled
+                if not future.set_running_or_notify_cancel():  # given up while queued
+                    continue
                 self._running += 1
+            result, error = None, None
             try:
-                future.set_result(call(*args))
+                result = call(*args)
             except BaseException as e:  # noqa: BLE001 - the caller gets it
-                future.set_exception(e)
-            finally:
-                with self._lock:
-                    self._running -= 1
+                error = e
+            with self._lock:  # ...to the moment its caller can see the outcome
+                self._running -= 1
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+    def _given_up(self, future: Future) -> None:
+        """The caller stopped waiting: a call still queued never runs, and one under way
+        that fails later says so in the log (nobody else reads its outcome)."""
+        if future.cancel():
+            return
+
+        def failed_late(done: Future) -> None:
+            if not done.cancelled() and done.exception() is not None:
+                logger.warning(
+                    "%s: a call given up on failed later: %s", self.name, one_line(done.exception())
+                )
+
+        future.add_done_callback(failed_late)

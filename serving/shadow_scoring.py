@@ -44,7 +44,7 @@ What that means:
   counters count what reached the files: a shadow file that could not be written is
   counted as dropped (``iris_capture_dropped_total``), not as scored.
 
-Over 250 lines (about 370): what a worker asks, the draw, the scorer with its challenger's
+Over 250 lines (about 380): what a worker asks, the draw, the scorer with its challenger's
 life (load, retry, ban) and the shadow's rows belong together.
 """
 

@@ -40,6 +40,8 @@ def main() -> None:
                 outcome["answered"] = True
             except sa.exc.OperationalError as e:
                 outcome["error"] = str(e.orig).strip().splitlines()[0]
+            except Exception as e:  # noqa: BLE001 - reported, and fails the test
+                outcome["unexpected"] = f"{type(e).__name__}: {e}"
             outcome["seconds"] = round(time.monotonic() - began, 1)
 
         link("down")

@@ -7,6 +7,7 @@ Most tests run the sink's pass (:class:`Drain`) in-process after the worker side
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import threading
 import time
@@ -519,3 +520,23 @@ def test_writing_captures_does_not_import_pandas(tmp_path):
     )
     assert out.stdout.strip() == "False"
     assert len(pd.read_parquet(tmp_path)) == 4
+
+
+def test_index_failures_in_a_row_rest_longer_up_to_a_minute_and_a_success_resets(tmp_path):
+    outcomes = itertools.chain([ConnectionError("refused")] * 6, itertools.repeat(None))
+
+    def index(answers):
+        outcome = next(outcomes)
+        if outcome is not None:
+            raise outcome
+
+    writer, drain = CaptureWriter(tmp_path), sink(tmp_path, index=index)
+    rests = []
+    for _ in range(8):
+        writer.submit(chunk(1))
+        writer.flush()
+        drain._index_retry_at = 0.0  # the rest is over
+        drain.once()
+        rests.append(round(max(drain._index_retry_at - time.monotonic(), 0)))
+    assert rests == [5, 10, 20, 40, 60, 60, 0, 0]  # then the waiting files were indexed too
+    assert not list((tmp_path / ".spool").glob("*.unindexed"))

@@ -4,9 +4,11 @@ never the event loop's own threads."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -72,3 +74,23 @@ def test_a_call_stuck_for_ever_keeps_no_process_from_exiting():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "gave up"
+
+
+def test_a_call_given_up_on_that_fails_later_says_so_in_the_log(caplog):
+    calls = BoundedCalls("test-late", threads=1)
+    release = threading.Event()
+
+    def fails_late() -> None:
+        release.wait(10)
+        raise ConnectionResetError("server closed the connection")
+
+    with pytest.raises(TimeoutError):
+        calls.call(0.1, fails_late)
+    with caplog.at_level(logging.WARNING, logger="serving.db_calls"):
+        release.set()
+        deadline = time.monotonic() + 10
+        while calls.busy() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)  # the callback runs right after the call's outcome is set
+    assert "test-late: a call given up on failed later" in caplog.text
+    assert "server closed the connection" in caplog.text
