@@ -12,7 +12,9 @@ Every ``IRIS_LOOP_INTERVAL_S`` each worker asks the shared prediction/feedback d
 
 Every worker computes the same numbers from the same database (gauges in ``mostrecent``
 mode), so whichever worker or replica took a prediction or its label, the figures agree.
-A database outage is logged once and the gauges keep their last values.
+A database outage (or a database that hangs) is logged once and the gauges keep their
+last values; ``iris_loop_updated_timestamp_seconds`` says how old they are, and the
+``IrisLoopGaugesStale`` alert fires when they are older than ten minutes.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class LoopMonitor:
         self.metrics = metrics
         self._stop = threading.Event()
         self._errors = DistinctErrors(logger, "Live quality/drift updated again")
+        self._cleanup_errors = DistinctErrors(logger, "Prediction retention works again")
         self._last_cleanup = 0.0
         self._exported: set[str] = set()
         self._thread = threading.Thread(target=self._loop, name="loop-monitor", daemon=True)
@@ -57,15 +60,22 @@ class LoopMonitor:
             self.check_once()
 
     def check_once(self) -> bool:
-        """Recompute every gauge; False (logged once per distinct error) on failure."""
+        """Recompute every gauge, then (hourly) apply retention; False (logged once per
+        distinct error) if the gauges could not be recomputed."""
         try:
             self.update_quality()
             self.update_drift()
-            self._cleanup()
         except Exception as e:  # noqa: BLE001 - a monitoring outage never stops serving
             self._errors.failed(logging.WARNING, "Live quality/drift not updated", e)
             return False
+        self.metrics.loop_updated.set(time.time())
         self._errors.ok()
+        try:
+            self._cleanup()
+        except Exception as e:  # noqa: BLE001 - tried again in an hour
+            self._cleanup_errors.failed(logging.WARNING, "Prediction retention failed", e)
+        else:
+            self._cleanup_errors.ok()
         return True
 
     def update_quality(self) -> None:

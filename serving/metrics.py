@@ -111,6 +111,12 @@ class Metrics:
             labelnames=["species", "source"],
             multiprocess_mode="mostrecent",
         )
+        self.loop_updated = bentoml.metrics.Gauge(
+            name="iris_loop_updated_timestamp_seconds",
+            documentation="Unix time the live quality and drift gauges were last recomputed "
+            "(by any worker): their values are as old as this.",
+            multiprocess_mode="max",
+        )
         self.drift_rows = bentoml.metrics.Gauge(
             name="iris_drift_window_rows",
             documentation="Recent predictions the drift gauges were computed from.",

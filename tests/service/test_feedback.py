@@ -130,7 +130,12 @@ def drift_gauges(server) -> dict[str, float]:
     text = httpx.get(server.url + "/metrics").text
     found = dict(re.findall(r'^iris_drift_psi\{feature="(\w+)"\} ([0-9.e+-]+)$', text, re.M))
     rows = re.search(r"^iris_drift_window_rows ([0-9.]+)$", text, re.M)
-    return {**{k: float(v) for k, v in found.items()}, "rows": float(rows.group(1))}
+    updated = re.search(r"^iris_loop_updated_timestamp_seconds ([0-9.e+]+)$", text, re.M)
+    return {
+        **{k: float(v) for k, v in found.items()},
+        "rows": float(rows.group(1)),
+        "updated": float(updated.group(1)),
+    }
 
 
 def test_drift_gauge_stays_low_in_distribution_and_crosses_on_a_shift(
@@ -166,6 +171,7 @@ def test_drift_gauge_stays_low_in_distribution_and_crosses_on_a_shift(
     send(shifted)
     moved = settled(lambda g: g.get("petal_length", 0) > 0.25)
     assert moved["sepal_width"] < 0.25, moved  # only the shifted feature moved
+    assert moved["updated"] > calm["updated"] > time.time() - 60  # the gauges' age
 
 
 def test_drift_report_is_one_self_contained_page(loop_server, trained_home, tmp_path):

@@ -83,6 +83,22 @@ def test_a_version_that_leaves_the_window_stops_reporting_its_accuracy(tmp_path)
     assert math.isnan(metrics.live_accuracy.values[key])
 
 
+def test_the_gauges_say_when_they_were_last_recomputed_and_a_failure_leaves_it(tmp_path):
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'loop.sqlite'}")
+    settings = Settings(home=tmp_path)
+    metrics = _Metrics()
+    monitor = LoopMonitor(settings, store, ModelHolder(_served("4")), metrics)
+    before = time.time()
+    assert monitor.check_once()
+    updated = metrics.loop_updated.values[()]
+    assert before <= updated <= time.time()
+    store.engine.dispose()
+    (tmp_path / "loop.sqlite").unlink()
+    (tmp_path / "loop.sqlite").mkdir()  # the database cannot be opened any more
+    assert not monitor.check_once()
+    assert metrics.loop_updated.values[()] == updated  # as old as the gauges' values
+
+
 def test_concurrent_labels_for_the_same_ids_count_once(tmp_path):
     """Two /feedback calls racing on one id (a retry after a timeout, two workers): one
     label is added, the other call reports it unchanged or corrected, never both added."""
