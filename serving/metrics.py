@@ -58,11 +58,14 @@ class Metrics:
         )
         self.captured = bentoml.metrics.Counter(
             name="iris_captured_total",
-            documentation="Predictions written to the capture files.",
+            documentation="Rows of served answers written to the capture files (the "
+            "shadow's rows: iris_shadow_scored_total). A spool file processed again after its "
+            "sink was killed counts twice; its rows are written once.",
         )
         self.capture_dropped = bentoml.metrics.Counter(
             name="iris_capture_dropped_total",
-            documentation="Predictions not captured because the capture queue was full.",
+            documentation="Rows not captured: the capture queue was full, or their file "
+            "could not be read or written (shadow rows included; the service log says which).",
         )
         # The loop after deployment: ground truth and drift (serving/loop_monitor.py).
         self.feedback = bentoml.metrics.Counter(

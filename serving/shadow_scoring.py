@@ -149,10 +149,10 @@ class ShadowScorer:
             return 0
         if shadow is None:
             return 0
+        # Counted as scored, not as captured answers (iris_captured_total counts served
+        # answers' rows); rows not written are counted as dropped by ``files``.
         written = files.write(shadow, f"{stem}-s")
-        if written:
-            self.report("written", written)
-        if written == shadow.num_rows:  # else dropped and counted so: the gauge's rows only
+        if written == shadow.num_rows:
             for fields in agreement:
                 self.report("shadow", fields)
         return written

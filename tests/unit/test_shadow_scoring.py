@@ -89,6 +89,7 @@ def test_the_sink_scores_champion_answers_and_writes_them_as_shadow_rows(tmp_pat
         assert writer.submit(c)
     assert writer.flush() == 8
     assert sink.once() == 8 + 6
+    assert [r for r in reports if r[0] == "written"] == [("written", 8)]  # served rows only
     assert challenger.calls == [6]  # one call for the whole file
     third = [[int(p.argmax() == 2) for p in c.proba] for c in champion]
     assert sorted(r for r in reports if r[0] == "shadow") == [
@@ -121,6 +122,7 @@ def test_shadow_rows_that_cannot_be_written_are_dropped_not_counted_as_scored(tm
     assert sink.once() == 3  # the champion's rows
     assert ("dropped", 3) in reports
     assert not [r for r in reports if r[0] == "shadow"]
+    assert [r for r in reports if r[0] == "written"] == [("written", 3)]  # served rows only
     written = pd.concat(map(pd.read_parquet, tmp_path.glob("date=*/model_version=*/*.parquet")))
     assert set(written["role"]) == {"champion"}
 
