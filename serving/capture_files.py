@@ -88,8 +88,13 @@ class CaptureFiles:
         ``before`` into one file per partition.
 
         A flush every second makes thousands of small files an hour; once an hour each
-        worker's sink rewrites that worker's finished ones (never another's) as one file,
-        written under a temporary name and renamed before the small ones are deleted.
+        worker's sink rewrites that worker's finished ones (never another's) as one file.
+        The small files are streamed through, ``MERGE_ROWS`` rows at a time, so a busy
+        hour (millions of rows) costs the sink no more memory than a quiet one. The merged
+        file is written under a temporary name; before it is renamed into place a journal
+        (``.<merged name>.merges``) lists the small files it replaces, and it is deleted
+        after them, so a sink killed in between leaves no row twice for good: the next
+        compaction of the folder, by any sink, finishes the deletion first.
 
         Returns:
             The number of small files merged away.
@@ -98,15 +103,13 @@ class CaptureFiles:
         pid = os.getpid() if pid is None else pid
         for folder in self.directory.glob("date=*/model_version=*"):
             try:
+                finish_merges(folder)
                 merged += self._compact_folder(folder, pid, before)
             except Exception as e:  # noqa: BLE001 - this folder stays as it is; others go on
                 self.on_error(f"Capture compaction of {folder.name} failed", e)
         return merged
 
     def _compact_folder(self, folder: Path, pid: int, before: float) -> int:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         small = []
         for p in folder.glob(f"part-{pid}-*.parquet"):
             with contextlib.suppress(FileNotFoundError):  # retention removed it meanwhile
@@ -114,20 +117,24 @@ class CaptureFiles:
                     small.append(p)
         if len(small) < 2:
             return 0
-        # ParquetFile.read, unlike pq.read_table, does not import pandas into the worker.
-        table = pa.concat_tables(pq.ParquetFile(p).read() for p in sorted(small))
+        small.sort()
         self._seq += 1
         name = f"part-{pid}-{int(time.time() * 1000)}-{self._seq:06d}-h.parquet"
-        partial = folder / f".{name}.tmp"
+        partial, journal = folder / f".{name}.tmp", folder / f".{name}.merges"
         try:
-            pq.write_table(table, partial)
+            _merge(small, partial)
+            _write_atomically(journal, "\n".join(p.name for p in small))
             os.replace(partial, folder / name)
+        except BaseException:
+            journal.unlink(missing_ok=True)  # nothing replaced: the small files stay
+            raise
         finally:
             partial.unlink(missing_ok=True)
         # A reader listing files right now may see rows twice (the merged file and a small
         # one not yet removed): readers that need exact counts drop duplicate prediction ids.
         for p in small:
             p.unlink(missing_ok=True)
+        journal.unlink(missing_ok=True)
         return len(small)
 
     def enforce_retention(self, now: float | None = None) -> list[Path]:
@@ -158,3 +165,55 @@ class CaptureFiles:
                 removed.append(path)
             size -= nbytes
         return removed
+
+
+MERGE_ROWS = 65_536
+"""Rows a compaction holds at once, and the size of the merged file's row groups."""
+
+
+def _merge(small: list[Path], out: Path) -> None:
+    """Write the rows of ``small`` (in order) to ``out``, ``MERGE_ROWS`` at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer, pending, rows = None, [], 0
+    try:
+        for path in small:
+            # ParquetFile.read, unlike pq.read_table, does not import pandas into the sink.
+            table = pq.ParquetFile(path).read()
+            if writer is None:
+                writer = pq.ParquetWriter(out, table.schema)
+            pending.append(table.cast(writer.schema))  # an older file's types: the same data
+            rows += table.num_rows
+            if rows >= MERGE_ROWS:  # whole row groups out, the rest carried on
+                held = pa.concat_tables(pending)
+                full = rows - rows % MERGE_ROWS
+                writer.write_table(held.slice(0, full), row_group_size=MERGE_ROWS)
+                pending, rows = [held.slice(full)], rows - full
+        if rows:
+            writer.write_table(pa.concat_tables(pending), row_group_size=MERGE_ROWS)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def finish_merges(folder: Path, stale_s: float = 3600.0) -> None:
+    """Complete the compactions a killed sink left half-done in ``folder``: where the merged
+    file is in place, delete the small files its journal lists, then the journal. A
+    journal without its merged file is a merge under way (another sink's) or one that died
+    before its rename (its small files are all there): it goes after ``stale_s``."""
+    for journal in folder.glob(".part-*-h.parquet.merges"):
+        merged = folder / journal.name[1 : -len(".merges")]
+        with contextlib.suppress(FileNotFoundError):
+            if merged.exists():
+                for name in journal.read_text().split():
+                    (folder / name).unlink(missing_ok=True)
+            elif journal.stat().st_mtime > time.time() - stale_s:
+                continue
+            journal.unlink()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(f"{path.name}.tmp")
+    partial.write_text(text)
+    os.replace(partial, path)

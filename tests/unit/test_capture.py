@@ -279,6 +279,52 @@ def test_compaction_merges_a_workers_finished_files_and_loses_nothing(tmp_path):
     assert drain.files.compact(before=time.time() + 1) == 0  # a merged file is not merged again
 
 
+def test_compaction_streams_in_bounded_row_groups(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr("serving.capture_files.MERGE_ROWS", 8)
+    writer, drain = CaptureWriter(tmp_path), sink(tmp_path)
+    chunks = [chunk(n) for n in (5, 5, 5, 5, 3)]
+    for c in chunks:
+        writer.submit(c)
+        writer.flush()
+        drain.once()
+    assert drain.files.compact(before=time.time() + 1) == 5
+    (merged,) = tmp_path.rglob("part-*.parquet")
+    groups = pq.ParquetFile(merged).metadata
+    # Never more than 8 + 5 rows held; whole groups of 8 written, the rest carried on.
+    assert [groups.row_group(i).num_rows for i in range(groups.num_row_groups)] == [8, 8, 7]
+    assert list(pd.read_parquet(merged)["prediction_id"]) == [i for c in chunks for i in c.ids]
+
+
+def test_a_compaction_killed_after_its_rename_is_finished_by_the_next(tmp_path):
+    """The merged file is in place, some small files are not yet deleted: the next
+    compaction (of any sink) deletes them, so no row stays twice."""
+    writer, drain = CaptureWriter(tmp_path), sink(tmp_path)
+    chunks = [chunk(n) for n in (1, 2, 3)]
+    for c in chunks:
+        writer.submit(c)
+        writer.flush()
+        drain.once()
+    small = sorted(tmp_path.rglob("part-*.parquet"))
+    kept = {p: p.read_bytes() for p in small}
+    assert drain.files.compact(before=time.time() + 1) == 3
+    (merged,) = tmp_path.rglob("part-*-h.parquet")
+    for p, data in kept.items():  # as if killed before deleting them
+        p.write_bytes(data)
+    journal = merged.with_name(f".{merged.name}.merges")
+    journal.write_text("\n".join(p.name for p in small))
+    assert len(pd.read_parquet(tmp_path)) == 12  # each row twice
+    # Another worker's sink compacts the folder: it finishes the merge first.
+    other = Drain(tmp_path, 1, index=None, report=Reports())
+    assert other.files.compact(before=time.time() + 1, pid=1) == 0
+    assert list(tmp_path.rglob("part-*.parquet")) == [merged]
+    assert not journal.exists()
+    assert sorted(pd.read_parquet(tmp_path)["prediction_id"]) == sorted(
+        i for c in chunks for i in c.ids
+    )
+
+
 def test_a_file_that_cannot_be_written_is_counted_as_dropped(tmp_path):
     day = time.strftime("%Y-%m-%d", time.gmtime())
     (tmp_path / f"date={day}").write_text("not a folder")  # its partitions cannot be made
