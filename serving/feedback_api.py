@@ -22,8 +22,9 @@ from serving import route_docs
 from serving.auth import feedback_denied
 from serving.db_calls import BoundedCalls, answer_within
 from serving.errors import database_unavailable, json_error, json_response, validation_details
-from serving.runtime import get_runtime
+from serving.runtime import IrisRuntime, get_runtime
 from serving.schemas import ErrorResponse
+from training.loop_store import Labelled, UnknownPredictionError
 from training.schema import SPECIES
 
 logger = logging.getLogger(__name__)
@@ -102,36 +103,63 @@ async def post_feedback(request: Request) -> Response:
         return json_error(422, summary, details)
     if not items:
         return json_error(422, "no labels: send a non-empty list")
+    conflicts = _conflicting_labels(items)
+    if conflicts:
+        return json_error(422, conflicts[0]["message"], conflicts)
     pairs = [(i.prediction_id, i.species) for i in items]
     wait_s = answer_within(runtime.settings)
     try:
-        result = await _DATABASE.run(wait_s, runtime.feedback_store.label, pairs)
+        result = await _DATABASE.run(wait_s, _store_and_count, runtime, pairs)
     except TimeoutError:
         logger.error("Feedback not stored: the database did not answer within %.0f s", wait_s)
         return _unavailable(f"the feedback database did not answer within {wait_s:.0f} s")
-    except KeyError as e:
+    except UnknownPredictionError as e:
         unknown = e.args[0]
-        rows = {i.prediction_id: n for n, i in enumerate(items)}
+        rows: dict[str, int] = {}
+        for n, item in enumerate(items):
+            rows.setdefault(item.prediction_id, n)  # its first row
         details = [
-            {"field": "prediction_id", "row": rows[pid], "message": f"unknown prediction {pid}"}
+            {"field": "prediction_id", "row": rows[pid], "message": f"{pid}: {e.why[pid]}"}
             for pid in unknown[:20]
         ]
-        return json_error(
-            404,
-            f"{len(unknown)} prediction_id(s) were never served here (or not indexed yet: "
-            f"about IRIS_CAPTURE_FLUSH_S after the answer): {', '.join(unknown[:3])}",
-            details,
-        )
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        return json_error(404, f"unknown prediction {details[0]['message']}{more}", details)
     except sa.exc.SQLAlchemyError as e:
         logger.error("Feedback not stored, database unavailable: %s", type(e).__name__)
         return _unavailable("the feedback database is unavailable")
-    for version, _role, correct in result.added:
-        runtime.metrics.feedback.labels(model_version=version, correct=str(correct).lower()).inc()
     return json_response(
         FeedbackResult(
             added=len(result.added), updated=result.updated, unchanged=result.unchanged
         ).model_dump()
     )
+
+
+def _store_and_count(runtime: IrisRuntime, pairs: list[tuple[str, str]]) -> Labelled:
+    """Store the labels and count the new ones as soon as they are committed: on the
+    database's thread, so a call whose request gave up (503) but that committed later is
+    counted too (its retry finds them unchanged)."""
+    result = runtime.feedback_store.label(pairs)
+    for version, _role, correct in result.added:
+        runtime.metrics.feedback.labels(model_version=version, correct=str(correct).lower()).inc()
+    return result
+
+
+def _conflicting_labels(items: list[FeedbackItem]) -> list[dict]:
+    """One detail per row that labels an id already labelled differently in this call."""
+    first: dict[str, tuple[int, str]] = {}
+    details = []
+    for n, item in enumerate(items):
+        row, species = first.setdefault(item.prediction_id, (n, item.species))
+        if species != item.species:
+            details.append(
+                {
+                    "field": "species",
+                    "row": n,
+                    "message": f"{item.prediction_id} is labelled {species} in row {row} and "
+                    f"{item.species} in row {n}: send one label per prediction",
+                }
+            )
+    return details
 
 
 feedback_app = route_docs.app("Feedback")

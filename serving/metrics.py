@@ -70,8 +70,9 @@ class Metrics:
         # The loop after deployment: ground truth and drift (serving/loop_monitor.py).
         self.feedback = bentoml.metrics.Counter(
             name="iris_feedback_total",
-            documentation="Ground-truth labels received, by model version and whether the "
-            "served answer was correct.",
+            documentation="New ground-truth labels stored (a prediction's first label; a "
+            "correction is not counted again), by model version and whether the served "
+            "answer was correct.",
             labelnames=["model_version", "correct"],
         )
         self.live_accuracy = bentoml.metrics.Gauge(

@@ -183,16 +183,18 @@ class FeedbackStore:
         """Store ``(prediction_id, species)`` pairs in one transaction.
 
         Raises:
-            KeyError: some ids were never served (their list is the argument); nothing is
-                stored then.
+            UnknownPredictionError: some ids were never served, or name no row the answer had
+                (their list is the argument; ``why`` says what each is); nothing is stored
+                then.
         """
         wanted = dict(pairs)
         now = time.time()
         with self.engine.begin() as conn:
-            served = _resolve(conn, list(wanted))
-            unknown = [pid for pid, _ in pairs if pid not in served]
+            why: dict[str, str] = {}
+            served = _resolve(conn, list(wanted), why)
+            unknown = list(dict.fromkeys(pid for pid, _ in pairs if pid not in served))
             if unknown:
-                raise KeyError(unknown)
+                raise UnknownPredictionError(unknown, why)
             existing = _labels_of(conn, list(wanted))
             new = [pid for pid in wanted if pid not in existing]
             changed = [pid for pid in wanted if pid in existing and existing[pid] != wanted[pid]]
@@ -312,8 +314,20 @@ class FeedbackStore:
             return conn.execute(answers.delete().where(answers.c.time < cutoff)).rowcount
 
 
-def _resolve(conn: sa.Connection, ids: list[str]) -> dict[str, dict]:
-    """What was served under each known id: a ready-made label row (without the label)."""
+class UnknownPredictionError(KeyError):
+    """Ids no served answer has: ``args[0]`` lists them, ``why`` says what each is."""
+
+    def __init__(self, ids: list[str], why: dict[str, str]):
+        super().__init__(ids)
+        self.why = why
+
+
+NOT_SERVED = "never served here (or not indexed yet: about IRIS_CAPTURE_FLUSH_S after the answer)"
+
+
+def _resolve(conn: sa.Connection, ids: list[str], why: dict[str, str]) -> dict[str, dict]:
+    """What was served under each known id: a ready-made label row (without the label);
+    for each unknown one, what it is, in ``why``."""
     parsed = {pid: parse_id(pid) for pid in ids}
     bases = {p[0] for p in parsed.values() if p is not None}
     found = {}
@@ -328,10 +342,18 @@ def _resolve(conn: sa.Connection, ids: list[str]) -> dict[str, dict]:
     for pid, p in parsed.items():
         answer = found.get(p[0]) if p is not None else None
         if answer is None:
+            why[pid] = NOT_SERVED if p is not None else "no answer has it (rows have no leading 0)"
             continue
-        _, row = p
-        if (row is None) != bool(answer.single) or (row or 0) >= answer.n_rows:
-            continue  # a batch row named without its row, or a row the answer did not have
+        base, row = p
+        if row is None and not answer.single:
+            why[pid] = f"a batch answer of {answer.n_rows} rows: label each as {base}-<row>"
+            continue
+        if row is not None and answer.single:
+            why[pid] = f"a single answer: label it as {base}, without -{row}"
+            continue
+        if row is not None and row >= answer.n_rows:
+            why[pid] = f"the batch answer {base} has rows 0-{answer.n_rows - 1}"
+            continue
         index = row or 0
         features = np.frombuffer(answer.inputs, dtype=INPUTS_DTYPE).reshape(-1, len(FEATURES))[
             index

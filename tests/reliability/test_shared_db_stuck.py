@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -218,6 +219,10 @@ def test_stuck_shared_database_costs_feedback_and_jobs_a_bounded_503_and_loses_n
             assert jobs_stuck_s < STATEMENT_S + MARGIN_S + 3, jobs_stuck_s
             assert jobs(client)[0].status_code == 200
             freeze_recovery_s = labelled_once_answering(client, during_freeze, within_s=60)
+            # Every label stored counts once, also those a call committed after its 503.
+            metrics = client.get("/metrics", timeout=10).text
+            counted = re.findall(r"^iris_feedback_total\{[^}]*\} ([0-9.]+)$", metrics, re.M)
+            assert sum(map(float, counted)) == 3 * PREDICTIONS, counted
 
             assert client.get("/readyz", timeout=10).status_code == 200
 

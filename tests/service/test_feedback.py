@@ -105,6 +105,16 @@ def test_feedback_drives_live_accuracy_whichever_worker_takes_it(loop_server, tr
     ("body", "status", "field", "row"),
     [
         ([{"prediction_id": "0" * 32, "species": "Iris-setosa"}], 404, "prediction_id", 0),
+        (  # one id, two different labels in one call: which is meant?
+            [
+                {"prediction_id": "0" * 32, "species": "Iris-setosa"},
+                {"prediction_id": "1" * 32, "species": "Iris-setosa"},
+                {"prediction_id": "0" * 32, "species": "Iris-virginica"},
+            ],
+            422,
+            "species",
+            2,
+        ),
         ([{"prediction_id": "0" * 32, "species": "Iris-rose"}], 422, "species", 0),
         ([{"prediction_id": "not-an-id", "species": "Iris-setosa"}], 422, "prediction_id", 0),
         ([{"species": "Iris-setosa"}], 422, "prediction_id", 0),
@@ -254,13 +264,19 @@ def test_feedback_on_the_last_row_of_a_grpc_batch_counts_through_another_replica
             time.sleep(0.2)
         assert r.status_code == 200, r.text
         assert r.json() == {"added": 2, "updated": 0, "unchanged": 0}
-        for unknown in (f"{base}-1000", base, f"{base}-0999"):
+        for unknown, why in (
+            (f"{base}-1000", "has rows 0-999"),
+            (base, f"a batch answer of 1000 rows: label each as {base}-<row>"),
+            (f"{base}-0999", "rows have no leading 0"),
+            (f"{'0' * 32}-3", "never served here"),
+        ):
             r = httpx.post(
                 replica.url + "/feedback",
                 json=[{"prediction_id": unknown, "species": wrong}],
                 headers=AUTH,
             )
             assert r.status_code == 404, (unknown, r.text)
+            assert why in r.json()["error"]["message"], r.text
         metrics = httpx.get(replica.url + "/metrics").text
     version = response.model_version
     wrong_total = re.search(
