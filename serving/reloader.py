@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from serving import champion_lookup, model_cache
 from serving.model_cache import RETRY_FAILED_S, RETRY_REFUSED_S, FetchError
 from serving.served_model import ModelHolder, ModelIdentity, ServedModel, load_model_dir
 from training.logs import DistinctErrors, one_line
-from training.schema import CANARY_TAG, CHALLENGER, CHAMPION, store_tag
+from training.schema import CANARY_TAG, CHALLENGER, CHAMPION, parse_canary, store_tag
 from training.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -213,22 +212,3 @@ class ChampionWatcher:
             "v%s is in the local BentoML store (%s); loading it from there", found.version, tag
         )
         return load_model_dir(Path(stored.path_of("mlflow_model")), identity)
-
-
-def parse_canary(value: str | None) -> tuple[float, str | None]:
-    """The canary tag (``<percent>@v<version>``) as (percent in [0, 100], version).
-
-    Unset, unreadable or without a version means no canary: (0, None).
-    """
-    if not value:
-        return 0.0, None
-    percent, _, version = value.partition("@v")
-    try:
-        share = float(percent)
-    except ValueError:
-        share = math.nan
-    share = min(max(share, 0.0), 100.0) if math.isfinite(share) else -1.0
-    if share < 0 or not version:
-        logger.warning("Ignoring canary tag %r: expected <percent>@v<version>", value)
-        return 0.0, None
-    return share, version

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from training.registry import Decision, RegistryError, alias_version, promote
-from training.schema import CANARY_TAG, CHALLENGER
+from training.schema import CANARY_TAG, CHALLENGER, parse_canary
 from training.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -74,6 +74,29 @@ def promote_challenger(settings: Settings) -> Decision:
     challenger = challenger_version(settings)
     if challenger is None:
         raise RegistryError(f"{settings.model_name} has no challenger to promote")
+    canaried = canary_version(settings)
+    if canaried is not None and canaried != challenger:
+        raise RegistryError(
+            f"the canary runs on v{canaried} but @challenger is now v{challenger} (a retrain "
+            f"moved it), which no live traffic has tried: end the canary (`iris-train canary "
+            f"0`) and start one on v{challenger}, or promote v{canaried} by name "
+            f"(`iris-train promote {canaried}`)"
+        )
     decision = promote(challenger, settings)
     set_canary(0, settings)
     return decision
+
+
+def canary_version(settings: Settings) -> str | None:
+    """The version the canary tag sends traffic to, or None when there is no canary."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tags = MlflowClient().get_registered_model(settings.model_name).tags
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    percent, version = parse_canary(tags.get(CANARY_TAG))
+    return version if percent > 0 else None

@@ -219,10 +219,14 @@ def _apply(
 
 
 def promote(version: str, settings: Settings) -> Decision:
-    """Move ``champion`` to ``version`` explicitly (promotion or rollback).
+    """Move ``champion`` to ``version`` explicitly (promotion or rollback); ``challenger``
+    leaves it if it pointed there. Promoting the champion again changes no tag (its
+    ``promotion.previous_champion``, the way back, stays), so a promotion that failed
+    half-way can simply be run again.
 
     Raises:
         RegistryError: the version does not exist.
+        MlflowException: the registry failed (an outage is never reported as "no version").
     """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -230,17 +234,17 @@ def promote(version: str, settings: Settings) -> Decision:
     client = MlflowClient()
     try:
         client.get_model_version(settings.model_name, version)
-    except MlflowException:
+    except MlflowException as e:
+        if e.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
         raise RegistryError(f"{settings.model_name} has no version {version!r}") from None
     previous = champion_version(settings)
-    decision = Decision(version, True, f"manual promotion (previous champion: v{previous})")
-    _apply(decision, settings, previous=previous)
-    try:
-        if (
-            str(client.get_model_version_by_alias(settings.model_name, CHALLENGER).version)
-            == version
-        ):
-            client.delete_registered_model_alias(settings.model_name, CHALLENGER)
-    except MlflowException:
-        pass
+    if previous == version:
+        decision = Decision(version, True, "already champion: its tags are unchanged")
+    else:
+        was = f"previous champion: v{previous}" if previous else "no previous champion"
+        decision = Decision(version, True, f"manual promotion ({was})")
+        _apply(decision, settings, previous=previous)
+    if alias_version(settings, CHALLENGER) == version:
+        client.delete_registered_model_alias(settings.model_name, CHALLENGER)
     return decision

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import math
+
+logger = logging.getLogger(__name__)
+
 RAW_TO_FEATURE = {
     "SepalLengthCm": "sepal_length",
     "SepalWidthCm": "sepal_width",
@@ -25,7 +30,8 @@ CHALLENGER = "challenger"
 SHADOW = "shadow"
 """Capture role of the challenger's shadow answers (captured, never returned)."""
 CANARY_TAG = "canary_percent"
-"""Registered-model tag: the share (0-100) of /predict the challenger answers."""
+"""Registered-model tag: the share (0-100) of /predict the challenger answers, and to which
+version (``<percent>@v<version>``, :func:`parse_canary`)."""
 
 MAX_CM = 50.0
 """Upper bound for any measurement. Real irises stay under 10 cm; beyond 50 cm is a typo
@@ -40,3 +46,22 @@ def store_tag(version: str, run_id: str) -> str:
     """BentoML store version of a registry version: the version plus its run, so re-imports
     match and a worker can find a version its own retrain already imported."""
     return f"v{version}-{run_id[:12]}"
+
+
+def parse_canary(value: str | None) -> tuple[float, str | None]:
+    """The canary tag (``<percent>@v<version>``) as (percent in [0, 100], version).
+
+    Unset, unreadable or without a version means no canary: (0, None).
+    """
+    if not value:
+        return 0.0, None
+    percent, _, version = value.partition("@v")
+    try:
+        share = float(percent)
+    except ValueError:
+        share = math.nan
+    share = min(max(share, 0.0), 100.0) if math.isfinite(share) else -1.0
+    if share < 0 or not version:
+        logger.warning("Ignoring canary tag %r: expected <percent>@v<version>", value)
+        return 0.0, None
+    return share, version

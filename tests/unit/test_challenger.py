@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from serving.challenger import choose, in_canary
-from serving.reloader import parse_canary
 from serving.served_model import ModelHolder
 from tests.unit.test_champion_watch import _served
+from training.schema import parse_canary
 
 
 @pytest.mark.parametrize(
