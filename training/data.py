@@ -84,6 +84,17 @@ def load_raw(path: Path) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+def raw_rows(path: Path) -> list[list[str]]:
+    """The rows of a raw CSV as read by :func:`load_raw` (byte-order mark, spaces after
+    commas, columns in any order), as strings in ``RAW_COLUMNS`` order; its values are not
+    checked here.
+
+    Raises:
+        DataValidationError: the file cannot be read, or its columns or shape are wrong.
+    """
+    return _read_rows(path)[list(RAW_COLUMNS)].to_numpy().tolist()
+
+
 def _read_rows(path: Path) -> pd.DataFrame:
     """The data rows as strings, indexed by the file line each row starts on.
 

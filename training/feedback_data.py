@@ -6,21 +6,31 @@ through exactly the validation the shipped CSV does (training.data.load_raw: eve
 value named by file, line and column). A retrain with feedback trains on the base CSV plus
 these rows; both files' digests go into the run's tags, so the lineage says which
 shipped data and which labels a version learned from.
+
+A flower with the same label sent many times (the same measurements asked about again and
+again, or a label replayed) joins the data once, and not at all if the base CSV already has
+it: repeats would land on both sides of the train/test split, and a candidate that learned
+one flower would "win" every test copy of it at the promotion gate
+(``tests/training/test_feedback_data.py``). The same measurements with different labels all
+stay: that disagreement is real.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.data import file_digest
+from training.data import file_digest, raw_rows
 from training.loop_store import FeedbackStore
-from training.schema import RAW_COLUMNS, RAW_ID, RAW_TO_FEATURE
+from training.schema import RAW_ID, RAW_TO_FEATURE
 from training.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,14 +66,15 @@ def combine(settings: Settings, base: Path, out_dir: Path) -> Combined:
         raise ValueError(
             "no labelled predictions to train on: send ground truth to POST /feedback first"
         )
-    with base.open(newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        base_rows = list(reader)
-    if header != list(RAW_COLUMNS):
-        raise ValueError(f"{base.name}: expected columns {', '.join(RAW_COLUMNS)}")
+    base_rows = raw_rows(base)  # as the shipped CSV is read: any column order, a BOM
     start = max((int(r[0]) for r in base_rows if r and r[0].isdigit()), default=0) + 1
-    extra = [_raw_row(start + i, row) for i, row in enumerate(rows)]
+    seen = {_flower(r[1:]) for r in base_rows}
+    extra = []
+    for row in rows:
+        written = _raw_row(start + len(extra), row)
+        if (flower := _flower(written[1:])) not in seen:
+            seen.add(flower)
+            extra.append(written)
     labels_digest = _digest_rows(extra)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{base.stem}+feedback-{labels_digest}.csv"
@@ -72,9 +83,29 @@ def combine(settings: Settings, base: Path, out_dir: Path) -> Combined:
         "data.base_source": base.name,
         "data.base_sha256_16": file_digest(base),
         "data.feedback_rows": str(len(extra)),
+        "data.feedback_repeats_dropped": str(len(rows) - len(extra)),
         "data.feedback_sha256_16": labels_digest,
     }
+    if len(extra) < len(rows):
+        logger.info(
+            "%d of %d labelled predictions repeat a flower and label already in the data: "
+            "each such flower is trained and tested on once",
+            len(rows) - len(extra),
+            len(rows),
+        )
     return Combined(path, len(base_rows), len(extra), lineage)
+
+
+def _flower(values: list[str]) -> tuple:
+    """A row's four measurements and species, compared by value ("5" and "5.0" alike)."""
+    *measurements, species = values
+    key = []
+    for v in measurements:
+        try:
+            key.append(float(v))
+        except ValueError:
+            key.append(v.strip())  # a bad value: compared as written, named by validation
+    return (*key, species.strip())
 
 
 def _raw_row(row_id: int, row) -> list[str]:

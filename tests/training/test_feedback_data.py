@@ -12,6 +12,7 @@ from harness.cli import RAW_CSV
 from harness.training import iris_train, train_home
 from tests.unit.test_loop_monitor import single
 from training.loop_store import FeedbackStore
+from training.schema import FEATURES
 
 pytestmark = pytest.mark.integration
 
@@ -45,15 +46,26 @@ def test_retrain_with_feedback_trains_on_both_and_records_both(tmp_path):
     client = home.client()
     run = client.search_runs(
         [client.get_experiment_by_name("iris-classifier").experiment_id],
-        "tags.`data.feedback_rows` = '10'",
+        "tags.`data.feedback_rows` = '1'",
     )
     assert run, "no run records the feedback rows"
     tags = run[0].data.tags
     assert tags["data.base_source"] == RAW_CSV.name
     assert len(tags["data.base_sha256_16"]) == len(tags["data.feedback_sha256_16"]) == 16
+    # One flower labelled six times joins once; the setosa, four times, is already a row of
+    # the shipped CSV (line 9) with that label: repeats would sit on both sides of the split
+    # and win the gate on every test copy.
+    assert tags["data.feedback_repeats_dropped"] == "9"
     train = pd.read_csv(home.settings.train_csv)
     test = pd.read_csv(home.settings.test_csv)
-    assert len(train) + len(test) == 150 + 10  # the shipped rows plus every label
+    assert len(train) + len(test) == 150 + 1
+    both = pd.concat([train, test])
+    flower = both[list(FEATURES)].to_numpy().tolist()
+    relabelled = [
+        f == [6.0, 2.9, 4.5, 1.5] and s == "Iris-virginica"
+        for f, s in zip(flower, both["species"], strict=True)
+    ]
+    assert sum(relabelled) == 1
 
 
 def test_a_bad_labelled_row_is_named_and_nothing_is_trained(tmp_path):
@@ -78,3 +90,25 @@ def test_without_labels_the_retrain_says_so(tmp_path):
     env = {**home.env, "IRIS_LOOP_URI": f"sqlite:///{tmp_path / 'empty.sqlite'}"}
     proc = iris_train(env, "run", "--with-feedback", check=False)
     assert proc.returncode == 1 and "POST /feedback" in proc.stderr
+
+
+def test_the_base_csv_is_read_as_a_plain_run_reads_it(tmp_path):
+    """A base CSV saved by a spreadsheet (byte-order mark, spaces after commas, columns
+    reordered) is accepted by a plain run, so by a retrain with feedback too."""
+    from training.data import load_raw
+    from training.feedback_data import combine
+    from training.settings import Settings
+
+    loop = f"sqlite:///{tmp_path / 'loop.sqlite'}"
+    serve_and_label(
+        FeedbackStore(loop), [([6.0, 2.9, 4.5, 1.5], "Iris-versicolor", "Iris-virginica")]
+    )
+    frame = pd.read_csv(RAW_CSV)
+    reordered = frame[["Species", *frame.columns[:-1]]].to_csv(index=False)
+    base = tmp_path / "spreadsheet.csv"
+    base.write_text("\ufeff" + reordered.replace(",", ", "), encoding="utf-8")
+    assert len(load_raw(base)) == 150
+    combined = combine(Settings(home=tmp_path, loop_uri=loop), base, tmp_path / "out")
+    assert (combined.base_rows, combined.feedback_rows) == (150, 1)
+    both = load_raw(combined.path)
+    assert len(both) == 151 and both.iloc[-1]["species"] == "Iris-virginica"
