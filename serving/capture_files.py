@@ -123,8 +123,10 @@ class CaptureFiles:
         partial, journal = folder / f".{name}.tmp", folder / f".{name}.merges"
         try:
             _merge(small, partial)
+            _fsync(partial)  # on disk before anything points at it: a host crash too
             _write_atomically(journal, "\n".join(p.name for p in small))
             os.replace(partial, folder / name)
+            _fsync(folder)
         except BaseException:
             journal.unlink(missing_ok=True)  # nothing replaced: the small files stay
             raise
@@ -202,12 +204,19 @@ def finish_merges(folder: Path, stale_s: float = 3600.0) -> None:
     file is in place, delete the small files its journal lists, then the journal. A
     journal without its merged file is a merge under way (another sink's) or one that died
     before its rename (its small files are all there): it goes after ``stale_s``."""
+    import pyarrow.parquet as pq
+
     for journal in folder.glob(".part-*-h.parquet.merges"):
         merged = folder / journal.name[1 : -len(".merges")]
         with contextlib.suppress(FileNotFoundError):
             if merged.exists():
-                for name in journal.read_text().split():
-                    (folder / name).unlink(missing_ok=True)
+                try:
+                    pq.read_metadata(merged)  # whole: its footer is written last
+                except Exception:  # noqa: BLE001 - damaged: the small files are the data
+                    merged.unlink()
+                else:
+                    for name in journal.read_text().split():
+                        (folder / name).unlink(missing_ok=True)
             elif journal.stat().st_mtime > time.time() - stale_s:
                 continue
             journal.unlink()
@@ -216,4 +225,15 @@ def finish_merges(folder: Path, stale_s: float = 3600.0) -> None:
 def _write_atomically(path: Path, text: str) -> None:
     partial = path.with_name(f"{path.name}.tmp")
     partial.write_text(text)
+    _fsync(partial)
     os.replace(partial, path)
+    _fsync(path.parent)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') writes to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

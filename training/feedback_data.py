@@ -75,6 +75,11 @@ def combine(settings: Settings, base: Path, out_dir: Path) -> Combined:
         if (flower := _flower(written[1:])) not in seen:
             seen.add(flower)
             extra.append(written)
+    if not extra:
+        raise ValueError(
+            f"all {len(rows)} labelled predictions repeat flowers {base.name} already has with "
+            "those labels: nothing new to train on"
+        )
     labels_digest = _digest_rows(extra)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{base.stem}+feedback-{labels_digest}.csv"

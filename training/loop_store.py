@@ -192,10 +192,12 @@ class FeedbackStore:
         with self.engine.begin() as conn:
             why: dict[str, str] = {}
             served = _resolve(conn, list(wanted), why)
-            unknown = list(dict.fromkeys(pid for pid, _ in pairs if pid not in served))
+            # A label outlives its answer (IRIS_LABEL_RETENTION_DAYS): sent again, or
+            # corrected, it needs only itself.
+            existing = _labels_of(conn, list(wanted))
+            unknown = [pid for pid in wanted if pid not in served and pid not in existing]
             if unknown:
                 raise UnknownPredictionError(unknown, why)
-            existing = _labels_of(conn, list(wanted))
             new = [pid for pid in wanted if pid not in existing]
             changed = [pid for pid in wanted if pid in existing and existing[pid] != wanted[pid]]
             inserted: set[str] = set()
@@ -322,7 +324,10 @@ class UnknownPredictionError(KeyError):
         self.why = why
 
 
-NOT_SERVED = "never served here (or not indexed yet: about IRIS_CAPTURE_FLUSH_S after the answer)"
+NOT_SERVED = (
+    "never served here (or not indexed yet: about IRIS_CAPTURE_FLUSH_S after the answer; or "
+    "served before IRIS_CAPTURE_RETENTION_DAYS)"
+)
 
 
 def _resolve(conn: sa.Connection, ids: list[str], why: dict[str, str]) -> dict[str, dict]:

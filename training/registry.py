@@ -16,7 +16,7 @@ import pandas as pd
 
 from training import gate as gate_rule
 from training.model_io import load_classifier
-from training.schema import CHALLENGER, CHAMPION, FEATURES
+from training.schema import CANARY_TAG, CHALLENGER, CHAMPION, FEATURES, parse_canary
 from training.settings import Settings
 from training.train import PRIORITY_TAG, CandidateResult
 
@@ -220,9 +220,9 @@ def _apply(
 
 def promote(version: str, settings: Settings) -> Decision:
     """Move ``champion`` to ``version`` explicitly (promotion or rollback); ``challenger``
-    leaves it if it pointed there. Promoting the champion again changes no tag (its
-    ``promotion.previous_champion``, the way back, stays), so a promotion that failed
-    half-way can simply be run again.
+    leaves it, and a canary on it ends, if they pointed there. Promoting the champion again
+    changes no version tag (its ``promotion.previous_champion``, the way back, stays), so a
+    promotion that failed half-way can simply be run again.
 
     Raises:
         RegistryError: the version does not exist.
@@ -245,6 +245,11 @@ def promote(version: str, settings: Settings) -> Decision:
         was = f"previous champion: v{previous}" if previous else "no previous champion"
         decision = Decision(version, True, f"manual promotion ({was})")
         _apply(decision, settings, previous=previous)
+    # A canary on this version is over (its challenger is champion): first, so a retry after
+    # a failure here still finds the challenger to promote.
+    tags = client.get_registered_model(settings.model_name).tags
+    if parse_canary(tags.get(CANARY_TAG))[1] == version:
+        client.delete_registered_model_tag(settings.model_name, CANARY_TAG)
     if alias_version(settings, CHALLENGER) == version:
         client.delete_registered_model_alias(settings.model_name, CHALLENGER)
     return decision

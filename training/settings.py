@@ -194,7 +194,11 @@ class Settings(BaseSettings):
         2000, ge=50, description="Drift compares this many newest predictions to training."
     )
     loop_interval_s: float = Field(
-        15.0, gt=0, description="How often live accuracy and drift are recomputed."
+        15.0,
+        gt=0,
+        le=300,
+        description="How often live accuracy and drift are recomputed (at most 300 s: the "
+        "IrisLoopGaugesStale alert takes gauges over 10 min old for a failing database).",
     )
     db_statement_timeout_s: float = Field(
         10.0,

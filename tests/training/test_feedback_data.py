@@ -112,3 +112,15 @@ def test_the_base_csv_is_read_as_a_plain_run_reads_it(tmp_path):
     assert (combined.base_rows, combined.feedback_rows) == (150, 1)
     both = load_raw(combined.path)
     assert len(both) == 151 and both.iloc[-1]["species"] == "Iris-virginica"
+
+
+def test_labels_that_only_repeat_the_base_are_nothing_to_train_on(tmp_path):
+    from training.feedback_data import combine
+    from training.settings import Settings
+
+    loop = f"sqlite:///{tmp_path / 'loop.sqlite'}"
+    serve_and_label(  # line 9 of the shipped CSV, with its own label, twice
+        FeedbackStore(loop), [([5.0, 3.4, 1.5, 0.2], "Iris-setosa", "Iris-setosa")] * 2
+    )
+    with pytest.raises(ValueError, match=r"all 2 labelled predictions repeat flowers Iris\.csv"):
+        combine(Settings(home=tmp_path, loop_uri=loop), RAW_CSV, tmp_path / "out")

@@ -325,6 +325,27 @@ def test_a_compaction_killed_after_its_rename_is_finished_by_the_next(tmp_path):
     )
 
 
+def test_a_damaged_merged_file_is_removed_and_its_small_files_kept(tmp_path):
+    """A host that crashed after the rename but before the merged file reached the disk:
+    the journal names small files the merged one does not hold. They are the data."""
+    from serving.capture_files import finish_merges
+
+    writer, drain = CaptureWriter(tmp_path), sink(tmp_path)
+    for n in (1, 2):
+        writer.submit(chunk(n))
+        writer.flush()
+        drain.once()
+    small = sorted(tmp_path.rglob("part-*.parquet"))
+    folder = small[0].parent
+    merged = folder / f"part-{os.getpid()}-1-000001-h.parquet"
+    merged.write_bytes(b"")  # renamed, never written
+    (folder / f".{merged.name}.merges").write_text("\n".join(p.name for p in small))
+    finish_merges(folder)
+    assert sorted(folder.glob("part-*.parquet")) == small
+    assert not list(folder.glob(".*.merges"))
+    assert len(pd.read_parquet(tmp_path)) == 3
+
+
 def test_a_file_that_cannot_be_written_is_counted_as_dropped(tmp_path):
     day = time.strftime("%Y-%m-%d", time.gmtime())
     (tmp_path / f"date={day}").write_text("not a folder")  # its partitions cannot be made

@@ -22,16 +22,25 @@ def test_labels_a_call_commits_after_its_request_gave_up_are_counted(tmp_path):
     client's retry, which finds them unchanged, does not count them again."""
     store = FeedbackStore(f"sqlite:///{tmp_path / 'loop.sqlite'}")
     store.index([single("a" * 32, time.time(), "3", "Iris-setosa")])
-    release, label = threading.Event(), store.label
+    entered, release, label = threading.Event(), threading.Event(), store.label
 
     def slow_label(pairs):
+        entered.set()
         release.wait(10)  # the database answers late
         return label(pairs)
 
+    async def gives_up_once_under_way() -> None:
+        call = asyncio.ensure_future(
+            calls.run(10, _store_and_count, runtime, [("a" * 32, "Iris-setosa")])
+        )
+        assert await asyncio.to_thread(entered.wait, 10)  # the call runs: it cannot be dropped
+        call.cancel()  # the request gives up, as on its wait's timeout
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
     runtime = SimpleNamespace(feedback_store=SimpleNamespace(label=slow_label), metrics=_Counters())
     calls = BoundedCalls("test-feedback", threads=1)
-    with pytest.raises(TimeoutError):
-        asyncio.run(calls.run(0.1, _store_and_count, runtime, [("a" * 32, "Iris-setosa")]))
+    asyncio.run(gives_up_once_under_way())
     release.set()
     retry = calls.call(10, _store_and_count, runtime, [("a" * 32, "Iris-setosa")])
     assert (len(retry.added), retry.unchanged) == (0, 1)  # the late call had stored it

@@ -171,8 +171,14 @@ def test_a_batch_is_one_indexed_answer_whose_rows_take_labels(loop_url):
     labelled = store.labelled_rows()
     assert store.forget_before(now + 0.5, labels_cutoff=now - 1) == 1  # the batch answer
     assert store.labelled_rows() == labelled  # labels outlive their answers
-    with pytest.raises(KeyError):  # its answer is gone: a new label for it is unknown
-        store.label([(f"{'b' * 32}-0", "Iris-setosa")])
+    with pytest.raises(KeyError):  # its answer is gone: a first label for a row is unknown
+        store.label([(f"{'b' * 32}-1", "Iris-setosa")])
+    again = store.label([(f"{'b' * 32}-999", wrong)])  # a label it has: sent again,
+    assert (again.added, again.updated, again.unchanged) == ([], 0, 1)
+    served_species = SPECIES[predicted[999]]
+    fixed = store.label([(f"{'b' * 32}-999", served_species)])  # or corrected
+    assert (fixed.added, fixed.updated, fixed.unchanged) == ([], 1, 0)
+    assert store.labelled_rows()[1][4] == served_species
     assert store.forget_before(now + 0.5) == 0
     assert store.labelled_rows() == [(1.0, 1.0, 1.0, 1.0, "Iris-setosa")]
 

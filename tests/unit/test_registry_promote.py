@@ -58,8 +58,10 @@ def test_promote_challenger_refuses_a_version_the_canary_never_tried(registry):
     with pytest.raises(RegistryError, match=r"the canary runs on v2 but @challenger is now v3"):
         promote_challenger(settings)
     assert aliases(client, settings) == {CHAMPION: "1", CHALLENGER: "3"}  # nothing changed
+    promote("2", settings)  # as the refusal suggests: the canary on v2 is over
+    assert CANARY_TAG not in client.get_registered_model(settings.model_name).tags
     set_canary(10, settings)  # a canary on v3, then its promotion
-    assert promote_challenger(settings).version == "3"
+    assert promote_challenger(settings).version == "3"  # not refused: no stale canary tag
     assert aliases(client, settings) == {CHAMPION: "3"}
     assert CANARY_TAG not in client.get_registered_model(settings.model_name).tags
 
