@@ -308,17 +308,20 @@ def ratios(result: dict, target_c: int) -> list[dict]:
         protocol, n, c = key.split("/")
         if int(c) != target_c or key not in mls:
             continue
-        rps = ours[key]["rps"] / mls[key]["rps"] if mls[key]["rps"] else float("inf")
-        p99 = ours[key]["p99_ms"] / mls[key]["p99_ms"]
+        answered = mls[key]["rps"] > 0 and mls[key]["p99_ms"] > 0
+        # MLServer answered nothing in the window (a loaded machine, a 1 s smoke run): its
+        # rate and p99 are unknown, not zero, and no ratio is made of them.
+        rps = ours[key]["rps"] / mls[key]["rps"] if answered else None
+        p99 = ours[key]["p99_ms"] / mls[key]["p99_ms"] if answered else None
         found.append(
             {
                 "protocol": protocol,
                 "rows": int(n),
                 "c": int(c),
-                "rps_ratio": round(rps, 2),
-                "rps_target_met": rps >= 3,
-                "p99_ratio": round(p99, 3),
-                "p99_target_met": p99 <= 1,
+                "rps_ratio": round(rps, 2) if rps is not None else None,
+                "rps_target_met": rps >= 3 if rps is not None else None,
+                "p99_ratio": round(p99, 3) if p99 is not None else None,
+                "p99_target_met": p99 <= 1 if p99 is not None else None,
             }
         )
     return found

@@ -375,12 +375,14 @@ def oip_ratio_table(result: dict) -> list[str]:
         "| --- | --: | --: | --: | --: |",
     ]
     for r in result["ratios"]:
-        rps_mark = "met" if r["rps_target_met"] else "MISSED"
-        p99_mark = "met" if r["p99_target_met"] else "MISSED"
-        lines.append(
-            f"| {r['protocol']} | {r['rows']:,} | {r['c']} | {r['rps_ratio']:.2f}× ({rps_mark}) |"
-            f" {r['p99_ratio']:.3f} ({p99_mark}) |"
-        )
+        if r["rps_ratio"] is None:  # MLServer answered no request: nothing to compare
+            rps_cell = p99_cell = "— (not measured: MLServer answered no request)"
+        else:
+            rps_mark = "met" if r["rps_target_met"] else "MISSED"
+            p99_mark = "met" if r["p99_target_met"] else "MISSED"
+            rps_cell = f"{r['rps_ratio']:.2f}× ({rps_mark})"
+            p99_cell = f"{r['p99_ratio']:.3f} ({p99_mark})"
+        lines.append(f"| {r['protocol']} | {r['rows']:,} | {r['c']} | {rps_cell} | {p99_cell} |")
     return lines
 
 
