@@ -164,7 +164,7 @@ def test_stuck_shared_database_costs_feedback_and_jobs_a_bounded_503_and_loses_n
             "IRIS_FOLLOW_REGISTRY": "false",
             # The monitor polls once, at start: it takes no pooled connection the frozen
             # phase's calls expect to find (a new one would fail on connect instead).
-            "IRIS_LOOP_INTERVAL_S": "3600",
+            "IRIS_LOOP_INTERVAL_S": "300",  # the most allowed; the test takes about 80 s
         }
         with (
             bento_server(env, tmp_path / "logs", workers=1) as server,
