@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 
-from training.registry import Decision, RegistryError, alias_version, promote
-from training.schema import CANARY_TAG, CHALLENGER, parse_canary
+from training.registry import Decision, RegistryError, alias_version, canary_version, promote
+from training.schema import CANARY_TAG, CHALLENGER
 from training.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -85,18 +85,3 @@ def promote_challenger(settings: Settings) -> Decision:
     decision = promote(challenger, settings)
     set_canary(0, settings)
     return decision
-
-
-def canary_version(settings: Settings) -> str | None:
-    """The version the canary tag sends traffic to, or None when there is no canary."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    try:
-        tags = MlflowClient().get_registered_model(settings.model_name).tags
-    except MlflowException as e:
-        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
-    percent, version = parse_canary(tags.get(CANARY_TAG))
-    return version if percent > 0 else None

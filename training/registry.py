@@ -247,9 +247,23 @@ def promote(version: str, settings: Settings) -> Decision:
         _apply(decision, settings, previous=previous)
     # A canary on this version is over (its challenger is champion): first, so a retry after
     # a failure here still finds the challenger to promote.
-    tags = client.get_registered_model(settings.model_name).tags
-    if parse_canary(tags.get(CANARY_TAG))[1] == version:
+    if canary_version(settings) == version:
         client.delete_registered_model_tag(settings.model_name, CANARY_TAG)
     if alias_version(settings, CHALLENGER) == version:
         client.delete_registered_model_alias(settings.model_name, CHALLENGER)
     return decision
+
+
+def canary_version(settings: Settings) -> str | None:
+    """The version the canary tag sends traffic to, or None when there is no canary."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tags = MlflowClient().get_registered_model(settings.model_name).tags
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    percent, version = parse_canary(tags.get(CANARY_TAG))
+    return version if percent > 0 else None
