@@ -20,7 +20,7 @@ of the embedded default) or an ``mlflow server`` beside every single-machine ins
 read is small (two queries, read-only, closed at once), pinned to the MLflow in
 requirements.lock, and tested against that version's real schema in
 ``tests/unit/test_champion_lookup.py``: every registry state gives the same answer as
-``training.registry.alias_version`` (MLflow's client), the ``workspace`` column of MLflow
+``training.aliases.alias_version`` (MLflow's client), the ``workspace`` column of MLflow
 3.x is honoured (``MLFLOW_WORKSPACE``), and 2.x's layout without it still reads. If an
 MLflow upgrade changes those tables, that test fails before any server misreads them;
 a fleet uses the REST path, which is MLflow's public API.

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from training import onnx_export
+from training.aliases import champion_version
 from training.model_io import load_classifier
-from training.registry import RegistryError, champion_version
+from training.registry import RegistryError
 from training.schema import CHAMPION, store_tag
 from training.settings import Settings
 

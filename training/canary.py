@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 
-from training.registry import Decision, RegistryError, alias_version, canary_version, promote
+from training.aliases import alias_version, canary_version
+from training.registry import Decision, RegistryError, promote
 from training.schema import CANARY_TAG, CHALLENGER
 from training.settings import Settings
 

@@ -176,10 +176,10 @@ def run(
 @app.command()
 def champion() -> None:
     """Print the current champion version (exit 1 if there is none)."""
-    from training import registry
+    from training import aliases
 
     settings = _setup()
-    version = _guarded("champion", _on_registry(settings, registry.champion_version, settings))
+    version = _guarded("champion", _on_registry(settings, aliases.champion_version, settings))
     if version is None:
         typer.echo("no champion", err=True)
         raise typer.Exit(1)

@@ -70,10 +70,10 @@ def champion_profile(settings: Settings, version: str | None) -> tuple[str, dict
     """(version, reference profile) of ``version`` (default: the champion) from the registry."""
     import mlflow
 
-    from training import registry
+    from training import aliases, registry
 
     registry.configure(settings)
-    version = version or registry.champion_version(settings)
+    version = version or aliases.champion_version(settings)
     if version is None:
         raise ReportError(f"{settings.model_name} has no champion; pass --version")
     with tempfile.TemporaryDirectory(prefix="iris-report-") as tmp:

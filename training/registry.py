@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 
 from training import gate as gate_rule
+from training.aliases import alias_version, canary_version, champion_version, set_alias
 from training.model_io import load_classifier
-from training.schema import CANARY_TAG, CHALLENGER, CHAMPION, FEATURES, parse_canary
+from training.schema import CANARY_TAG, CHALLENGER, CHAMPION, FEATURES
 from training.settings import Settings
 from training.train import PRIORITY_TAG, CandidateResult
 
@@ -97,27 +98,6 @@ def register(best: CandidateResult, settings: Settings) -> str:
         "Registered %s version %s from run %s", settings.model_name, version.version, best.run_id
     )
     return str(version.version)
-
-
-def alias_version(settings: Settings, alias: str) -> str | None:
-    """The version ``alias`` points at, or None when the model or the alias does not exist."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client = MlflowClient(
-            tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri
-        )
-        return str(client.get_model_version_by_alias(settings.model_name, alias).version)
-    except MlflowException as e:
-        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
-
-
-def champion_version(settings: Settings) -> str | None:
-    """The version the ``champion`` alias points at, or None when there is none."""
-    return alias_version(settings, CHAMPION)
 
 
 def predict_version(version: str, test: pd.DataFrame, settings: Settings) -> np.ndarray:
@@ -214,7 +194,7 @@ def _apply(
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, decision.version, key, value)
-    client.set_registered_model_alias(name, decision.alias, decision.version)
+    set_alias(settings, decision.alias, decision.version)
     logger.info("Version %s -> %s: %s", decision.version, decision.alias, decision.reason)
 
 
@@ -252,18 +232,3 @@ def promote(version: str, settings: Settings) -> Decision:
     if alias_version(settings, CHALLENGER) == version:
         client.delete_registered_model_alias(settings.model_name, CHALLENGER)
     return decision
-
-
-def canary_version(settings: Settings) -> str | None:
-    """The version the canary tag sends traffic to, or None when there is no canary."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    try:
-        tags = MlflowClient().get_registered_model(settings.model_name).tags
-    except MlflowException as e:
-        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
-    percent, version = parse_canary(tags.get(CANARY_TAG))
-    return version if percent > 0 else None

@@ -1,5 +1,5 @@
 """serving.champion_lookup against a real registry of the pinned MLflow: every branch of its
-SQLite read, and the same "no champion" decisions as training.registry (MLflow's client)."""
+SQLite read, and the same "no champion" decisions as training.aliases (MLflow's client)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from serving import champion_lookup
 from serving.champion_lookup import Champion, RegistryUnreachableError
-from training import registry
+from training import aliases
 from training.schema import CANARY_TAG, CHALLENGER, CHAMPION
 from training.settings import Settings
 
@@ -35,7 +35,7 @@ def sqlite_registry(tmp_path):
 def both(uri: str, settings: Settings, alias: str) -> tuple[str | None, str | None]:
     """(champion_lookup's answer, MLflow client's answer) for ``alias``."""
     found = champion_lookup.champion(uri, NAME, alias)
-    return (found.version if found else None), registry.alias_version(settings, alias)
+    return (found.version if found else None), aliases.alias_version(settings, alias)
 
 
 def test_every_registry_state_gets_the_same_answer_as_mlflows_client(sqlite_registry):

@@ -1,0 +1,79 @@
+"""Read and move the registry's aliases (champion, challenger) and the canary tag.
+
+MLflow's SQL store sets an alias by reading its row and then inserting or updating it, with
+no lock between the two. Two writers of one alias that does not exist yet (two replicas'
+retrains finishing together on one ``mlflow server``) both insert, and the second fails
+with the alias table's unique-key violation. The row then exists, so writing again updates
+it: ``set_alias`` does that instead of failing the retrain.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from training.schema import CANARY_TAG, CHAMPION, parse_canary
+from training.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+ALIAS_WRITE_ATTEMPTS = 3
+# What the store's unique-key violation says, from PostgreSQL (psycopg2), SQLite and MySQL.
+_UNIQUE_VIOLATION = ("UniqueViolation", "UNIQUE constraint failed", "Duplicate entry")
+
+
+def alias_version(settings: Settings, alias: str) -> str | None:
+    """The version ``alias`` points at, or None when the model or the alias does not exist."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client = MlflowClient(
+            tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri
+        )
+        return str(client.get_model_version_by_alias(settings.model_name, alias).version)
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def champion_version(settings: Settings) -> str | None:
+    """The version the ``champion`` alias points at, or None when there is none."""
+    return alias_version(settings, CHAMPION)
+
+
+def canary_version(settings: Settings) -> str | None:
+    """The version the canary tag sends traffic to, or None when there is no canary."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tags = MlflowClient().get_registered_model(settings.model_name).tags
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    percent, version = parse_canary(tags.get(CANARY_TAG))
+    return version if percent > 0 else None
+
+
+def set_alias(settings: Settings, alias: str, version: str) -> None:
+    """Point ``alias`` at ``version``, writing again when a concurrent first write of the
+    same alias won the insert (see the module docstring); any other failure is raised."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    for attempt in range(1, ALIAS_WRITE_ATTEMPTS + 1):
+        try:
+            client.set_registered_model_alias(settings.model_name, alias, version)
+            return
+        except MlflowException as e:
+            raced = any(marker in e.message for marker in _UNIQUE_VIOLATION)
+            if not raced or attempt == ALIAS_WRITE_ATTEMPTS:
+                raise
+            logger.warning(
+                "Setting @%s -> v%s raced with another writer of it; writing again", alias, version
+            )
+            time.sleep(0.1 * attempt)
