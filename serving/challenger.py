@@ -8,7 +8,8 @@ With a ``@challenger`` in the registry, every worker holds it beside the champio
   different ``@challenger`` gets nothing until a new split names it), which answers (the
   response's ``model.alias`` says ``challenger``). The choice is sticky per client:
   requests with the same ``X-Client-Key`` header (``IRIS_CANARY_KEY_HEADER``) always land
-  on the same side, by a hash of the key; requests without one are split at random.
+  on the same side, by a hash of the key and the canary's version (the next canary picks
+  its clients afresh); requests without one are split at random.
 - **Shadow** (``IRIS_SHADOW_RATE``, a share of champion answers): the challenger also
   scores answers of the champion, in the worker's capture sink from the captured answers
   (``serving.shadow_scoring``): its outputs are captured (role ``shadow``) and compared
@@ -26,11 +27,19 @@ from serving.served_model import ModelHolder, ServedModel
 BUCKETS = 10_000
 
 
-def in_canary(percent: float, client_key: str | None) -> bool:
-    """Whether a request goes to the challenger: sticky by ``client_key``, else random."""
+def in_canary(percent: float, client_key: str | None, version: str | None = None) -> bool:
+    """Whether a request goes to the challenger: sticky by ``client_key``, else random.
+
+    The key is hashed with the canary's ``version``: one canary keeps a client on one side
+    (and raising its share only adds clients), while the next canary draws its share of
+    clients afresh, so the same clients are not every new model's first users.
+    """
     if percent <= 0:
         return False
-    hashed = zlib.crc32(client_key.encode()) if client_key else random.randrange(BUCKETS)
+    if client_key:
+        hashed = zlib.crc32(f"{version}\0{client_key}".encode())
+    else:
+        hashed = random.randrange(BUCKETS)
     bucket = hashed % BUCKETS
     return bucket < percent * BUCKETS / 100
 
@@ -41,7 +50,7 @@ def choose(holder: ModelHolder, client_key: str | None) -> ServedModel:
     if (
         challenger is not None
         and challenger.identity.version == holder.canary_version
-        and in_canary(holder.canary_percent, client_key)
+        and in_canary(holder.canary_percent, client_key, holder.canary_version)
     ):
         return challenger
     return holder.current

@@ -46,6 +46,16 @@ def test_a_client_key_always_lands_on_the_same_side():
     assert all(in_canary(100, k) for k in keys)
 
 
+def test_each_canary_draws_its_clients_afresh_and_a_raise_only_adds():
+    keys = [f"client-{i}" for i in range(4000)]
+    v2 = {k for k in keys if in_canary(10, k, "2")}
+    v3 = {k for k in keys if in_canary(10, k, "3")}
+    assert 0.07 <= len(v3) / len(keys) <= 0.13
+    # Independent draws share about 10% of a 10% set; the same buckets would share all.
+    assert len(v2 & v3) / len(v2) < 0.25, "the next canary picked the same clients"
+    assert v2 <= {k for k in keys if in_canary(25, k, "2")}  # 10% -> 25%: nobody leaves
+
+
 class _Counters:
     def __init__(self):
         self.counts: dict[tuple, float] = {}
