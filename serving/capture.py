@@ -14,15 +14,16 @@ runs niced so answers come first.
 
 The queue is bounded (``IRIS_CAPTURE_MAX_PENDING`` rows, queued plus spooled and not yet
 written): when the sink falls behind, new chunks are dropped and counted
-(``iris_capture_dropped_total``), and answers go on. A clean stop spools what is pending
-and waits for the sink to write it; a hard kill of the worker loses at most one flush
-interval (the sink sees its pipe close and writes what was spooled). A sink that dies is
+(``iris_capture_dropped_total``, by reason: ``DROP_REASONS``), and answers go on. A clean
+stop spools what is pending and waits for the sink to write it; a hard kill of the worker
+loses at most one flush interval (the sink sees its pipe close and writes what was
+spooled). A sink that dies is
 restarted; one stuck in a challenger's model for ``STALL_S`` (its shadow marker says so)
 is killed, then restarted.
 
 Read it all with one line of pandas: ``pd.read_parquet("var/captures")``.
 
-Over 250 lines (about 365): the queue, the writer thread and the supervision of the
+Over 250 lines (about 380): the queue, the writer thread and the supervision of the
 sink process (start, restart, kill when hung, its reports) share the writer's state.
 """
 
@@ -50,6 +51,12 @@ from training.logs import DistinctErrors, one_line
 from training.settings import PROJECT_DIR, Settings
 
 logger = logging.getLogger(__name__)
+
+DROP_REASONS = ("queue_full", "stopping", "not_spooled", "unreadable", "not_written")
+"""Why answers were not captured, the ``reason`` of ``iris_capture_dropped_total``: the
+sink is behind (the queue is full), the worker is stopping, the worker could not queue or
+spool them, the sink could not read their spool file, or their Parquet file could not be
+written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +114,7 @@ class CaptureWriter:
         max_pending_rows: int = 100_000,
         sink_env: dict[str, str] | None = None,
         on_written: Callable[[int], None] | None = None,
-        on_dropped: Callable[[int], None] | None = None,
+        on_dropped: Callable[[int, str], None] | None = None,
         shadow: Callable[[], dict | None] | None = None,
         on_shadow: Callable[[str, list[str]], None] | None = None,
     ):
@@ -141,9 +148,12 @@ class CaptureWriter:
         raises."""
         n = len(chunk)
         refused: str | None = None
+        reason = "queue_full"
         with self._lock:
             held = self._pending_rows + self._spooled_rows + n
-            if held > self.max_pending_rows or self._stop.is_set():
+            if self._stop.is_set():
+                accepted, reason = False, "stopping"
+            elif held > self.max_pending_rows:
                 accepted = False
             else:
                 try:
@@ -153,8 +163,10 @@ class CaptureWriter:
                 accepted = refused is None
                 if accepted:
                     self._pending_rows += n
+                else:
+                    reason = "not_spooled"
         if not accepted:
-            self._dropped(n)
+            self._dropped(n, reason)
             if refused is not None and refused not in self._refusals:
                 self._refusals.add(refused)  # each reason logged once
                 logger.error("Capture drops answers: %s", refused)
@@ -222,12 +234,13 @@ class CaptureWriter:
             if not len(queue):
                 return 0
             if on_disk + rows > self.max_pending_rows:
-                self._give_back(rows)  # the sink is behind: what it has not written bounds us
+                # The sink is behind: what it has not written bounds us.
+                self._give_back(rows, "queue_full")
                 return 0
             try:
                 self._spool(queue.table(self._shadow_metadata()), rows)
             except Exception:
-                self._give_back(rows)
+                self._give_back(rows, "not_spooled")
                 raise
             return rows
         finally:
@@ -239,11 +252,11 @@ class CaptureWriter:
         wanted = self.shadow() if self.shadow else None
         return None if wanted is None else {TARGET_KEY: json.dumps(wanted).encode()}
 
-    def _give_back(self, rows: int) -> None:
+    def _give_back(self, rows: int, reason: str) -> None:
         """Rows that were taken from the queue and not spooled: uncounted, and dropped."""
         with self._lock:
             self._spooled_rows -= rows
-        self._dropped(rows)
+        self._dropped(rows, reason)
 
     def _spool(self, table, rows: int) -> None:
         self._seq += 1
@@ -306,8 +319,8 @@ class CaptureWriter:
         self._start_sink()
 
     def _read_reports(self, sink: subprocess.Popen) -> None:
-        """Turn the sink's report lines (``written N``, ``dropped N``, and the shadow's,
-        ``serving.shadow_scoring.count``) into the worker's counters."""
+        """Turn the sink's report lines (``written N``, ``dropped N REASON``, and the
+        shadow's, ``serving.shadow_scoring.count``) into the worker's counters."""
         with sink.stdout:
             for line in sink.stdout:
                 kind, *fields = line.decode(errors="replace").split() or [""]
@@ -315,13 +328,13 @@ class CaptureWriter:
                     if kind == "written" and self.on_written:
                         self.on_written(int(fields[0]))
                     elif kind == "dropped":
-                        self._dropped(int(fields[0]))
+                        self._dropped(int(fields[0]), fields[1])
                     elif kind.startswith("shadow") and self.on_shadow:
                         self.on_shadow(kind, fields)
 
-    def _dropped(self, n: int) -> None:
+    def _dropped(self, n: int, reason: str) -> None:
         if self.on_dropped:
-            self.on_dropped(n)
+            self.on_dropped(n, reason if reason in DROP_REASONS else "not_written")
 
 
 def new_id() -> str:
@@ -359,7 +372,7 @@ def capture_writer(
         max_pending_rows=settings.capture_max_pending,
         sink_env=capture_sink_env(settings),
         on_written=metrics.captured.inc,
-        on_dropped=metrics.capture_dropped.inc,
+        on_dropped=lambda n, reason: metrics.capture_dropped.labels(reason=reason).inc(n),
         shadow=shadow,
         on_shadow=lambda kind, fields: count(metrics, kind, fields),
     )

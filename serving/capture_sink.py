@@ -28,7 +28,7 @@ would let two sinks in.
 The worker's stdin pipe is the only control: a byte means "new file", end of file means
 "drain and exit" (a worker that exits, cleanly or killed, closes it), so SIGTERM sent to
 the server's process group does not cut a drain short. Reports go back on stdout, one
-``written N``, ``dropped N`` or shadow line each, and become the worker's counters.
+``written N``, ``dropped N REASON`` or shadow line each, and become the worker's counters.
 
 Over 250 lines (about 315): a pass's steps (index, shadow, write, delete, retry, adopt,
 retention) share the drain's state and its error reporting.
@@ -105,7 +105,7 @@ class Drain:
             retention_days,
             max_bytes,
             on_error=self._failed,
-            on_dropped=lambda n: report("dropped", n),
+            on_dropped=lambda n: report("dropped", f"{n} not_written"),
         )
         self._last_housekeeping = 0.0
         self._compacted_hour = int(time.time() // 3600)
@@ -168,7 +168,7 @@ class Drain:
             return 0
         except Exception as e:  # noqa: BLE001 - a damaged spool file is dropped, counted
             self._failed(f"Capture spool file {path.name} unreadable; {rows} rows dropped", e)
-            self.report("dropped", rows)
+            self.report("dropped", f"{rows} unreadable")
             path.unlink(missing_ok=True)
             return 0
         indexed = self._index(spooled, found, path.name)  # first: feedback waits on it

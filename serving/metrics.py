@@ -24,6 +24,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
+from serving.capture import DROP_REASONS
 from training.schema import CHALLENGER, CHAMPION
 
 logger = logging.getLogger(__name__)
@@ -64,8 +65,11 @@ class Metrics:
         )
         self.capture_dropped = bentoml.metrics.Counter(
             name="iris_capture_dropped_total",
-            documentation="Rows not captured: the capture queue was full, or their file "
-            "could not be read or written (shadow rows included; the service log says which).",
+            documentation="Rows not captured, by reason: queue_full (the capture sink is "
+            "behind), stopping (answered while the worker stopped), not_spooled (the worker "
+            "could not queue or spool them), unreadable (their spool file), not_written (their "
+            "Parquet file; shadow rows included). The service log says more.",
+            labelnames=["reason"],
         )
         # The loop after deployment: ground truth and drift (serving/loop_monitor.py).
         self.feedback = bentoml.metrics.Counter(
@@ -169,7 +173,8 @@ class Metrics:
         self.captured.inc(0)
         self.shadow_skipped.inc(0)
         self.challenger_loads.inc(0)
-        self.capture_dropped.inc(0)
+        for reason in DROP_REASONS:
+            self.capture_dropped.labels(reason=reason)
         # The loop gauges are set by serving.loop_monitor, first at worker start.
         self.serving(name, version)
 

@@ -111,8 +111,13 @@ def test_a_stalled_writer_drops_and_counts_but_answers_every_request(trained_hom
         statuses = [client.post(server.url + "/predict", json=GOOD).status_code for _ in range(25)]
         metrics = client.get(server.url + "/metrics").text
     assert statuses == [200] * 25
-    dropped = re.search(r"^iris_capture_dropped_total ([0-9.]+)$", metrics, re.M)
-    assert dropped and float(dropped.group(1)) == 20.0
+    dropped = dict(
+        re.findall(r'^iris_capture_dropped_total\{reason="(\w+)"\} ([0-9.]+)$', metrics, re.M)
+    )
+    assert dropped == {
+        "queue_full": "20.0",  # the sink is behind: the queue holds 5
+        **dict.fromkeys(("stopping", "not_spooled", "unreadable", "not_written"), "0.0"),
+    }
 
 
 def test_capture_off_writes_nothing(trained_home, tmp_path):

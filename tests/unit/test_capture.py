@@ -7,6 +7,7 @@ Most tests run the sink's pass (:class:`Drain`) in-process after the worker side
 from __future__ import annotations
 
 import dataclasses
+import io
 import itertools
 import os
 import threading
@@ -48,9 +49,10 @@ def chunk(n: int, version: str = "3", at: float | None = None, role: str = "cham
 
 
 class Reports(list):
-    """What a sink reports to its worker: ``(kind, rows)`` pairs."""
+    """What a sink reports to its worker: ``(kind, rows)`` pairs (``(kind, "rows reason")``
+    for drops)."""
 
-    def __call__(self, kind: str, n: int) -> None:
+    def __call__(self, kind: str, n: int | str) -> None:
         self.append((kind, n))
 
 
@@ -106,16 +108,18 @@ def test_prediction_ids_are_uuid7_and_sort_by_time():
 
 def test_a_full_queue_drops_and_counts_and_never_blocks(tmp_path):
     dropped = []
-    writer = CaptureWriter(tmp_path, max_pending_rows=10, on_dropped=dropped.append)
+    writer = CaptureWriter(
+        tmp_path, max_pending_rows=10, on_dropped=lambda n, reason: dropped.append((n, reason))
+    )
     assert writer.submit(chunk(6))
     assert writer.submit(chunk(4))
     started = time.perf_counter()
     assert writer.submit(chunk(3)) is False
     assert time.perf_counter() - started < 0.05
-    assert dropped == [3]
+    assert dropped == [(3, "queue_full")]
     assert writer.flush() == 10
     assert writer.submit(chunk(3)) is False  # spooled rows count until the sink writes them
-    assert dropped == [3, 3]
+    assert dropped == [(3, "queue_full")] * 2
     assert sink(tmp_path).once() == 10
     writer.flush()  # the writer learns at its next flush that the spool was written
     assert writer.submit(chunk(3)) and writer.flush() == 3
@@ -346,24 +350,45 @@ def test_a_damaged_merged_file_is_removed_and_its_small_files_kept(tmp_path):
     assert len(pd.read_parquet(tmp_path)) == 3
 
 
+def test_answers_after_the_stop_are_dropped_as_stopping(tmp_path):
+    dropped = []
+    writer = CaptureWriter(tmp_path, on_dropped=lambda n, reason: dropped.append((n, reason)))
+    writer.close()
+    assert writer.submit(chunk(2)) is False
+    assert dropped == [(2, "stopping")]
+
+
+def test_a_sinks_drop_reports_become_the_workers_counts_by_reason(tmp_path):
+    """The worker reads its sink's lines; a reason it does not know (a newer sink's) still
+    counts, as ``not_written``, so the label set stays bounded."""
+    dropped = []
+    writer = CaptureWriter(tmp_path, on_dropped=lambda n, reason: dropped.append((n, reason)))
+
+    class Sink:
+        stdout = io.BytesIO(b"dropped 3 unreadable\ndropped 2 not_written\ndropped 4 odd\n")
+
+    writer._read_reports(Sink())
+    assert dropped == [(3, "unreadable"), (2, "not_written"), (4, "not_written")]
+
+
 def test_a_file_that_cannot_be_written_is_counted_as_dropped(tmp_path):
     day = time.strftime("%Y-%m-%d", time.gmtime())
     (tmp_path / f"date={day}").write_text("not a folder")  # its partitions cannot be made
     writer, drain = CaptureWriter(tmp_path), sink(tmp_path)
     writer.submit(chunk(3))
     writer.flush()
-    assert drain.once() == 0 and drain.report == [("dropped", 3)]
+    assert drain.once() == 0 and drain.report == [("dropped", "3 not_written")]
     assert writer.submit(chunk(1))  # and the writer goes on
 
 
 def test_a_spool_that_cannot_be_written_is_counted_as_dropped(tmp_path):
     dropped = []
     (tmp_path / ".spool").write_text("not a folder")
-    writer = CaptureWriter(tmp_path, on_dropped=dropped.append)
+    writer = CaptureWriter(tmp_path, on_dropped=lambda n, reason: dropped.append((n, reason)))
     writer.submit(chunk(3))
     with pytest.raises(OSError):
         writer.flush()  # the writer thread logs it and goes on
-    assert dropped == [3]
+    assert dropped == [(3, "not_spooled")]
     assert writer._queue is not writer._spare  # the two buffers still take turns
     assert writer.submit(chunk(1))
 
@@ -372,11 +397,11 @@ def test_an_answer_that_cannot_be_queued_is_counted_never_raised(tmp_path, caplo
     """The hand-off runs on the request path: a chunk whose arrays do not fit the capture
     columns is refused (counted, its reason logged once); the answer itself goes out."""
     dropped = []
-    writer = CaptureWriter(tmp_path, on_dropped=dropped.append)
+    writer = CaptureWriter(tmp_path, on_dropped=lambda n, reason: dropped.append((n, reason)))
     good = chunk(2)
     flat = dataclasses.replace(good, proba=good.proba.reshape(-1))
     assert writer.submit(flat) is False and writer.submit(flat) is False
-    assert dropped == [2, 2]
+    assert dropped == [(2, "not_spooled")] * 2
     assert caplog.text.count("Capture drops answers: rows (2, 4) and probabilities (6,)") == 1
     assert writer.submit(good) and writer.flush() == 2
 
@@ -477,7 +502,7 @@ def test_a_damaged_spool_file_is_dropped_and_counted_and_the_others_go_on(tmp_pa
     broken.write_bytes(b"not arrow")  # damaged while it waited for the index
     drain = sink(tmp_path, index=lambda answers: None)
     assert drain.once() == 3
-    assert ("dropped", 2) in drain.report and ("written", 3) in drain.report
+    assert ("dropped", "2 unreadable") in drain.report and ("written", 3) in drain.report
     assert not list((tmp_path / ".spool").glob("*.arrow*"))  # none left to fail again
     assert f"{first.name} unreadable; 2 rows dropped" in caplog.text
     assert f"{broken.name} unreadable; not indexed" in caplog.text
@@ -536,14 +561,14 @@ def test_queued_arrays_grow_are_reused_and_refuse_another_class_count(tmp_path):
     number of classes than the flush's others is dropped and counted instead of spoiling
     the flush."""
     dropped = []
-    writer = CaptureWriter(tmp_path, on_dropped=dropped.append)
+    writer = CaptureWriter(tmp_path, on_dropped=lambda n, reason: dropped.append((n, reason)))
     first = [chunk(1, role="shadow" if i % 3 else "champion") for i in range(3000)]
     for c in first:
         assert writer.submit(c)
     four = dataclasses.replace(
         chunk(2), proba=np.full((2, 4), 0.25, np.float32), classes=(*SPECIES, "Iris-unknown")
     )
-    assert writer.submit(four) is False and dropped == [2]
+    assert writer.submit(four) is False and dropped == [(2, "not_spooled")]
     assert writer.flush() == 3000
     second = [chunk(5, version="4") for _ in range(3)]
     for c in second:
