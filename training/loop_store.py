@@ -17,7 +17,7 @@ The database is ``IRIS_LOOP_URI``: by default a SQLite file under ``var/`` (shar
 workers of one server), a PostgreSQL URL for a fleet (shared by every replica). SQLAlchemy
 Core speaks both, with the same statements.
 
-Over 250 lines (about 340): the three tables, the index, the label upsert and the read queries
+Over 250 lines (about 420): the three tables, the index, the label upsert and the read queries
 of live quality, drift and retraining share one schema; the packing of an answer lives in
 ``training.answers`` and the SQL plumbing in ``training.sql``.
 """
@@ -84,6 +84,14 @@ labels = sa.Table(
     sa.Column("predicted", sa.String(64), nullable=False),
     *(sa.Column(name, sa.Float, nullable=False) for name in FEATURES),
 )
+
+FORGET_BATCH_ROWS = 10_000
+"""Retention deletes at most this many rows per transaction. An hour of answers can be
+millions of rows, and on SQLite a transaction holds the whole file's write lock: one
+transaction for all of them kept the capture index and ``/feedback`` waiting for it."""
+FORGET_PAUSE_S = 0.1
+"""Rest between retention's transactions: SQLite's busy handler polls a waiting writer
+every 100 ms at most, so a writer waiting for the lock gets it here."""
 
 
 @dataclass(frozen=True)
@@ -302,18 +310,41 @@ class FeedbackStore:
         with self.engine.connect() as conn:
             return [tuple(row) for row in conn.execute(query)]
 
-    def forget_before(self, cutoff: float, labels_cutoff: float | None = None) -> int:
+    def forget_before(
+        self,
+        cutoff: float,
+        labels_cutoff: float | None = None,
+        batch_rows: int = FORGET_BATCH_ROWS,
+    ) -> int:
         """Delete answers served before ``cutoff``, and labels of predictions served before
         ``labels_cutoff`` (default: ``cutoff``; a label keeps its flower's measurements, so
-        it outlives its answer); returns how many answers went."""
+        it outlives its answer), ``batch_rows`` at a time; returns how many answers went."""
         labels_cutoff = cutoff if labels_cutoff is None else labels_cutoff
-        with self.engine.begin() as conn:
-            # An hour of answers can be millions of rows: as long as it takes, but it waits
-            # for a lock no longer than any other statement (then it is tried in an hour).
+        old_labels = labels.c.served_time < labels_cutoff
+        self._delete_in_batches(labels, labels.c.prediction_id, old_labels, batch_rows)
+        with self.engine.begin() as conn:  # a row per version and minute: small
             without_statement_timeout(conn, lock_wait_s=self.statement_s)
-            conn.execute(labels.delete().where(labels.c.served_time < labels_cutoff))
             conn.execute(served_counts.delete().where(served_counts.c.minute < int(cutoff // 60)))
-            return conn.execute(answers.delete().where(answers.c.time < cutoff)).rowcount
+        old = answers.c.time < cutoff
+        return self._delete_in_batches(answers, answers.c.answer_id, old, batch_rows)
+
+    def _delete_in_batches(
+        self, table: sa.Table, key: sa.Column, where: sa.ColumnElement, batch_rows: int
+    ) -> int:
+        """Delete ``table``'s rows ``where`` holds, a transaction per ``batch_rows``, resting
+        ``FORGET_PAUSE_S`` between them so that waiting writers get the lock."""
+        removed = 0
+        while True:
+            with self.engine.begin() as conn:
+                # As long as it takes, but it waits for a lock no longer than any other
+                # statement (then it is tried again in an hour).
+                without_statement_timeout(conn, lock_wait_s=self.statement_s)
+                doomed = sa.select(key).where(where).limit(batch_rows)
+                n = conn.execute(table.delete().where(key.in_(doomed))).rowcount
+            removed += n
+            if n < batch_rows:
+                return removed
+            time.sleep(FORGET_PAUSE_S)
 
 
 class UnknownPredictionError(KeyError):

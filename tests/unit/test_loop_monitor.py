@@ -212,6 +212,46 @@ def test_served_rows_are_counted_once_per_answer_and_follow_the_window(loop_url)
     assert unlabelled(now - 3 * 3600) == {"1": 4, "2": 0}
 
 
+def test_retention_deletes_in_short_transactions(loop_url, monkeypatch):
+    """Each transaction deletes at most ``batch_rows`` (on SQLite one holds the whole
+    file's write lock), and between them another writer gets in."""
+    monkeypatch.setattr(loop_store, "FORGET_PAUSE_S", 0.0)
+    store = FeedbackStore(loop_url)
+    now = time.time()
+    store.index([single(f"{i:032x}", now - 7200, "1", "Iris-setosa") for i in range(25)])
+    store.label([(f"{i:032x}", "Iris-setosa") for i in range(12)])
+    deleted: list[tuple[str, int]] = []
+
+    def batch(clauseelement) -> bool:
+        return isinstance(clauseelement, sa.Delete) and clauseelement.table.name != (
+            "iris_served_counts"
+        )
+
+    def before(conn, clauseelement, multiparams, params, execution_options):
+        if batch(clauseelement) and len(deleted) == 3:  # the first answers' batch is done
+            with ThreadPoolExecutor(1) as other:  # another writer gets in before the next
+                fresh = [single("f" * 32, now, "1", "Iris-setosa")]
+                assert other.submit(store.index, fresh).result(timeout=30) == 1
+
+    def after(conn, clauseelement, multiparams, params, execution_options, result):
+        if batch(clauseelement):
+            deleted.append((clauseelement.table.name, result.rowcount))
+
+    sa.event.listen(store.engine, "before_execute", before)
+    sa.event.listen(store.engine, "after_execute", after)
+    assert store.forget_before(now - 3600, batch_rows=10) == 25
+    sa.event.remove(store.engine, "before_execute", before)
+    sa.event.remove(store.engine, "after_execute", after)
+    assert deleted == [
+        ("iris_labels", 10),
+        ("iris_labels", 2),
+        ("iris_answers", 10),
+        ("iris_answers", 10),
+        ("iris_answers", 5),
+    ]
+    assert store.labelled_rows() == [] and store.forget_before(now + 1) == 1
+
+
 def test_a_locked_table_fails_a_statement_after_its_timeout_and_retention_runs_long(
     postgres_url,
 ):
