@@ -4,7 +4,8 @@ MLflow's SQL store sets an alias by reading its row and then inserting or updati
 no lock between the two. Two writers of one alias that does not exist yet (two replicas'
 retrains finishing together on one ``mlflow server``) both insert, and the second fails
 with the alias table's unique-key violation. The row then exists, so writing again updates
-it: ``set_alias`` does that instead of failing the retrain.
+it: ``set_alias`` does that instead of failing the retrain, except where the rival's write
+must stand (a first ``champion``: the caller's version was never compared with it).
 """
 
 from __future__ import annotations
@@ -18,8 +19,14 @@ from training.settings import Settings
 logger = logging.getLogger(__name__)
 
 ALIAS_WRITE_ATTEMPTS = 3
-# What the store's unique-key violation says, from PostgreSQL (psycopg2), SQLite and MySQL.
-_UNIQUE_VIOLATION = ("UniqueViolation", "UNIQUE constraint failed", "Duplicate entry")
+# What the store's unique-key violation says: PostgreSQL's own text and psycopg2's class
+# (also through an ``mlflow server``'s REST answer), SQLite's, MySQL's.
+_UNIQUE_VIOLATION = (
+    "duplicate key value violates unique constraint",
+    "UniqueViolation",
+    "UNIQUE constraint failed",
+    "Duplicate entry",
+)
 
 
 def alias_version(settings: Settings, alias: str) -> str | None:
@@ -49,7 +56,10 @@ def canary_version(settings: Settings) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        tags = MlflowClient().get_registered_model(settings.model_name).tags
+        client = MlflowClient(
+            tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri
+        )
+        tags = client.get_registered_model(settings.model_name).tags
     except MlflowException as e:
         if e.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None
@@ -58,22 +68,36 @@ def canary_version(settings: Settings) -> str | None:
     return version if percent > 0 else None
 
 
-def set_alias(settings: Settings, alias: str, version: str) -> None:
-    """Point ``alias`` at ``version``, writing again when a concurrent first write of the
-    same alias won the insert (see the module docstring); any other failure is raised."""
+def set_alias(settings: Settings, alias: str, version: str, *, rival_wins: bool = False) -> str:
+    """Point ``alias`` at ``version``; returns the version it points at afterwards.
+
+    When a concurrent first write of the same alias won the insert (see the module
+    docstring), writes again, or with ``rival_wins`` leaves the rival's version and returns
+    it.
+
+    Raises:
+        MlflowException: the registry failed otherwise (or raced ``ALIAS_WRITE_ATTEMPTS``
+            times in a row).
+    """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient()
-    for attempt in range(1, ALIAS_WRITE_ATTEMPTS + 1):
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             client.set_registered_model_alias(settings.model_name, alias, version)
-            return
+            return version
         except MlflowException as e:
             raced = any(marker in e.message for marker in _UNIQUE_VIOLATION)
             if not raced or attempt == ALIAS_WRITE_ATTEMPTS:
                 raise
-            logger.warning(
-                "Setting @%s -> v%s raced with another writer of it; writing again", alias, version
-            )
-            time.sleep(0.1 * attempt)
+        rival = alias_version(settings, alias)
+        if rival_wins and rival is not None:
+            logger.warning("@%s was set to v%s at the same moment; it stays there", alias, rival)
+            return rival
+        logger.warning(
+            "Setting @%s -> v%s raced with another writer; writing again", alias, version
+        )
+        time.sleep(0.1 * attempt)

@@ -140,8 +140,8 @@ def gate(
         decision = Decision(version, True, "no champion yet")
         if before_promotion is not None:
             before_promotion(version)
-        _apply(decision, settings, previous=None, evidence={"promotion.method": "first version"})
-        return decision
+        evidence = {"promotion.method": "first version"}
+        return _apply(decision, settings, previous=None, evidence=evidence)
     started = time.monotonic()
     candidate_pred = predict_version(version, test, settings)
     champion_pred = predict_version(current, test, settings)
@@ -170,7 +170,7 @@ def gate(
             f" v{current} ({evidence})",
         )
         mlflow.MlflowClient().log_metric(run_id, "promotion_promoted", 0.0)
-    _apply(decision, settings, previous=current, evidence=verdict.evidence.tags())
+    decision = _apply(decision, settings, previous=current, evidence=verdict.evidence.tags())
     logger.info("Gate took %.2f s (both models loaded and scored)", time.monotonic() - started)
     return decision
 
@@ -180,8 +180,14 @@ def _apply(
     settings: Settings,
     previous: str | None,
     evidence: dict[str, str] | None = None,
-) -> None:
-    """Tag the version with the decision (and its evidence), then move the alias: last."""
+    rival_wins: bool = True,
+) -> Decision:
+    """Tag the version with the decision (and its evidence), then move the alias: last.
+
+    Returns the decision carried out: with ``rival_wins`` (a gate's decision), a first
+    champion set by another retrain at the same moment stands (this version was never
+    compared with it), and this one waits as challenger.
+    """
     from mlflow import MlflowClient
 
     client = MlflowClient()
@@ -194,8 +200,16 @@ def _apply(
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, decision.version, key, value)
-    set_alias(settings, decision.alias, decision.version)
+    keep = rival_wins and decision.promoted
+    now = set_alias(settings, decision.alias, decision.version, rival_wins=keep)
+    if now != decision.version:
+        lost = f"not promoted, v{now} became champion at the same moment ({decision.reason})"
+        decision = Decision(decision.version, False, lost)
+        client.set_model_version_tag(name, decision.version, "promotion.decision", CHALLENGER)
+        client.set_model_version_tag(name, decision.version, "promotion.reason", lost)
+        set_alias(settings, CHALLENGER, decision.version)
     logger.info("Version %s -> %s: %s", decision.version, decision.alias, decision.reason)
+    return decision
 
 
 def promote(version: str, settings: Settings) -> Decision:
@@ -224,7 +238,7 @@ def promote(version: str, settings: Settings) -> Decision:
     else:
         was = f"previous champion: v{previous}" if previous else "no previous champion"
         decision = Decision(version, True, f"manual promotion ({was})")
-        _apply(decision, settings, previous=previous)
+        _apply(decision, settings, previous=previous, rival_wins=False)  # as the operator says
     # A canary on this version is over (its challenger is champion): first, so a retry after
     # a failure here still finds the challenger to promote.
     if canary_version(settings) == version:

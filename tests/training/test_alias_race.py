@@ -1,11 +1,14 @@
-"""Two first writes of one alias at once, on a real PostgreSQL registry (as behind a fleet's
-``mlflow server``): MLflow's own write fails the second with a unique-key violation (seen in
-CI as one of two replicas' concurrent retrains failing), ``training.aliases.set_alias``
-writes again and wins.
+"""Two first writes of one alias at once, on a real PostgreSQL registry (the database a
+fleet's ``mlflow server`` uses): MLflow's own write fails the second with a unique-key
+violation (seen in CI as one of two replicas' concurrent retrains failing);
+``training.aliases.set_alias`` writes again, except over a first champion, whose rival
+then waits as challenger.
 
 The race is made exact: this test inserts the alias row in a transaction it holds open,
 so MLflow's read finds no row, its insert waits on the held key, and fails once the test
-commits."""
+commits. Here MLflow's store runs in-process; through an ``mlflow server`` the same error
+comes back in a REST answer, which ``tests/reliability/test_fleet.py`` drives (two replicas
+retraining at once)."""
 
 from __future__ import annotations
 
@@ -21,8 +24,8 @@ from mlflow.exceptions import MlflowException
 
 from tests.utils.postgres import postgres_server
 from training.aliases import alias_version, set_alias
-from training.registry import configure
-from training.schema import CHAMPION
+from training.registry import Decision, _apply, configure
+from training.schema import CHALLENGER, CHAMPION
 from training.settings import Settings
 
 
@@ -51,14 +54,14 @@ def registry(postgres_url, tmp_path) -> Iterator[tuple[Settings, sa.Engine]]:
     mlflow.set_registry_uri(saved[1])
 
 
-def race(settings: Settings, engine: sa.Engine, write: Callable[[], None]) -> BaseException | None:
+def race(settings: Settings, engine: sa.Engine, write: Callable[[], object]) -> object:
     """Run ``write`` (champion -> v1) while another writer's first insert of @champion -> v2
-    is in flight; return what ``write`` raised, or None."""
-    raised: list[BaseException] = []
+    is in flight; return what ``write`` returned, or the exception it raised."""
+    raised: list[object] = []
 
     def writer() -> None:
         try:
-            write()
+            raised.append(write())
         except BaseException as e:  # noqa: BLE001 - handed back to the test
             raised.append(e)
 
@@ -82,7 +85,7 @@ def race(settings: Settings, engine: sa.Engine, write: Callable[[], None]) -> Ba
         other.commit()
     thread.join(timeout=60)
     assert not thread.is_alive()
-    return raised[0] if raised else None
+    return raised[0]
 
 
 def test_mlflows_own_alias_write_loses_the_race(registry):
@@ -101,14 +104,36 @@ def test_mlflows_own_alias_write_loses_the_race(registry):
 
 def test_set_alias_writes_again_and_its_version_wins(registry, caplog):
     settings, engine = registry
-    raised = race(settings, engine, lambda: set_alias(settings, CHAMPION, "1"))
-    assert raised is None
+    assert race(settings, engine, lambda: set_alias(settings, CHAMPION, "1")) == "1"
     assert alias_version(settings, CHAMPION) == "1"  # the later write, as if in turn
     assert "raced with another writer" in caplog.text
 
 
-def test_set_alias_raises_what_is_not_the_race(registry):
+def test_set_alias_can_leave_the_rivals_version(registry, caplog):
+    settings, engine = registry
+    write = lambda: set_alias(settings, CHAMPION, "1", rival_wins=True)  # noqa: E731
+    assert race(settings, engine, write) == "2"
+    assert alias_version(settings, CHAMPION) == "2"
+    assert "@champion was set to v2 at the same moment" in caplog.text
+
+
+def test_a_first_champion_that_loses_the_race_waits_as_challenger(registry):
+    """Both retrains found no champion and skipped the comparison: the one whose alias
+    write came second does not replace a champion it was never compared with."""
+    settings, engine = registry
+    first = Decision("1", True, "no champion yet")
+    applied = race(settings, engine, lambda: _apply(first, settings, previous=None))
+    assert isinstance(applied, Decision) and not applied.promoted
+    assert applied.reason == "not promoted, v2 became champion at the same moment (no champion yet)"
+    assert alias_version(settings, CHAMPION) == "2"
+    assert alias_version(settings, CHALLENGER) == "1"
+    tags = MlflowClient().get_model_version(settings.model_name, "1").tags
+    assert (tags["promotion.decision"], tags["promotion.reason"]) == (CHALLENGER, applied.reason)
+
+
+def test_set_alias_raises_what_is_not_the_race(registry, caplog):
     settings, _ = registry
     with pytest.raises(MlflowException, match=r"[Vv]ersion.*9"):
         set_alias(settings, CHAMPION, "9")
     assert alias_version(settings, CHAMPION) is None
+    assert "raced" not in caplog.text  # refused at once, not written three times
