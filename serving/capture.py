@@ -14,7 +14,7 @@ runs niced so answers come first.
 
 The queue is bounded (``IRIS_CAPTURE_MAX_PENDING`` rows, queued plus spooled and not yet
 written): when the sink falls behind, new chunks are dropped and counted
-(``iris_capture_dropped_total``, by reason: ``DROP_REASONS``), and answers go on. A clean
+(``iris_capture_dropped_total``, by reason: ``serving.capture_reports``), and answers go on. A clean
 stop spools what is pending and waits for the sink to write it; a hard kill of the worker
 loses at most one flush interval (the sink sees its pipe close and writes what was
 spooled). A sink that dies is
@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.capture_columns import AnswerColumns
+from serving.capture_reports import NOT_SPOOLED, QUEUE_FULL, STOPPING, drop_reason
 from serving.capture_spool import pending_rows, write_spool
 from serving.child_env import capture_sink_env
 from serving.shadow_scoring import TARGET_KEY, busy_since, count, forget, marker_path
@@ -51,12 +52,6 @@ from training.logs import DistinctErrors, one_line
 from training.settings import PROJECT_DIR, Settings
 
 logger = logging.getLogger(__name__)
-
-DROP_REASONS = ("queue_full", "stopping", "not_spooled", "unreadable", "not_written")
-"""Why answers were not captured, the ``reason`` of ``iris_capture_dropped_total``: the
-sink is behind (the queue is full), the worker is stopping, the worker could not queue or
-spool them, the sink could not read their spool file, or their Parquet file could not be
-written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,11 +143,11 @@ class CaptureWriter:
         raises."""
         n = len(chunk)
         refused: str | None = None
-        reason = "queue_full"
+        reason = QUEUE_FULL
         with self._lock:
             held = self._pending_rows + self._spooled_rows + n
             if self._stop.is_set():
-                accepted, reason = False, "stopping"
+                accepted, reason = False, STOPPING
             elif held > self.max_pending_rows:
                 accepted = False
             else:
@@ -164,7 +159,7 @@ class CaptureWriter:
                 if accepted:
                     self._pending_rows += n
                 else:
-                    reason = "not_spooled"
+                    reason = NOT_SPOOLED
         if not accepted:
             self._dropped(n, reason)
             if refused is not None and refused not in self._refusals:
@@ -235,12 +230,12 @@ class CaptureWriter:
                 return 0
             if on_disk + rows > self.max_pending_rows:
                 # The sink is behind: what it has not written bounds us.
-                self._give_back(rows, "queue_full")
+                self._give_back(rows, QUEUE_FULL)
                 return 0
             try:
                 self._spool(queue.table(self._shadow_metadata()), rows)
             except Exception:
-                self._give_back(rows, "not_spooled")
+                self._give_back(rows, NOT_SPOOLED)
                 raise
             return rows
         finally:
@@ -328,13 +323,13 @@ class CaptureWriter:
                     if kind == "written" and self.on_written:
                         self.on_written(int(fields[0]))
                     elif kind == "dropped":
-                        self._dropped(int(fields[0]), fields[1])
+                        self._dropped(int(fields[0]), drop_reason(next(iter(fields[1:]), None)))
                     elif kind.startswith("shadow") and self.on_shadow:
                         self.on_shadow(kind, fields)
 
     def _dropped(self, n: int, reason: str) -> None:
         if self.on_dropped:
-            self.on_dropped(n, reason if reason in DROP_REASONS else "not_written")
+            self.on_dropped(n, reason)
 
 
 def new_id() -> str:

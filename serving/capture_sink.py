@@ -47,6 +47,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from serving.capture_files import CaptureFiles
+from serving.capture_reports import NOT_WRITTEN, UNREADABLE
 from serving.capture_spool import index_rows, owner_lock, parse_spool_name, read_spool, spool_files
 from serving.capture_table import SpoolRows, capture_table, spool_rows
 from serving.db_calls import BoundedCalls, answer_within
@@ -105,7 +106,7 @@ class Drain:
             retention_days,
             max_bytes,
             on_error=self._failed,
-            on_dropped=lambda n: report("dropped", f"{n} not_written"),
+            on_dropped=lambda n: report("dropped", f"{n} {NOT_WRITTEN}"),
         )
         self._last_housekeeping = 0.0
         self._compacted_hour = int(time.time() // 3600)
@@ -168,7 +169,7 @@ class Drain:
             return 0
         except Exception as e:  # noqa: BLE001 - a damaged spool file is dropped, counted
             self._failed(f"Capture spool file {path.name} unreadable; {rows} rows dropped", e)
-            self.report("dropped", f"{rows} unreadable")
+            self.report("dropped", f"{rows} {UNREADABLE}")
             path.unlink(missing_ok=True)
             return 0
         indexed = self._index(spooled, found, path.name)  # first: feedback waits on it

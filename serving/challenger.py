@@ -19,25 +19,27 @@ With a ``@challenger`` in the registry, every worker holds it beside the champio
 
 from __future__ import annotations
 
+import hashlib
 import random
-import zlib
 
 from serving.served_model import ModelHolder, ServedModel
 
 BUCKETS = 10_000
 
 
-def in_canary(percent: float, client_key: str | None, version: str | None = None) -> bool:
+def in_canary(percent: float, client_key: str | None, version: str | None) -> bool:
     """Whether a request goes to the challenger: sticky by ``client_key``, else random.
 
-    The key is hashed with the canary's ``version``: one canary keeps a client on one side
-    (and raising its share only adds clients), while the next canary draws its share of
-    clients afresh, so the same clients are not every new model's first users.
+    The key is hashed with the canary's ``version`` (BLAKE2b: crc32 is affine, so the next
+    canary's buckets would be a fixed shift of the last one's): one canary keeps a client on
+    one side (and raising its share only adds clients), while the next canary draws its
+    share of clients afresh, so the same clients are not every new model's first users.
     """
     if percent <= 0:
         return False
     if client_key:
-        hashed = zlib.crc32(f"{version}\0{client_key}".encode())
+        digest = hashlib.blake2b(f"{version}\0{client_key}".encode(), digest_size=8).digest()
+        hashed = int.from_bytes(digest, "big")
     else:
         hashed = random.randrange(BUCKETS)
     bucket = hashed % BUCKETS

@@ -24,7 +24,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from serving.capture import DROP_REASONS
+from serving.capture_reports import DROP_REASONS
 from training.schema import CHALLENGER, CHAMPION
 
 logger = logging.getLogger(__name__)

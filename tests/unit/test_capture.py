@@ -7,7 +7,6 @@ Most tests run the sink's pass (:class:`Drain`) in-process after the worker side
 from __future__ import annotations
 
 import dataclasses
-import io
 import itertools
 import os
 import threading
@@ -356,19 +355,6 @@ def test_answers_after_the_stop_are_dropped_as_stopping(tmp_path):
     writer.close()
     assert writer.submit(chunk(2)) is False
     assert dropped == [(2, "stopping")]
-
-
-def test_a_sinks_drop_reports_become_the_workers_counts_by_reason(tmp_path):
-    """The worker reads its sink's lines; a reason it does not know (a newer sink's) still
-    counts, as ``not_written``, so the label set stays bounded."""
-    dropped = []
-    writer = CaptureWriter(tmp_path, on_dropped=lambda n, reason: dropped.append((n, reason)))
-
-    class Sink:
-        stdout = io.BytesIO(b"dropped 3 unreadable\ndropped 2 not_written\ndropped 4 odd\n")
-
-    writer._read_reports(Sink())
-    assert dropped == [(3, "unreadable"), (2, "not_written"), (4, "not_written")]
 
 
 def test_a_file_that_cannot_be_written_is_counted_as_dropped(tmp_path):

@@ -39,11 +39,11 @@ def test_the_split_goes_only_to_the_challenger_it_names():
 
 def test_a_client_key_always_lands_on_the_same_side():
     keys = [f"client-{i}" for i in range(2000)]
-    first = [in_canary(10, k) for k in keys]
-    assert first == [in_canary(10, k) for k in keys]
+    first = [in_canary(10, k, "2") for k in keys]
+    assert first == [in_canary(10, k, "2") for k in keys]
     assert 0.07 <= sum(first) / len(first) <= 0.13
-    assert not any(in_canary(0, k) for k in keys)
-    assert all(in_canary(100, k) for k in keys)
+    assert not any(in_canary(0, k, "2") for k in keys)
+    assert all(in_canary(100, k, "2") for k in keys)
 
 
 def test_each_canary_draws_its_clients_afresh_and_a_raise_only_adds():

@@ -120,7 +120,7 @@ def test_shadow_rows_that_cannot_be_written_are_dropped_not_counted_as_scored(tm
     writer.submit(chunk(3))
     writer.flush()
     assert sink.once() == 3  # the champion's rows
-    assert ("dropped", 3) in reports
+    assert ("dropped", "3 not_written") in reports
     assert not [r for r in reports if r[0] == "shadow"]
     assert [r for r in reports if r[0] == "written"] == [("written", 3)]  # served rows only
     written = pd.concat(map(pd.read_parquet, tmp_path.glob("date=*/model_version=*/*.parquet")))
@@ -252,24 +252,27 @@ def test_an_adopted_backlog_skips_the_shadow_as_the_sinks_own_does(tmp_path):
 
 def test_the_worker_reads_its_sinks_report_lines_into_counters():
     """Every kind of line the sink prints, and lines it never prints, which change
-    nothing and never stop the reader."""
+    nothing and never stop the reader. A drop whose reason this worker does not know (a
+    newer sink's, or none) still counts, as ``not_written``: the label set stays bounded."""
     import io
 
     seen, dropped, written = [], [], []
     writer = CaptureWriter(
         Path("unused"),
         on_written=written.append,
-        on_dropped=dropped.append,
+        on_dropped=lambda n, reason: dropped.append((n, reason)),
         on_shadow=lambda kind, fields: seen.append((kind, fields)),
     )
 
     class _Sink:
         stdout = io.BytesIO(
             b"written 5\n\nshadow 1 2 10 7\ndropped x\nshadow_skipped 3\ndropped 2\n"
+            b"dropped 3 unreadable\ndropped 4 odd\n"
         )
 
     writer._read_reports(_Sink())
-    assert written == [5] and dropped == [2]
+    assert written == [5]
+    assert dropped == [(2, "not_written"), (3, "unreadable"), (4, "not_written")]
     assert seen == [("shadow", ["1", "2", "10", "7"]), ("shadow_skipped", ["3"])]
 
 
