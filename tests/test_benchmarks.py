@@ -106,3 +106,15 @@ def test_mlserver_comparison_smoke_run(tmp_path: Path) -> None:
         (p, n) for p in ("rest", "grpc") for n in (1, 50)
     }
     assert README.read_bytes() == readme_before
+
+
+def test_retention_lock_smoke_run() -> None:
+    """The retention benchmark forgets every answer it filled, in either mode, and reports
+    the writer it ran beside."""
+    from benchmarks.retention_lock import measure
+
+    for batch_rows, how in ((500, "batches of 500"), (3_001, "one transaction")):
+        line = measure(3_000, batch_rows)
+        assert how in line and "failed 0" in line, line
+        inserts = int(line.split("writer:")[1].split()[0])
+        assert inserts >= 1, line
