@@ -30,7 +30,7 @@ The worker's stdin pipe is the only control: a byte means "new file", end of fil
 the server's process group does not cut a drain short. Reports go back on stdout, one
 ``written N``, ``dropped N REASON`` or shadow line each, and become the worker's counters.
 
-Over 250 lines (about 315): a pass's steps (index, shadow, write, delete, retry, adopt,
+Over 250 lines (about 330): a pass's steps (index, shadow, write, delete, retry, adopt,
 retention) share the drain's state and its error reporting.
 """
 

@@ -27,13 +27,18 @@ from serving.served_model import ModelHolder, ServedModel
 BUCKETS = 10_000
 
 
-def in_canary(percent: float, client_key: str | None, version: str | None) -> bool:
+def in_canary(percent: float, client_key: str | None, version: str) -> bool:
     """Whether a request goes to the challenger: sticky by ``client_key``, else random.
 
     The key is hashed with the canary's ``version`` (BLAKE2b: crc32 is affine, so the next
     canary's buckets would be a fixed shift of the last one's): one canary keeps a client on
     one side (and raising its share only adds clients), while the next canary draws its
     share of clients afresh, so the same clients are not every new model's first users.
+
+    Args:
+        percent: the canary's share of requests, 0 to 100.
+        client_key: the request's client key header, if any.
+        version: the challenger version the canary runs on.
     """
     if percent <= 0:
         return False
@@ -52,7 +57,7 @@ def choose(holder: ModelHolder, client_key: str | None) -> ServedModel:
     if (
         challenger is not None
         and challenger.identity.version == holder.canary_version
-        and in_canary(holder.canary_percent, client_key, holder.canary_version)
+        and in_canary(holder.canary_percent, client_key, challenger.identity.version)
     ):
         return challenger
     return holder.current

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from training.schema import CANARY_TAG, CHAMPION, parse_canary
 from training.settings import Settings
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 logger = logging.getLogger(__name__)
 
@@ -29,15 +33,19 @@ _UNIQUE_VIOLATION = (
 )
 
 
+def registry_client(settings: Settings) -> MlflowClient:
+    """MLflow's client on the settings' registry (not whatever the process last configured)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
 def alias_version(settings: Settings, alias: str) -> str | None:
     """The version ``alias`` points at, or None when the model or the alias does not exist."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     try:
-        client = MlflowClient(
-            tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri
-        )
+        client = registry_client(settings)
         return str(client.get_model_version_by_alias(settings.model_name, alias).version)
     except MlflowException as e:
         if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
@@ -52,14 +60,10 @@ def champion_version(settings: Settings) -> str | None:
 
 def canary_version(settings: Settings) -> str | None:
     """The version the canary tag sends traffic to, or None when there is no canary."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     try:
-        client = MlflowClient(
-            tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri
-        )
-        tags = client.get_registered_model(settings.model_name).tags
+        tags = registry_client(settings).get_registered_model(settings.model_name).tags
     except MlflowException as e:
         if e.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None
@@ -79,13 +83,10 @@ def set_alias(settings: Settings, alias: str, version: str, *, rival_wins: bool 
         MlflowException: the registry failed otherwise (or raced ``ALIAS_WRITE_ATTEMPTS``
             times in a row).
     """
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
-    attempt = 0
-    while True:
-        attempt += 1
+    client = registry_client(settings)
+    for attempt in range(1, ALIAS_WRITE_ATTEMPTS + 1):
         try:
             client.set_registered_model_alias(settings.model_name, alias, version)
             return version
@@ -101,3 +102,4 @@ def set_alias(settings: Settings, alias: str, version: str, *, rival_wins: bool 
             "Setting @%s -> v%s raced with another writer; writing again", alias, version
         )
         time.sleep(0.1 * attempt)
+    raise AssertionError("not reached: the last attempt returns or raises")

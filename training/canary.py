@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from training.aliases import alias_version, canary_version
+from training.aliases import alias_version, canary_version, registry_client
 from training.registry import Decision, RegistryError, promote
 from training.schema import CANARY_TAG, CHALLENGER
 from training.settings import Settings
@@ -32,13 +32,11 @@ def set_canary(percent: float, settings: Settings) -> str | None:
     Raises:
         RegistryError: the percentage is out of range, or there is no challenger.
     """
-    from mlflow import MlflowClient
-
     if not 0 <= percent <= 100:
         raise RegistryError(f"canary percent must be between 0 and 100, not {percent:g}")
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient()
+    client = registry_client(settings)
     if percent == 0:
         try:
             client.delete_registered_model_tag(settings.model_name, CANARY_TAG)

@@ -90,7 +90,7 @@ FORGET_BATCH_ROWS = 10_000
 millions of rows, and on SQLite a transaction holds the whole file's write lock: one
 transaction for all of them kept the capture index and ``/feedback`` waiting for it."""
 FORGET_PAUSE_S = 0.1
-"""Rest between retention's transactions: SQLite's busy handler polls a waiting writer
+"""Rest between retention's transactions on SQLite: its busy handler polls a waiting writer
 every 100 ms at most, so a writer waiting for the lock gets it here."""
 
 
@@ -331,8 +331,17 @@ class FeedbackStore:
     def _delete_in_batches(
         self, table: sa.Table, key: sa.Column, where: sa.ColumnElement, batch_rows: int
     ) -> int:
-        """Delete ``table``'s rows ``where`` holds, a transaction per ``batch_rows``, resting
-        ``FORGET_PAUSE_S`` between them so that waiting writers get the lock."""
+        """Delete ``table``'s rows ``where`` holds, a transaction per ``batch_rows``; on SQLite
+        resting ``FORGET_PAUSE_S`` between them so that waiting writers get the file's lock
+        (PostgreSQL's row locks never keep a new row out).
+
+        Raises:
+            ValueError: ``batch_rows`` is under 1.
+            RuntimeError: the driver does not say how many rows a delete removed.
+        """
+        if batch_rows < 1:
+            raise ValueError(f"batch_rows must be at least 1, not {batch_rows}")
+        pause = FORGET_PAUSE_S if self.engine.dialect.name == "sqlite" else 0.0
         removed = 0
         while True:
             with self.engine.begin() as conn:
@@ -341,10 +350,12 @@ class FeedbackStore:
                 without_statement_timeout(conn, lock_wait_s=self.statement_s)
                 doomed = sa.select(key).where(where).limit(batch_rows)
                 n = conn.execute(table.delete().where(key.in_(doomed))).rowcount
+            if n < 0:
+                raise RuntimeError(f"no row count for a delete from {table.name}")
             removed += n
             if n < batch_rows:
                 return removed
-            time.sleep(FORGET_PAUSE_S)
+            time.sleep(pause)
 
 
 class UnknownPredictionError(KeyError):

@@ -15,7 +15,13 @@ import numpy as np
 import pandas as pd
 
 from training import gate as gate_rule
-from training.aliases import alias_version, canary_version, champion_version, set_alias
+from training.aliases import (
+    alias_version,
+    canary_version,
+    champion_version,
+    registry_client,
+    set_alias,
+)
 from training.model_io import load_classifier
 from training.schema import CANARY_TAG, CHALLENGER, CHAMPION, FEATURES
 from training.settings import Settings
@@ -138,41 +144,39 @@ def gate(
     current = champion_version(settings)
     if current is None:
         decision = Decision(version, True, "no champion yet")
-        if before_promotion is not None:
-            before_promotion(version)
         evidence = {"promotion.method": "first version"}
-        return _apply(decision, settings, previous=None, evidence=evidence)
-    started = time.monotonic()
-    candidate_pred = predict_version(version, test, settings)
-    champion_pred = predict_version(current, test, settings)
-    with mlflow.start_run(run_id=run_id):
-        verdict = gate_rule.decide(
-            test,
-            candidate_pred,
-            champion_pred,
-            champion=current,
-            margin=settings.promotion_margin,
-            seed=settings.seed,
+    else:
+        started = time.monotonic()
+        candidate_pred = predict_version(version, test, settings)
+        champion_pred = predict_version(current, test, settings)
+        with mlflow.start_run(run_id=run_id):
+            verdict = gate_rule.decide(
+                test,
+                candidate_pred,
+                champion_pred,
+                champion=current,
+                margin=settings.promotion_margin,
+                seed=settings.seed,
+            )
+        decision, evidence = (
+            Decision(version, verdict.promoted, verdict.reason),
+            verdict.evidence.tags(),
         )
-    decision = Decision(version, verdict.promoted, verdict.reason)
+        logger.info("Gate took %.2f s (both models loaded and scored)", time.monotonic() - started)
     if decision.promoted and before_promotion is not None:
         before_promotion(version)  # seconds of work: the champion is read again after it
     if decision.promoted and (now := champion_version(settings)) != current:
-        # Another retrain moved the champion while this one was scored: this evidence is
-        # about a model that no longer answers, so the candidate waits as challenger.
-        # (What remains is the moment between this read and the alias write below: the
-        # registry has no compare-and-set.)
-        evidence = verdict.reason.removeprefix("promoted, ")
-        decision = Decision(
-            version,
-            False,
-            f"not promoted, the champion moved to v{now} while this gate compared with"
-            f" v{current} ({evidence})",
-        )
-        mlflow.MlflowClient().log_metric(run_id, "promotion_promoted", 0.0)
-    decision = _apply(decision, settings, previous=current, evidence=verdict.evidence.tags())
-    logger.info("Gate took %.2f s (both models loaded and scored)", time.monotonic() - started)
-    return decision
+        # Another retrain moved the champion while this one was scored or imported: this
+        # evidence is about a model that no longer answers, so the candidate waits as
+        # challenger. (What remains is the moment between this read and the alias write:
+        # the registry has no compare-and-set; _apply's set_alias covers a first champion.)
+        compared = f"compared with v{current}" if current else "found no champion"
+        why = decision.reason.removeprefix("promoted, ")
+        moved = f"not promoted, the champion moved to v{now} while this gate {compared} ({why})"
+        decision = Decision(version, False, moved)
+        if current is not None:  # a first version's run has no gate metrics
+            mlflow.MlflowClient().log_metric(run_id, "promotion_promoted", 0.0)
+    return _apply(decision, settings, previous=current, evidence=evidence, rival_wins=True)
 
 
 def _apply(
@@ -180,7 +184,8 @@ def _apply(
     settings: Settings,
     previous: str | None,
     evidence: dict[str, str] | None = None,
-    rival_wins: bool = True,
+    *,
+    rival_wins: bool,
 ) -> Decision:
     """Tag the version with the decision (and its evidence), then move the alias: last.
 
@@ -188,9 +193,7 @@ def _apply(
     champion set by another retrain at the same moment stands (this version was never
     compared with it), and this one waits as challenger.
     """
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
+    client = registry_client(settings)
     name = settings.model_name
     tags = {
         **(evidence or {}),
@@ -207,6 +210,7 @@ def _apply(
         decision = Decision(decision.version, False, lost)
         client.set_model_version_tag(name, decision.version, "promotion.decision", CHALLENGER)
         client.set_model_version_tag(name, decision.version, "promotion.reason", lost)
+        client.set_model_version_tag(name, decision.version, "promotion.previous_champion", now)
         set_alias(settings, CHALLENGER, decision.version)
     logger.info("Version %s -> %s: %s", decision.version, decision.alias, decision.reason)
     return decision
@@ -222,10 +226,9 @@ def promote(version: str, settings: Settings) -> Decision:
         RegistryError: the version does not exist.
         MlflowException: the registry failed (an outage is never reported as "no version").
     """
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient()
+    client = registry_client(settings)
     try:
         client.get_model_version(settings.model_name, version)
     except MlflowException as e:

@@ -122,7 +122,9 @@ def test_a_first_champion_that_loses_the_race_waits_as_challenger(registry):
     write came second does not replace a champion it was never compared with."""
     settings, engine = registry
     first = Decision("1", True, "no champion yet")
-    applied = race(settings, engine, lambda: _apply(first, settings, previous=None))
+    applied = race(
+        settings, engine, lambda: _apply(first, settings, previous=None, rival_wins=True)
+    )
     assert isinstance(applied, Decision) and not applied.promoted
     assert applied.reason == "not promoted, v2 became champion at the same moment (no champion yet)"
     assert alias_version(settings, CHAMPION) == "2"

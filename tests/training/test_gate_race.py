@@ -19,7 +19,7 @@ from training.schema import CHALLENGER, CHAMPION
 from training.settings import PROJECT_DIR, Settings
 
 # Runs the real pipeline on the shipped data; the store import of the promoted winner
-# first moves @champion to v2, as a retrain finishing at that moment would.
+# first moves @champion to the version in argv, as a retrain finishing then would.
 RACE = """
 import json, sys
 from mlflow import MlflowClient
@@ -32,7 +32,7 @@ real, calls = bento_store.import_champion, []
 def racing(settings, version=None):
     calls.append(version)
     if version is not None:
-        MlflowClient().set_registered_model_alias(settings.model_name, "champion", "2")
+        MlflowClient().set_registered_model_alias(settings.model_name, "champion", sys.argv[1])
     return real(settings, version)
 
 bento_store.import_champion = racing
@@ -50,16 +50,7 @@ def test_a_champion_moved_during_the_store_import_is_not_overruled(tmp_path):
     name = settings.model_name
     assert alias_version(client, name, CHAMPION) == "1"  # v2, the same model again, waits
 
-    out = subprocess.run(
-        [sys.executable, "-c", RACE],
-        cwd=PROJECT_DIR,
-        env=home.env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = race(home.env, rival="2")
 
     assert result["version"] == "3" and result["promoted"] is False, result
     assert "the champion moved to v2 while this gate compared with v1" in result["reason"]
@@ -71,3 +62,29 @@ def test_a_champion_moved_during_the_store_import_is_not_overruled(tmp_path):
     store = list_store(home.bentoml_home, settings.bento_model_name)
     (latest,) = [m for m in store.models if m.tag == store.latest]
     assert latest.labels["registry_version"] == "2"  # what workers load is the champion
+
+    # With no champion the gate compares nothing, and the same re-read applies: a first
+    # champion set by another retrain during the import stands.
+    client.delete_registered_model_alias(name, CHAMPION)
+    result = race(home.env, rival="3")
+    assert result["version"] == "4" and result["promoted"] is False, result
+    assert "the champion moved to v3 while this gate found no champion" in result["reason"]
+    assert alias_version(client, name, CHAMPION) == "3"
+    assert alias_version(client, name, CHALLENGER) == "4"
+    store = list_store(home.bentoml_home, settings.bento_model_name)
+    (latest,) = [m for m in store.models if m.tag == store.latest]
+    assert latest.labels["registry_version"] == "3"
+
+
+def race(env: dict[str, str], rival: str) -> dict:
+    """The pipeline's result, run while @champion moves to ``rival`` during its import."""
+    out = subprocess.run(
+        [sys.executable, "-c", RACE, rival],
+        cwd=PROJECT_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -253,6 +253,8 @@ def test_retention_deletes_in_short_transactions(loop_url, monkeypatch):
         ("iris_answers", 5),
     ]
     assert store.labelled_rows() == [] and store.forget_before(now + 1) == 1
+    with pytest.raises(ValueError, match="at least 1"):  # 0 would never end
+        store.forget_before(now, batch_rows=0)
 
 
 def test_a_locked_table_fails_a_statement_after_its_timeout_and_retention_runs_long(
