@@ -14,12 +14,11 @@ runs niced so answers come first.
 
 The queue is bounded (``IRIS_CAPTURE_MAX_PENDING`` rows, queued plus spooled and not yet
 written): when the sink falls behind, new chunks are dropped and counted
-(``iris_capture_dropped_total``, by reason: ``serving.capture_reports``), and answers go on. A clean
-stop spools what is pending and waits for the sink to write it; a hard kill of the worker
-loses at most one flush interval (the sink sees its pipe close and writes what was
-spooled). A sink that dies is
-restarted; one stuck in a challenger's model for ``STALL_S`` (its shadow marker says so)
-is killed, then restarted.
+(``iris_capture_dropped_total``, by reason: ``serving.capture_reports``), and answers go
+on. A clean stop spools what is pending and waits for the sink to write it; a hard kill of
+the worker loses at most one flush interval (the sink sees its pipe close and writes what
+was spooled). A sink that dies is restarted; one stuck in a challenger's model for
+``STALL_S`` (its shadow marker says so) is killed, then restarted.
 
 Read it all with one line of pandas: ``pd.read_parquet("var/captures")``.
 
@@ -323,7 +322,7 @@ class CaptureWriter:
                     if kind == "written" and self.on_written:
                         self.on_written(int(fields[0]))
                     elif kind == "dropped":
-                        self._dropped(int(fields[0]), drop_reason(next(iter(fields[1:]), None)))
+                        self._dropped(int(fields[0]), drop_reason(fields[1:]))
                     elif kind.startswith("shadow") and self.on_shadow:
                         self.on_shadow(kind, fields)
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from serving.arrow_buffers import bool_array, numpy_of
 from serving.capture_table import DICTIONARY_COLUMNS, PARQUET_COLUMNS
+from training.atomic_files import fsync, write_atomic
 
 
 class CaptureFiles:
@@ -123,10 +124,10 @@ class CaptureFiles:
         partial, journal = folder / f".{name}.tmp", folder / f".{name}.merges"
         try:
             _merge(small, partial)
-            _fsync(partial)  # on disk before anything points at it: a host crash too
-            _write_atomically(journal, "\n".join(p.name for p in small))
+            fsync(partial)  # on disk before anything points at it: a host crash too
+            write_atomic(journal, "\n".join(p.name for p in small))
             os.replace(partial, folder / name)
-            _fsync(folder)
+            fsync(folder)
         except BaseException:
             journal.unlink(missing_ok=True)  # nothing replaced: the small files stay
             raise
@@ -220,20 +221,3 @@ def finish_merges(folder: Path, stale_s: float = 3600.0) -> None:
             elif journal.stat().st_mtime > time.time() - stale_s:
                 continue
             journal.unlink()
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(f"{path.name}.tmp")
-    partial.write_text(text)
-    _fsync(partial)
-    os.replace(partial, path)
-    _fsync(path.parent)
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file's (or a folder's entries') writes to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

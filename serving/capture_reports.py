@@ -16,7 +16,8 @@ NOT_WRITTEN = "not_written"  # the Parquet file could not be written (shadow row
 DROP_REASONS = (QUEUE_FULL, STOPPING, NOT_SPOOLED, UNREADABLE, NOT_WRITTEN)
 
 
-def drop_reason(reported: str | None) -> str:
-    """A reported reason, or ``not_written`` for one this worker does not know (a newer
-    sink's, or none): still counted, under a bounded label."""
-    return reported if reported in DROP_REASONS else NOT_WRITTEN
+def drop_reason(fields: list[str]) -> str:
+    """The reason a ``dropped N REASON`` line gives after its count, or ``not_written`` for
+    one this worker does not know (a newer sink's, or none): still counted, under a
+    bounded label."""
+    return fields[0] if fields and fields[0] in DROP_REASONS else NOT_WRITTEN

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
 
+from training.atomic_files import write_atomic
 from training.settings import Settings, get_settings
 
 logger = logging.getLogger("training.cli")
@@ -222,15 +222,6 @@ def drift_report(
         f"{built.path}: {built.rows} answers vs v{built.version}'s training data;"
         f" largest PSI {worst[1][0]:.3f} ({worst[0]})"
     )
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a file via a temporary sibling and rename, so readers never see half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,10 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.atomic_files import write_atomic
 from training.data import file_digest, raw_rows
 from training.loop_store import FeedbackStore
 from training.schema import RAW_ID, RAW_TO_FEATURE
@@ -127,10 +126,8 @@ def _digest_rows(rows: list[list[str]]) -> str:
 
 
 def _write(path: Path, rows: list[list[str]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow([RAW_ID, *RAW_TO_FEATURE, "Species"])
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([RAW_ID, *RAW_TO_FEATURE, "Species"])
+    writer.writerows(rows)
+    write_atomic(path, buffer.getvalue())
